@@ -1,0 +1,1 @@
+//! iser-initiator: discovery, login, sessions, per-command protection and block exports.
