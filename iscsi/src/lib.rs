@@ -10,7 +10,9 @@
 pub mod codec;
 pub mod digest;
 pub mod framer;
+pub mod negotiate;
 pub mod pdu;
+pub mod text;
 
 pub use codec::{Action, Codec, DecodeError, Reader};
 pub use digest::Digests;
