@@ -276,3 +276,162 @@ impl fmt::Display for PiCheck {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PiCheck::{App, Guard, Ref};
+    use ProtectionMode::{Insert, Off, Pass, Strip};
+
+    #[test]
+    fn protect_field_table() {
+        let cases: [(ProtectionMode, &[PiCheck], u8); 16] = [
+            (Insert, &[Guard, Ref], 0b001),
+            (Insert, &[Guard, Ref, App], 0b001),
+            (Insert, &[Ref, Guard], 0b001),
+            (Pass, &[Guard, Ref], 0b001),
+            (Pass, &[Guard, Ref, App], 0b001),
+            (Insert, &[], 0b011),
+            (Pass, &[], 0b011),
+            (Pass, &[App], 0b011),
+            (Insert, &[Ref], 0b010),
+            (Pass, &[Ref, App], 0b010),
+            (Insert, &[Guard], 0b100),
+            (Pass, &[Guard, App], 0b100),
+            (Off, &[Guard, Ref], 0b000),
+            (Off, &[], 0b000),
+            (Strip, &[Guard, Ref], 0b000),
+            (Strip, &[], 0b000),
+        ];
+        for (mode, checks, want) in cases {
+            let got = protect_field(mode, Checks::from_list(checks));
+            assert_eq!(got, want, "{mode:?} {checks:?}");
+        }
+    }
+
+    #[test]
+    fn check_mask_has_one_bit_per_pi_byte() {
+        assert_eq!(Checks::from_list(&[Guard]).check_mask(), 0xC0);
+        assert_eq!(Checks::from_list(&[App]).check_mask(), 0x30);
+        assert_eq!(Checks::from_list(&[Ref]).check_mask(), 0x0F);
+        assert_eq!(Checks::from_list(&[Guard, Ref, App]).check_mask(), 0xFF);
+        assert_eq!(Checks::from_list(&[]).check_mask(), 0);
+    }
+
+    fn policy(mode: ProtectionMode, checks: &[PiCheck]) -> ProtectionPolicy {
+        ProtectionPolicy {
+            mode,
+            checks: checks.to_vec(),
+            ..ProtectionPolicy::default()
+        }
+    }
+
+    #[test]
+    fn check_against_table() {
+        let none = LunCaps { pi_type: None };
+        let t1 = LunCaps { pi_type: Some(1) };
+        let t2 = LunCaps { pi_type: Some(2) };
+        let t3 = LunCaps { pi_type: Some(3) };
+        let ok: [(ProtectionMode, &[PiCheck], LunCaps); 10] = [
+            (Off, &[Guard, Ref], none),
+            (Off, &[Guard, Ref], t1),
+            (Insert, &[Guard, Ref], t1),
+            (Insert, &[Guard, Ref], t2),
+            (Pass, &[Guard, Ref, App], t1),
+            (Pass, &[Guard, App], t3),
+            (Insert, &[Guard], t3),
+            (Strip, &[Guard, Ref], none),
+            (Strip, &[], none),
+            (Insert, &[], t3),
+        ];
+        for (mode, checks, caps) in ok {
+            assert_eq!(
+                policy(mode, checks).check_against(caps),
+                Ok(()),
+                "{mode:?} {caps:?}"
+            );
+        }
+        let bad: [(ProtectionMode, &[PiCheck], LunCaps, PolicyError); 6] = [
+            (
+                Insert,
+                &[Guard, Ref],
+                none,
+                PolicyError::LunWithoutPi { mode: Insert },
+            ),
+            (
+                Pass,
+                &[Guard, Ref],
+                none,
+                PolicyError::LunWithoutPi { mode: Pass },
+            ),
+            (
+                Strip,
+                &[Guard, Ref],
+                t1,
+                PolicyError::LunWithPi {
+                    mode: Strip,
+                    pi_type: 1,
+                },
+            ),
+            (
+                Strip,
+                &[],
+                t3,
+                PolicyError::LunWithPi {
+                    mode: Strip,
+                    pi_type: 3,
+                },
+            ),
+            (Pass, &[Guard, Ref], t3, PolicyError::RefCheckOnType3),
+            (
+                Insert,
+                &[Guard],
+                LunCaps { pi_type: Some(4) },
+                PolicyError::UnknownType(4),
+            ),
+        ];
+        for (mode, checks, caps, want) in bad {
+            assert_eq!(
+                policy(mode, checks).check_against(caps),
+                Err(want),
+                "{mode:?} {caps:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_error_messages_say_what_to_do() {
+        let e = policy(Insert, &[Guard, Ref])
+            .check_against(LunCaps { pi_type: None })
+            .expect_err("no PI");
+        assert_eq!(
+            e.to_string(),
+            "protection mode \"insert\" needs a LUN formatted with protection information, \
+             but the LUN has none; use mode \"off\" (or \"strip\" if the host keeps PI)"
+        );
+        let e = policy(Strip, &[])
+            .check_against(LunCaps { pi_type: Some(1) })
+            .expect_err("PI");
+        assert_eq!(
+            e.to_string(),
+            "protection mode \"strip\" is for LUNs without protection information, but the \
+             LUN has Type 1 PI; use mode \"pass\" (host keeps PI) or \"insert\""
+        );
+    }
+
+    #[test]
+    fn overrides_replace_only_the_keys_present() {
+        let session = ProtectionPolicy::default();
+        let over = PolicyOverride {
+            mode: Some(Pass),
+            host_guard: Some(HostGuard::Csum),
+            ..PolicyOverride::default()
+        };
+        let m = session.merged(&over);
+        assert_eq!(m.mode, Pass);
+        assert_eq!(m.host_guard, HostGuard::Csum);
+        assert_eq!(m.checks, vec![Guard, Ref]);
+        assert_eq!(m.app_tag, 0);
+        assert_eq!(session.merged(&PolicyOverride::default()), session);
+    }
+}

@@ -413,7 +413,9 @@ impl Lun {
     /// Bytes per LBA in the data store: block_size, plus 8 when PI is interleaved.
     pub fn stride(&self) -> u64 {
         let b = u64::from(self.block_size);
-        if self.protection.pi_type != 0 && self.protection.store == PiStore::Interleaved {
+        let on_disk = !matches!(self.backing, Backing::Ram { .. });
+        if on_disk && self.protection.pi_type != 0 && self.protection.store == PiStore::Interleaved
+        {
             b + PI_TUPLE_LEN
         } else {
             b
@@ -596,7 +598,7 @@ impl Loaded for TargetConfig {
         let mut stores: HashMap<PathBuf, String> = HashMap::new();
         for (ti, t) in self.targets.iter().enumerate() {
             let tp = root.key("targets").index(ti);
-            if let Some(first) = names.insert(t.iqn.as_str().to_owned(), ti) {
+            if let Some(first) = names.insert(t.iqn.as_str().to_ascii_lowercase(), ti) {
                 p.push(Problem::new(
                     tp.key("iqn"),
                     format!(
@@ -725,7 +727,7 @@ fn check_target(
 ) {
     let mut acl = HashSet::new();
     for (i, name) in t.acl.iter().enumerate() {
-        if !acl.insert(name.as_str()) {
+        if !acl.insert(name.as_str().to_ascii_lowercase()) {
             p.push(Problem::new(
                 tp.key("acl").index(i),
                 format!("expected each initiator once, found {name} again"),
@@ -817,6 +819,7 @@ fn check_lun(lun: &Lun, lp: &KeyPath, p: &mut Vec<Problem>) {
         ));
     }
     let interleaved = has_pi && prot.store == PiStore::Interleaved;
+    let stride = lun.stride();
     match &lun.backing {
         Backing::Ram { size } => {
             if size.0 == 0 {
@@ -882,9 +885,8 @@ fn check_lun(lun: &Lun, lp: &KeyPath, p: &mut Vec<Problem>) {
         Backing::Block { .. } => None,
     };
     if let Some(size) = size.filter(|_| block_ok) {
-        let stride = lun.stride();
         if size.0 % stride != 0 {
-            let what = if interleaved {
+            let what = if stride != u64::from(lun.block_size) {
                 format!("block_size + 8 = {stride} (interleaved PI)")
             } else {
                 format!("block_size ({stride})")

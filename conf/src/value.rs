@@ -41,19 +41,6 @@ impl FromStr for Iqn {
     }
 }
 
-impl<'de> Deserialize<'de> for Iqn {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::new(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Iqn {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
 fn is_hex(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -363,13 +350,26 @@ impl fmt::Display for NbdEndpoint {
     }
 }
 
+/// Visits a string and parses it inside the deserializer call, so that the TOML
+/// deserializer gives the error the span of this very value (an array element, say).
+struct FromStrVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for FromStrVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse().map_err(E::custom)
+    }
+}
+
 /// Serde through `FromStr` and `Display` for the string-shaped value types.
 macro_rules! serde_via_str {
     ($($t:ty),*) => {$(
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                d.deserialize_str(FromStrVisitor(std::marker::PhantomData))
             }
         }
         impl Serialize for $t {
@@ -379,7 +379,7 @@ macro_rules! serde_via_str {
         }
     )*};
 }
-serde_via_str!(FabricAddr, PortalAddr, NbdEndpoint);
+serde_via_str!(Iqn, FabricAddr, PortalAddr, NbdEndpoint);
 
 /// `path` joined to `base` when it is relative and a base is known.
 pub(crate) fn resolve_path(base: Option<&Path>, path: &Path) -> PathBuf {
@@ -405,4 +405,142 @@ pub(crate) fn base_dir(name: &str) -> Option<PathBuf> {
     let joined = cwd.join(parent);
     // Drop `.` components so printed paths stay readable.
     Some(joined.components().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iscsi_name_table() {
+        let good = [
+            "iqn.2026-11.io.iser-pi:target0",
+            "iqn.2026-11.io.iser-pi",
+            "iqn.1994-05.com.redhat:client1",
+            "iqn.2001-04.com.example:storage:diskarrays-sn-a8675309",
+            "iqn.2001-04.com.example.storage.tape1.sys1.xyz",
+            "eui.02004567A425678D",
+            "eui.0123456789abcdef",
+            "naa.52004567BA64678D",
+            "naa.62004567BA64678D0123456789ABCDEF",
+        ];
+        for name in good {
+            assert_eq!(validate_iscsi_name(name), Ok(()), "{name}");
+            assert_eq!(Iqn::new(name).map(|i| i.to_string()), Ok(name.to_owned()));
+        }
+        let bad: [(&str, &str); 16] = [
+            ("", "expected an iSCSI name"),
+            ("iqn", "expected an iSCSI name"),
+            ("iqn.2026.io.x:a", "expected iqn. followed by a date"),
+            ("iqn.26-11.io.x:a", "expected iqn. followed by a date"),
+            ("iqn.2026-13.io.x:a", "month 01..12"),
+            ("iqn.2026-00.io.x:a", "month 01..12"),
+            ("iqn.2026-11:a", "expected iqn. followed by a date"),
+            ("iqn.2026-11.local:a", "reversed domain name"),
+            ("iqn.2026-11.io..x:a", "reversed domain name"),
+            ("iqn.2026-11.IO.x:a", "(iSCSI names are lower case)"),
+            ("iqn.2026-11.io.x:", "expected an identifier after ':'"),
+            ("iqn.2026-11.io.x:Disk", "(iSCSI names are lower case)"),
+            ("iqn.2026-11.io.x:a b", "found ' '"),
+            (
+                "eui.0123456789abcde",
+                "expected eui. followed by 16 hex digits",
+            ),
+            (
+                "naa.0123456789abcdef0",
+                "expected naa. followed by 16 or 32 hex digits",
+            ),
+            (
+                "naa.0123456789abcdeg",
+                "expected naa. followed by 16 or 32 hex digits",
+            ),
+        ];
+        for (name, want) in bad {
+            let err = validate_iscsi_name(name).expect_err(name);
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let long = format!("iqn.2026-11.io.x:{}", "a".repeat(MAX_ISCSI_NAME_LEN));
+        assert!(validate_iscsi_name(&long)
+            .expect_err("too long")
+            .contains("at most 223"));
+        let exact = format!("iqn.2026-11.io.x:{}", "a".repeat(MAX_ISCSI_NAME_LEN - 17));
+        assert_eq!(exact.len(), MAX_ISCSI_NAME_LEN);
+        assert_eq!(validate_iscsi_name(&exact), Ok(()));
+    }
+
+    #[test]
+    fn size_table() {
+        let good: [(&str, u64); 14] = [
+            ("0", 0),
+            ("4096", 4096),
+            ("512B", 512),
+            ("64MiB", 64 << 20),
+            ("1GiB", 1 << 30),
+            ("1 GiB", 1 << 30),
+            ("2TiB", 2 << 40),
+            ("4KiB", 4096),
+            ("4kib", 4096),
+            ("1kB", 1000),
+            ("1MB", 1_000_000),
+            ("3GB", 3_000_000_000),
+            ("1TB", 1_000_000_000_000),
+            (" 8MiB ", 8 << 20),
+        ];
+        for (s, n) in good {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+        }
+        let bad = [
+            ("", "found \"\""),
+            ("MiB", "found \"MiB\""),
+            ("-1", "found \"-1\""),
+            ("1.5GiB", "units B, KiB"),
+            ("64XB", "units B, KiB"),
+            ("64 M", "units B, KiB"),
+            ("99999999999999999999", "too large"),
+            ("17000000TiB", "more than 2^64-1 bytes"),
+        ];
+        for (s, want) in bad {
+            let err = parse_size(s).expect_err(s);
+            assert!(err.contains(want), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn size_display_uses_the_largest_exact_unit() {
+        let cases: [(u64, &str); 6] = [
+            (0, "0"),
+            (512, "512"),
+            (4096, "4KiB"),
+            (64 << 20, "64MiB"),
+            ((1 << 30) + 512, "1073742336"),
+            (3 << 40, "3TiB"),
+        ];
+        for (n, s) in cases {
+            assert_eq!(ByteSize(n).to_string(), s);
+            assert_eq!(parse_size(s), Ok(n));
+        }
+    }
+
+    #[test]
+    fn addresses_parse_and_print_back() {
+        for s in ["127.0.0.1:3261", "[::1]:3261", "unix:/run/iser.sock"] {
+            let a: FabricAddr = s.parse().expect(s);
+            assert_eq!(a.to_string(), s);
+        }
+        for s in [
+            "unix:/tmp/nbd.sock",
+            "tcp:127.0.0.1:10809",
+            "tcp:[::1]:10809",
+        ] {
+            let a: NbdEndpoint = s.parse().expect(s);
+            assert_eq!(a.to_string(), s);
+        }
+        for s in ["localhost:3260", "127.0.0.1", "unix:", "127.0.0.1:70000"] {
+            assert!(s.parse::<FabricAddr>().is_err(), "{s}");
+        }
+        for s in ["/tmp/x.sock", "tcp:localhost:1", "unix:", "nbd:1"] {
+            let e = s.parse::<NbdEndpoint>().expect_err(s);
+            assert!(e.contains("expected"), "{s}: {e}");
+        }
+    }
 }
