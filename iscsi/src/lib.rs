@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chap;
 pub mod codec;
 pub mod digest;
 pub mod framer;
