@@ -151,16 +151,22 @@ impl SourceIndex {
 
     fn diagnostic_at(&self, span: Option<Range<usize>>, message: &str) -> ConfigError {
         let offset = span.map(|s| s.start);
-        let path = offset
-            .and_then(|o| self.path_at(o))
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        let mut path = offset.and_then(|o| self.path_at(o)).unwrap_or_default();
+        let mut message = message.trim_end().to_owned();
+        // serde names a missing key in its message; name it in the path instead.
+        if let Some(key) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            path = path.key(key);
+            message = "expected this required key, found none".to_owned();
+        }
         ConfigError {
             diagnostics: vec![Diagnostic {
                 file: self.name.clone(),
                 position: offset.map(|o| self.line_col(o)),
-                path,
-                message: message.trim_end().to_owned(),
+                path: path.to_string(),
+                message,
             }],
         }
     }

@@ -57,12 +57,12 @@ pub(crate) fn cases() -> Vec<(&'static str, String, &'static str)> {
         (
             "missing_iqn",
             "[[targets]]\nluns = []\n".to_owned(),
-            "target.toml:1:1: targets[0]: missing field `iqn`",
+            "target.toml:1:1: targets[0].iqn: expected this required key, found none",
         ),
         (
             "missing_backing",
             "[[targets]]\niqn = \"iqn.2026-11.io.example:t0\"\n\n[[targets.luns]]\nid = 0\n".to_owned(),
-            "target.toml:4:1: targets[0].luns[0]: missing field `backing`",
+            "target.toml:4:1: targets[0].luns[0].backing: expected this required key, found none",
         ),
         (
             "bad_target_iqn",
