@@ -11,8 +11,10 @@ pub mod chap;
 pub mod codec;
 pub mod digest;
 pub mod framer;
+pub mod iser;
 pub mod negotiate;
 pub mod pdu;
+pub mod seq;
 pub mod text;
 
 pub use codec::{Action, Codec, DecodeError, Reader};
