@@ -20,7 +20,8 @@ pub enum CrcImpl {
     Pclmul,
     /// 256-bit VPCLMULQDQ folding in AVX2 registers (AVX2 + VPCLMULQDQ).
     Vpclmul256,
-    /// 512-bit VPCLMULQDQ folding (AVX-512F/BW/VL + VPCLMULQDQ).
+    /// 512-bit VPCLMULQDQ folding in the bit-reflected domain (AVX-512F/BW/VL +
+    /// VPCLMULQDQ + GFNI).
     Vpclmul512,
 }
 
@@ -120,7 +121,7 @@ pub fn crc_with(imp: CrcImpl, seed: u16, data: &[u8]) -> Option<u16> {
         }
         #[cfg(target_arch = "x86_64")]
         CrcImpl::Vpclmul512 if imp.is_available() => {
-            // SAFETY: the CPU supports AVX-512F/BW/VL and VPCLMULQDQ (checked just above).
+            // SAFETY: the CPU supports AVX-512F/BW/VL, VPCLMULQDQ and GFNI (checked just above).
             Some(unsafe { x86::crc_vpclmul512(seed, data) })
         }
         _ => None,

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::consts::{barrett_reduce, fold_pair};
+use super::consts::{barrett_reduce, fold_pair, xpow_mod};
 use super::table;
 
 /// PCLMULQDQ and the SSE levels the 128-bit kernel uses.
@@ -28,12 +28,13 @@ pub(crate) fn has_vpclmul256() -> bool {
     has_pclmul() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("vpclmulqdq")
 }
 
-/// VPCLMULQDQ with AVX-512 registers and byte shuffles.
+/// VPCLMULQDQ with AVX-512 registers, byte shuffles and GFNI.
 pub(crate) fn has_vpclmul512() -> bool {
     has_vpclmul256()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("gfni")
 }
 
 /// Fold multipliers for `n` chunks spaced `stride_bits` apart, each moved to
@@ -251,18 +252,54 @@ unsafe fn body256<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len
     unsafe { finish::<COPY>(acc, src, dst, len, off) }
 }
 
-/// 512-bit kernel body.
+/// Reflected-domain fold multipliers for the 512-bit kernel.
+///
+/// That kernel never byte-swaps its data: it bit-reverses every byte with one
+/// GF2P8AFFINEQB (which runs beside the carry-less multiplies instead of
+/// competing with them for the shuffle port), which turns each little-endian
+/// 16-byte load into `rev128(chunk)`, the chunk with all 128 bits mirrored.
+/// Carry-less multiplication commutes with mirroring up to one bit:
+/// `clmul(rev64(a), rev64(c)) = rev128(a*c*x)`. So a chunk is moved `d` bits
+/// forward with `c = x^(d+63) mod P` for its high half (which sits in the low
+/// qword once mirrored) and `c = x^(d-1) mod P` for its low half; the extra
+/// factor x restores `x^(d+64)` and `x^d` modulo P. For `d = 0`, `x^-1 mod P`
+/// exists because P has a constant term.
+const fn refl_pair(bits: u32) -> (u64, u64) {
+    let lo_half = if bits == 0 { X_INV } else { xpow_mod(bits - 1) };
+    (xpow_mod(bits + 63).reverse_bits(), lo_half.reverse_bits())
+}
+
+/// `x^-1 mod P = (P + 1) / x`.
+const X_INV: u64 = (super::consts::POLY_FULL ^ 1) >> 1;
+
+const R2048_LOOP: (u64, u64) = refl_pair(2048);
+const R16_REDUCE: [(u64, u64); 16] = {
+    let mut a = [(0u64, 0u64); 16];
+    let mut i = 0;
+    while i < 16 {
+        a[i] = refl_pair(128 * (15 - i) as u32);
+        i += 1;
+    }
+    a
+};
+
+/// GF2P8AFFINEQB matrix that mirrors the bits of every byte.
+const BIT_REVERSE_MATRIX: i64 = 0x8040_2010_0804_0201_u64 as i64;
+
+/// 512-bit kernel body (reflected domain, see [`refl_pair`]).
 ///
 /// # Safety
 /// As [`body128`].
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,vpclmulqdq,avx2,pclmulqdq,sse2,ssse3,sse4.1")]
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,vpclmulqdq,gfni,avx2,pclmulqdq,sse2,ssse3,sse4.1"
+)]
 unsafe fn body512<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len: usize) -> u16 {
     if len < 256 {
         // SAFETY: same contract.
         return unsafe { body128::<COPY>(seed, src, dst, len) };
     }
-    let sh = _mm512_broadcast_i32x4(bswap128());
+    let mirror = _mm512_set1_epi64(BIT_REVERSE_MATRIX);
     let take = |off: usize| {
         // SAFETY: every call below has off + 64 <= len.
         let v = unsafe { _mm512_loadu_si512(src.add(off).cast()) };
@@ -270,43 +307,44 @@ unsafe fn body512<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len
             // SAFETY: off + 64 <= len inside dst, which the caller made writable.
             unsafe { _mm512_storeu_si512(dst.add(off).cast(), v) };
         }
-        _mm512_shuffle_epi8(v, sh)
+        _mm512_gf2p8affine_epi64_epi8::<0>(v, mirror)
     };
+    let pair = |k: (u64, u64)| _mm_set_epi64x(k.1 as i64, k.0 as i64);
     let mut z = [_mm512_setzero_si512(); 4];
     for (i, zi) in z.iter_mut().enumerate() {
         *zi = take(64 * i);
     }
+    // The seed goes into the first 16 message bits: the low bits once mirrored.
     z[0] = _mm512_xor_si512(
         z[0],
-        _mm512_set_epi64(0, 0, 0, 0, 0, 0, i64::from(seed) << 48, 0),
+        _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, i64::from(seed.reverse_bits())),
     );
-    let (khi, klo) = K2048_LOOP;
-    let k = _mm512_broadcast_i32x4(_mm_set_epi64x(khi as i64, klo as i64));
+    let k = _mm512_broadcast_i32x4(pair(R2048_LOOP));
     let mut off = 256;
     while off + 256 <= len {
         for (i, zi) in z.iter_mut().enumerate() {
-            let hi = _mm512_clmulepi64_epi128::<0x11>(*zi, k);
-            let lo = _mm512_clmulepi64_epi128::<0x00>(*zi, k);
-            *zi = _mm512_ternarylogic_epi64::<0x96>(hi, lo, take(off + 64 * i));
+            let a = _mm512_clmulepi64_epi128::<0x00>(*zi, k);
+            let b = _mm512_clmulepi64_epi128::<0x11>(*zi, k);
+            *zi = _mm512_ternarylogic_epi64::<0x96>(a, b, take(off + 64 * i));
         }
         off += 256;
     }
     let mut acc = _mm512_setzero_si512();
     for (i, zi) in z.iter().enumerate() {
-        let c = &K16_REDUCE[4 * i..4 * i + 4];
+        let c = &R16_REDUCE[4 * i..4 * i + 4];
         let kr = _mm512_set_epi64(
-            c[3].0 as i64,
             c[3].1 as i64,
-            c[2].0 as i64,
+            c[3].0 as i64,
             c[2].1 as i64,
-            c[1].0 as i64,
+            c[2].0 as i64,
             c[1].1 as i64,
-            c[0].0 as i64,
+            c[1].0 as i64,
             c[0].1 as i64,
+            c[0].0 as i64,
         );
-        let hi = _mm512_clmulepi64_epi128::<0x11>(*zi, kr);
-        let lo = _mm512_clmulepi64_epi128::<0x00>(*zi, kr);
-        acc = _mm512_ternarylogic_epi64::<0x96>(acc, hi, lo);
+        let a = _mm512_clmulepi64_epi128::<0x00>(*zi, kr);
+        let b = _mm512_clmulepi64_epi128::<0x11>(*zi, kr);
+        acc = _mm512_ternarylogic_epi64::<0x96>(acc, a, b);
     }
     let a = _mm_xor_si128(
         _mm512_extracti32x4_epi32::<0>(acc),
@@ -316,8 +354,12 @@ unsafe fn body512<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len
         _mm512_extracti32x4_epi32::<2>(acc),
         _mm512_extracti32x4_epi32::<3>(acc),
     );
+    // Back to the normal domain: mirror the bits of each byte, then the bytes.
+    let mirrored =
+        _mm_gf2p8affine_epi64_epi8::<0>(_mm_xor_si128(a, b), _mm_set1_epi64x(BIT_REVERSE_MATRIX));
+    let acc = _mm_shuffle_epi8(mirrored, bswap128());
     // SAFETY: off <= len and the buffers are the caller's.
-    unsafe { finish::<COPY>(_mm_xor_si128(a, b), src, dst, len, off) }
+    unsafe { finish::<COPY>(acc, src, dst, len, off) }
 }
 
 /// 128-bit PCLMULQDQ kernel.
@@ -347,7 +389,9 @@ pub(crate) unsafe fn crc_vpclmul256(seed: u16, data: &[u8]) -> u16 {
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VPCLMULQDQ ([`has_vpclmul512`]).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,vpclmulqdq,avx2,pclmulqdq,sse2,ssse3,sse4.1")]
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,vpclmulqdq,gfni,avx2,pclmulqdq,sse2,ssse3,sse4.1"
+)]
 pub(crate) unsafe fn crc_vpclmul512(seed: u16, data: &[u8]) -> u16 {
     // SAFETY: data is readable for its length; no copy.
     unsafe { body512::<false>(seed, data.as_ptr(), std::ptr::null_mut(), data.len()) }
@@ -383,7 +427,9 @@ pub(crate) unsafe fn crc_copy_vpclmul256(seed: u16, dst: &mut [u8], src: &[u8]) 
 /// # Safety
 /// As [`crc_vpclmul512`], and `dst.len() == src.len()`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,vpclmulqdq,avx2,pclmulqdq,sse2,ssse3,sse4.1")]
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,vpclmulqdq,gfni,avx2,pclmulqdq,sse2,ssse3,sse4.1"
+)]
 pub(crate) unsafe fn crc_copy_vpclmul512(seed: u16, dst: &mut [u8], src: &[u8]) -> u16 {
     debug_assert_eq!(dst.len(), src.len());
     // SAFETY: as crc_copy_pclmul.
