@@ -12,6 +12,8 @@ use crate::error::{ConfigError, Diagnostic, KeyPath, Problem};
 #[derive(Debug, Clone)]
 struct Entry {
     path: KeyPath,
+    /// The value is a table (header, inline, or an element of an array of tables).
+    table: bool,
     key: Option<Range<usize>>,
     value: Option<Range<usize>>,
 }
@@ -59,6 +61,7 @@ impl SourceIndex {
     fn index_item(&mut self, item: &Item, path: KeyPath, key: Option<Range<usize>>) {
         self.entries.push(Entry {
             path: path.clone(),
+            table: item.is_table_like(),
             key,
             value: item.span(),
         });
@@ -69,6 +72,7 @@ impl SourceIndex {
                     let p = path.index(i);
                     self.entries.push(Entry {
                         path: p.clone(),
+                        table: true,
                         key: None,
                         value: t.span(),
                     });
@@ -87,6 +91,7 @@ impl SourceIndex {
                     let p = path.index(i);
                     self.entries.push(Entry {
                         path: p.clone(),
+                        table: v.is_inline_table(),
                         key: None,
                         value: v.span(),
                     });
@@ -98,17 +103,34 @@ impl SourceIndex {
         }
     }
 
-    /// The deepest key whose key or value span contains `offset`.
-    fn path_at(&self, offset: usize) -> Option<KeyPath> {
+    /// The key a serde error span is about. serde spans start exactly where the
+    /// offending key, value, inline table or `[table]` header starts (a header's span runs
+    /// on over its body). A table missing a key is named by its own span: the root's runs
+    /// over its leading key/value lines from offset 0 (empty when it has none), so with
+    /// `missing` only tables are candidates and the root is the fallback.
+    fn path_at(&self, span: &Range<usize>, missing: bool) -> KeyPath {
+        if missing && span.is_empty() {
+            return KeyPath::root();
+        }
+        let starts_here =
+            |r: &Option<Range<usize>>| r.as_ref().is_some_and(|r| r.start == span.start);
         let contains = |r: &Option<Range<usize>>| {
             r.as_ref()
-                .is_some_and(|r| r.start <= offset && offset < r.end.max(r.start + 1))
+                .is_some_and(|r| r.start <= span.start && span.start < r.end)
         };
-        self.entries
-            .iter()
-            .filter(|e| contains(&e.key) || contains(&e.value))
-            .max_by_key(|e| e.path.0.len())
-            .map(|e| e.path.clone())
+        let deepest = |keep: &dyn Fn(&Entry) -> bool| {
+            self.entries
+                .iter()
+                .filter(|e| keep(e))
+                .max_by_key(|e| e.path.0.len())
+                .map(|e| e.path.clone())
+        };
+        if missing {
+            return deepest(&|e| e.table && starts_here(&e.value)).unwrap_or_default();
+        }
+        deepest(&|e| starts_here(&e.key) || starts_here(&e.value))
+            .or_else(|| deepest(&|e| contains(&e.key) || contains(&e.value)))
+            .unwrap_or_default()
     }
 
     /// Byte offset of `path` (its value, else its key), or of its nearest present ancestor.
@@ -150,15 +172,18 @@ impl SourceIndex {
     }
 
     fn diagnostic_at(&self, span: Option<Range<usize>>, message: &str) -> ConfigError {
-        let offset = span.map(|s| s.start);
-        let mut path = offset.and_then(|o| self.path_at(o)).unwrap_or_default();
+        let offset = span.as_ref().map(|s| s.start);
         let mut message = message.trim_end().to_owned();
         // serde names a missing key in its message; name it in the path instead.
-        if let Some(key) = message
+        let missing = message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.strip_suffix('`'))
-        {
-            path = path.key(key);
+            .map(str::to_owned);
+        let mut path = span
+            .map(|s| self.path_at(&s, missing.is_some()))
+            .unwrap_or_default();
+        if let Some(key) = missing {
+            path = path.key(&key);
             message = "expected this required key, found none".to_owned();
         }
         ConfigError {

@@ -5,6 +5,8 @@
 mod behaviour;
 #[path = "config/initiator_errors.rs"]
 mod initiator_errors;
+#[path = "config/parse_errors.rs"]
+mod parse_errors;
 #[path = "config/roundtrip.rs"]
 mod roundtrip;
 #[path = "config/secrets.rs"]
