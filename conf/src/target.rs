@@ -621,11 +621,12 @@ fn check_portals(portals: &[Portal], p: &mut Vec<Problem>) {
             "expected at least one [[portals]] table, found none",
         ));
     }
-    let mut seen: HashMap<(String, Option<&str>), usize> = HashMap::new();
     for (i, portal) in portals.iter().enumerate() {
         let pp = root.key("portals").index(i);
-        let key = (portal.listen.to_string(), portal.device.as_deref());
-        if let Some(first) = seen.insert(key, i) {
+        let clash = portals[..i]
+            .iter()
+            .position(|q| q.device == portal.device && overlaps(&q.listen, &portal.listen));
+        if let Some(first) = clash {
             p.push(Problem::new(
                 pp.key("listen"),
                 format!(
@@ -676,6 +677,62 @@ fn check_portals(portals: &[Portal], p: &mut Vec<Problem>) {
             }
             (Transport::Iser, None, _) | (Transport::Tcp, None, FabricAddr::Tcp(_)) => {}
         }
+    }
+}
+
+/// What kind of file a metadata describes, for messages.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+fn check_block_device(path: &Path, key: &KeyPath, p: &mut Vec<Problem>) {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {}
+        Ok(m) => p.push(Problem::new(
+            key.clone(),
+            format!(
+                "expected a block device (use type = \"file\" for regular files), found {} at {}",
+                file_kind(&m),
+                path.display()
+            ),
+        )),
+        Err(e) => p.push(Problem::new(
+            key.clone(),
+            format!(
+                "expected an existing block device, found {}: {e}",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// True when two listen addresses would claim the same port (one of them a wildcard).
+fn overlaps(a: &FabricAddr, b: &FabricAddr) -> bool {
+    match (a, b) {
+        (FabricAddr::Tcp(a), FabricAddr::Tcp(b)) => {
+            a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        (FabricAddr::Unix(a), FabricAddr::Unix(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -860,6 +917,18 @@ fn check_lun(lun: &Lun, lp: &KeyPath, p: &mut Vec<Problem>) {
                 )),
                 _ => {}
             }
+            if let Ok(m) = std::fs::metadata(path) {
+                if !m.is_file() {
+                    p.push(Problem::new(
+                        bp.key("path"),
+                        format!(
+                            "expected a regular file (use type = \"block\" for devices), found {} at {}",
+                            file_kind(&m),
+                            path.display()
+                        ),
+                    ));
+                }
+            }
             if size.is_some_and(|s| s.0 == 0) {
                 p.push(Problem::new(
                     bp.key("size"),
@@ -868,6 +937,7 @@ fn check_lun(lun: &Lun, lp: &KeyPath, p: &mut Vec<Problem>) {
             }
         }
         Backing::Block { path } => {
+            check_block_device(path, &bp.key("path"), p);
             if has_pi && prot.store == PiStore::Sidecar && prot.pi_path.is_none() {
                 p.push(Problem::new(
                     pp.key("pi_path"),

@@ -182,7 +182,8 @@ pub(crate) fn cases() -> Vec<(&'static str, String, &'static str)> {
         (
             "sidecar_on_block_needs_pi_path",
             format!("{}[targets.luns.protection]\ntype = 1\n", BASE.replace("type = \"ram\", size = \"1MiB\"", "type = \"block\", path = \"/dev/null\"")),
-            "target.toml:7:1: targets[0].luns[0].protection.pi_path: expected pi_path for sidecar PI on block device /dev/null (a .pi file beside a device node is not kept), found none",
+            "target.toml:6:36: targets[0].luns[0].backing.path: expected a block device (use type = \"file\" for regular files), found a character device at /dev/null\n\
+             target.toml:7:1: targets[0].luns[0].protection.pi_path: expected pi_path for sidecar PI on block device /dev/null (a .pi file beside a device node is not kept), found none",
         ),
         (
             "pi_path_on_ram",
@@ -353,6 +354,21 @@ pub(crate) fn cases() -> Vec<(&'static str, String, &'static str)> {
             "discovery_chap_short_secret",
             format!("[discovery.chap]\nusername = \"d\"\nsecret = \"abc\"\n\n{BASE}"),
             "target.toml:3:10: discovery.chap.secret: expected a CHAP secret of 12..255 bytes (RFC 7143 section 12.1.3 asks for at least 96 bits), found 3 bytes",
+        ),
+        (
+            "block_missing",
+            BASE.replace("type = \"ram\", size = \"1MiB\"", "type = \"block\", path = \"/nonexistent/sdz\""),
+            "target.toml:6:36: targets[0].luns[0].backing.path: expected an existing block device, found /nonexistent/sdz: No such file or directory (os error 2)",
+        ),
+        (
+            "file_is_a_directory",
+            BASE.replace("type = \"ram\", size = \"1MiB\"", "type = \"file\", path = \"/\""),
+            "target.toml:6:35: targets[0].luns[0].backing.path: expected a regular file (use type = \"block\" for devices), found a directory at /",
+        ),
+        (
+            "portal_overlaps_a_wildcard",
+            format!("[[portals]]\ntransport = \"tcp\"\nlisten = \"0.0.0.0:3260\"\n\n[[portals]]\ntransport = \"iser\"\nlisten = \"127.0.0.1:3260\"\n\n{BASE}"),
+            "target.toml:7:10: portals[1].listen: expected a listen address not used by another portal, found 127.0.0.1:3260 (also portals[0])",
         ),
     ]
 }
