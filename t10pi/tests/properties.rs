@@ -1,0 +1,232 @@
+//! Property tests over random data, geometries, domains and `first_block`, run
+//! with every CRC kernel this CPU has: round trips, single-bit error detection,
+//! PASS translation and sub-range equivalence.
+
+use proptest::prelude::*;
+use t10pi::testing::*;
+use t10pi::*;
+
+fn engines() -> Vec<Engine> {
+    CrcImpl::ALL
+        .into_iter()
+        .filter_map(Engine::with_impl)
+        .collect()
+}
+
+fn interval() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(512u32), Just(1024), Just(4096)]
+}
+
+fn guard_type() -> impl Strategy<Value = GuardType> {
+    prop_oneof![Just(GuardType::Crc), Just(GuardType::Csum)]
+}
+
+fn dif_type() -> impl Strategy<Value = DifType> {
+    prop_oneof![
+        Just(DifType::Type1),
+        Just(DifType::Type2),
+        Just(DifType::Type3)
+    ]
+}
+
+/// A domain whose generated tuples are never escaped (app tag != 0xFFFF).
+fn domain() -> impl Strategy<Value = T10DifDomain> {
+    (
+        dif_type(),
+        guard_type(),
+        interval(),
+        any::<u32>(),
+        0u16..0xFFFF,
+        any::<u16>(),
+    )
+        .prop_map(|(t, g, iv, r, app, seed)| {
+            T10DifDomain::new(t, g, iv, r)
+                .with_app_tag(app, 0xFFFF)
+                .with_guard_seed(seed)
+        })
+}
+
+/// Domain plus data of 1..=5 blocks and a first block index.
+fn case() -> impl Strategy<Value = (T10DifDomain, Vec<u8>, u64)> {
+    (domain(), 1usize..=5, any::<u64>(), any::<u64>()).prop_map(|(dom, n, seed, first)| {
+        let mut x = seed | 1;
+        let data = (0..n * dom.pi_interval as usize)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        (dom, data, first % (1 << 40))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn insert_then_strip_is_identity_and_generate_then_verify_passes((dom, data, first) in case()) {
+        let iv = dom.pi_interval as usize;
+        let n = data.len() / iv;
+        for e in engines() {
+            let mut dif = vec![0u8; n * (iv + 8)];
+            e.insert(&dom, &data, &mut dif, first).unwrap();
+            e.verify_dif(&dom, check_mask::ALL, &dif, first).unwrap();
+            let mut back = vec![0u8; data.len()];
+            e.strip(&dom, check_mask::ALL, &dif, &mut back, first).unwrap();
+            prop_assert_eq!(&back, &data);
+            let mut pi = vec![0u8; n * 8];
+            e.generate(&dom, &data, &mut pi, first).unwrap();
+            e.verify(&dom, check_mask::ALL, &data, &pi, first).unwrap();
+            let mut dif2 = vec![0u8; dif.len()];
+            interleave(dom.pi_interval, &data, &pi, &mut dif2).unwrap();
+            prop_assert_eq!(&dif2, &dif, "insert == generate + interleave");
+        }
+    }
+
+    #[test]
+    fn any_data_bit_flip_is_a_guard_error_in_its_block((dom, data, first) in case(), pick in any::<u64>()) {
+        let iv = dom.pi_interval as usize;
+        let n = data.len() / iv;
+        let block = pick % n as u64;
+        let bit = ((pick >> 8) % (iv as u64 * 8)) as u32;
+        let mut pi = vec![0u8; n * 8];
+        generate(&dom, &data, &mut pi, first).unwrap();
+        let mut bad = data.clone();
+        flip_dix_data_bit(&mut bad, dom.pi_interval, block, bit).unwrap();
+        let mut dif = vec![0u8; n * (iv + 8)];
+        interleave(dom.pi_interval, &bad, &pi, &mut dif).unwrap();
+        for e in engines() {
+            let err = e.verify(&dom, check_mask::ALL, &bad, &pi, first).unwrap_err();
+            let pe = *err.pi().unwrap();
+            prop_assert_eq!(pe.kind, PiErrorKind::Guard);
+            prop_assert_eq!(pe.block, first + block);
+            prop_assert_eq!(pe.wire_offset, (first + block) * (iv as u64 + 8));
+            let err = e.verify_dif(&dom, check_mask::GUARD, &dif, first).unwrap_err();
+            prop_assert_eq!(err.pi().map(|p| (p.kind, p.block)), Some((PiErrorKind::Guard, first + block)));
+            let mut out = vec![0u8; data.len()];
+            let err = e.strip(&dom, check_mask::ALL, &dif, &mut out, first).unwrap_err();
+            prop_assert_eq!(err.pi().map(|p| (p.kind, p.block)), Some((PiErrorKind::Guard, first + block)));
+            // Without the guard check the flip goes unnoticed.
+            prop_assert!(e.verify(&dom, check_mask::APPTAG | check_mask::REFTAG, &bad, &pi, first).is_ok());
+        }
+    }
+
+    #[test]
+    fn sub_range_calls_match_one_whole_call((dom, data, first) in case(), cut in any::<usize>()) {
+        let iv = dom.pi_interval as usize;
+        let n = data.len() / iv;
+        let k = cut % (n + 1);
+        let mut whole = vec![0u8; n * (iv + 8)];
+        insert(&dom, &data, &mut whole, first).unwrap();
+        let mut parts = vec![0u8; whole.len()];
+        let (a, b) = parts.split_at_mut(k * (iv + 8));
+        insert(&dom, &data[..k * iv], a, first).unwrap();
+        insert(&dom, &data[k * iv..], b, first + k as u64).unwrap();
+        prop_assert_eq!(&parts, &whole);
+        let mut pi_whole = vec![0u8; n * 8];
+        generate(&dom, &data, &mut pi_whole, first).unwrap();
+        let mut pi_parts = vec![0u8; n * 8];
+        let (pa, pb) = pi_parts.split_at_mut(k * 8);
+        generate(&dom, &data[..k * iv], pa, first).unwrap();
+        generate(&dom, &data[k * iv..], pb, first + k as u64).unwrap();
+        prop_assert_eq!(&pi_parts, &pi_whole);
+        // A corrupted block in the second piece is reported with its whole-transfer index.
+        if k < n {
+            let mut bad = whole.clone();
+            flip_dif_pi_bit(&mut bad, dom.pi_interval, (n - 1) as u64, 63).unwrap();
+            let bt = tail_block(&bad, k, iv);
+            let err = verify_dif(&dom, check_mask::ALL, bt, first + k as u64).unwrap_err();
+            let whole_err = verify_dif(&dom, check_mask::ALL, &bad, first).unwrap_err();
+            prop_assert_eq!(err, whole_err);
+        }
+    }
+
+    #[test]
+    fn pass_csum_memory_to_crc_wire_and_back_restores_the_original(
+        (dom, data, first) in case(),
+        lba in any::<u32>(),
+    ) {
+        let iv = dom.pi_interval as usize;
+        let n = data.len() / iv;
+        // Memory: IP checksum, ref tags from 0. Wire: CRC, ref tags from the LBA.
+        let mem = T10DifDomain { bg_type: GuardType::Csum, ref_tag: 0, ref_remap: true, ..dom };
+        let wire = T10DifDomain { bg_type: GuardType::Crc, ref_tag: lba, ref_remap: true, bg: 0, ..dom };
+        let mut pi = vec![0u8; n * 8];
+        generate(&mem, &data, &mut pi, first).unwrap();
+        for e in engines() {
+            let mut dif = vec![0u8; n * (iv + 8)];
+            e.pass(&mem, check_mask::ALL, PiBuf::Dix { data: &data, pi: &pi }, &wire, PiBufMut::Dif(&mut dif), first).unwrap();
+            // The wire form is exactly what INSERT in the wire domain makes.
+            let mut direct = vec![0u8; dif.len()];
+            insert(&wire, &data, &mut direct, first).unwrap();
+            prop_assert_eq!(&dif, &direct);
+            // DIF -> DIF keeps it; DIF -> DIX and DIX -> DIX bring the memory PI back.
+            let mut dif2 = vec![0u8; dif.len()];
+            e.pass(&wire, check_mask::ALL, PiBuf::Dif(&dif), &wire, PiBufMut::Dif(&mut dif2), first).unwrap();
+            prop_assert_eq!(&dif2, &dif);
+            let (mut d, mut p) = (vec![0u8; data.len()], vec![0u8; n * 8]);
+            e.pass(&wire, check_mask::ALL, PiBuf::Dif(&dif2), &mem, PiBufMut::Dix { data: &mut d, pi: &mut p }, first).unwrap();
+            prop_assert_eq!(&d, &data);
+            prop_assert_eq!(&p, &pi);
+            let (mut d2, mut p2) = (vec![0u8; data.len()], vec![0u8; n * 8]);
+            e.pass(&mem, check_mask::ALL, PiBuf::Dix { data: &d, pi: &p }, &mem, PiBufMut::Dix { data: &mut d2, pi: &mut p2 }, first).unwrap();
+            prop_assert_eq!((&d2, &p2), (&data, &pi));
+        }
+    }
+}
+
+fn tail_block(dif: &[u8], k: usize, iv: usize) -> &[u8] {
+    &dif[k * (iv + 8)..]
+}
+
+/// Every one of the 64 tuple bits, in each of 4 blocks of 512 and 2 of 4096.
+#[test]
+fn every_tuple_bit_flip_512x4_and_4096x2() {
+    for (iv, n) in [(512u32, 4usize), (4096, 2)] {
+        let dom = T10DifDomain::type1(GuardType::Crc, iv, 0x0100_0000).with_app_tag(0x1234, 0xFFFF);
+        let data: Vec<u8> = (0..n * iv as usize).map(|i| (i * 7 + 3) as u8).collect();
+        let mut pi = vec![0u8; n * 8];
+        generate(&dom, &data, &mut pi, 5).unwrap();
+        for e in engines() {
+            for block in 0..n as u64 {
+                for bit in 0..64u32 {
+                    let mut bad = pi.clone();
+                    flip_dix_pi_bit(&mut bad, block, bit).unwrap();
+                    let want = match bit {
+                        0..=15 => PiErrorKind::Guard,
+                        16..=31 => PiErrorKind::AppTag,
+                        _ => PiErrorKind::RefTag,
+                    };
+                    let err = e.verify(&dom, check_mask::ALL, &data, &bad, 5).unwrap_err();
+                    let pe = err.pi().copied().unwrap();
+                    assert_eq!((pe.kind, pe.block), (want, 5 + block), "{iv}x{n} bit {bit}");
+                    // Only the flipped field's check notices it.
+                    let only = match want {
+                        PiErrorKind::Guard => check_mask::GUARD,
+                        PiErrorKind::AppTag => check_mask::APPTAG,
+                        PiErrorKind::RefTag => check_mask::REFTAG,
+                    };
+                    assert!(e
+                        .verify(&dom, check_mask::ALL & !only, &data, &bad, 5)
+                        .is_ok());
+                    // The per-byte mask: only the byte holding the bit matters.
+                    let byte_bit = 0x80u8 >> (bit / 8);
+                    assert!(
+                        e.verify(&dom, byte_bit, &data, &bad, 5).is_err(),
+                        "bit {bit}"
+                    );
+                    assert!(e
+                        .verify(&dom, check_mask::ALL & !byte_bit, &data, &bad, 5)
+                        .is_ok());
+                    // Same in the interleaved layout.
+                    let mut dif = vec![0u8; n * (iv as usize + 8)];
+                    interleave(iv, &data, &bad, &mut dif).unwrap();
+                    let err = e.verify_dif(&dom, check_mask::ALL, &dif, 5).unwrap_err();
+                    assert_eq!(err.pi().map(|p| (p.kind, p.block)), Some((want, 5 + block)));
+                }
+            }
+        }
+    }
+}
