@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Diagnostic, KeyPath, Problem};
 pub use secret::{Chap, Secret};
-pub use value::{ByteSize, FabricAddr, Iqn, NbdEndpoint, PortalAddr};
+pub use value::{ByteSize, FabricAddr, Iqn, NbdEndpoint, PortalAddr, ValueError};
 
 /// Log verbosity, lowest to highest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

@@ -187,7 +187,7 @@ impl ProtectionPolicy {
     }
 
     /// Problems that need no LUN to see (e.g. csum guard with insert).
-    pub fn static_problems(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn static_problems(&self) -> Vec<(&'static str, String)> {
         let mut v = Vec::new();
         if self.host_guard == HostGuard::Csum && !self.mode.pi_in_memory() {
             v.push((

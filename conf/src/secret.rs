@@ -161,7 +161,7 @@ fn check_secret_len(secret: &Secret, path: &KeyPath, problems: &mut Vec<Problem>
 
 /// Reads a secret file: it must be a regular file with mode & 0o077 == 0. One trailing
 /// newline (`\n` or `\r\n`) is removed.
-pub fn read_secret_file(file: &Path) -> Result<Secret, String> {
+pub(crate) fn read_secret_file(file: &Path) -> Result<Secret, String> {
     let meta = std::fs::metadata(file)
         .map_err(|e| format!("cannot read secret file {}: {e}", file.display()))?;
     if !meta.is_file() {

@@ -8,6 +8,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A malformed value: what was expected and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(pub String);
+
 /// Longest iSCSI name in bytes (RFC 7143 section 4.2.7.1).
 pub const MAX_ISCSI_NAME_LEN: usize = 223;
 
@@ -18,7 +23,7 @@ pub struct Iqn(String);
 
 impl Iqn {
     /// Checks `name` against the iSCSI name rules.
-    pub fn new(name: &str) -> Result<Self, String> {
+    pub fn new(name: &str) -> Result<Self, ValueError> {
         validate_iscsi_name(name).map(|()| Self(name.to_owned()))
     }
 
@@ -35,8 +40,8 @@ impl fmt::Display for Iqn {
 }
 
 impl FromStr for Iqn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         Self::new(s)
     }
 }
@@ -46,7 +51,11 @@ fn is_hex(s: &str) -> bool {
 }
 
 /// The iSCSI name rules; the error says what was expected and what was found.
-pub fn validate_iscsi_name(name: &str) -> Result<(), String> {
+pub fn validate_iscsi_name(name: &str) -> Result<(), ValueError> {
+    iscsi_name_rules(name).map_err(ValueError)
+}
+
+fn iscsi_name_rules(name: &str) -> Result<(), String> {
     let expected = "expected an iSCSI name (iqn.yyyy-mm.reversed.domain[:identifier], \
                     eui.<16 hex digits> or naa.<16 or 32 hex digits>)";
     if name.len() > MAX_ISCSI_NAME_LEN {
@@ -148,14 +157,18 @@ impl ByteSize {
 }
 
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         parse_size(s).map(ByteSize)
     }
 }
 
 /// Parses a size string; see [`ByteSize`].
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
+    size_rules(s).map_err(ValueError)
+}
+
+fn size_rules(s: &str) -> Result<u64, String> {
     let expected = "expected a size such as 4096, \"64MiB\" or \"1GiB\"";
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -261,11 +274,13 @@ impl FabricAddr {
 }
 
 impl FromStr for FabricAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if let Some(p) = s.strip_prefix("unix:") {
             if p.is_empty() {
-                return Err(format!("expected unix:<socket path>, found {s:?}"));
+                return Err(ValueError(format!(
+                    "expected unix:<socket path>, found {s:?}"
+                )));
             }
             return Ok(Self::Unix(PathBuf::from(p)));
         }
@@ -283,11 +298,11 @@ impl fmt::Display for FabricAddr {
 }
 
 /// Parses `ip:port` or `[ipv6]:port`.
-pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, ValueError> {
     s.parse().map_err(|_| {
-        format!(
+        ValueError(format!(
             "expected an IP address and port such as \"127.0.0.1:3260\" or \"[::1]:3260\", found {s:?}"
-        )
+        ))
     })
 }
 
@@ -296,8 +311,8 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
 pub struct PortalAddr(pub SocketAddr);
 
 impl FromStr for PortalAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         parse_socket_addr(s).map(Self)
     }
 }
@@ -326,8 +341,8 @@ impl NbdEndpoint {
 }
 
 impl FromStr for NbdEndpoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if let Some(p) = s.strip_prefix("unix:") {
             if !p.is_empty() {
                 return Ok(Self::Unix(PathBuf::from(p)));
@@ -335,9 +350,9 @@ impl FromStr for NbdEndpoint {
         } else if let Some(a) = s.strip_prefix("tcp:") {
             return parse_socket_addr(a).map(Self::Tcp);
         }
-        Err(format!(
+        Err(ValueError(format!(
             "expected \"unix:<socket path>\" or \"tcp:<ip>:<port>\", found {s:?}"
-        ))
+        )))
     }
 }
 
@@ -354,7 +369,7 @@ impl fmt::Display for NbdEndpoint {
 /// deserializer gives the error the span of this very value (an array element, say).
 struct FromStrVisitor<T>(std::marker::PhantomData<T>);
 
-impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for FromStrVisitor<T> {
+impl<T: FromStr<Err = ValueError>> serde::de::Visitor<'_> for FromStrVisitor<T> {
     type Value = T;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string")
@@ -426,7 +441,10 @@ mod tests {
         ];
         for name in good {
             assert_eq!(validate_iscsi_name(name), Ok(()), "{name}");
-            assert_eq!(Iqn::new(name).map(|i| i.to_string()), Ok(name.to_owned()));
+            assert_eq!(
+                Iqn::new(name).map(|i| i.to_string()).ok(),
+                Some(name.to_owned())
+            );
         }
         let bad: [(&str, &str); 16] = [
             ("", "expected an iSCSI name"),
@@ -456,12 +474,13 @@ mod tests {
             ),
         ];
         for (name, want) in bad {
-            let err = validate_iscsi_name(name).expect_err(name);
+            let err = validate_iscsi_name(name).expect_err(name).to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
         let long = format!("iqn.2026-11.io.x:{}", "a".repeat(MAX_ISCSI_NAME_LEN));
         assert!(validate_iscsi_name(&long)
             .expect_err("too long")
+            .0
             .contains("at most 223"));
         let exact = format!("iqn.2026-11.io.x:{}", "a".repeat(MAX_ISCSI_NAME_LEN - 17));
         assert_eq!(exact.len(), MAX_ISCSI_NAME_LEN);
@@ -487,7 +506,7 @@ mod tests {
             (" 8MiB ", 8 << 20),
         ];
         for (s, n) in good {
-            assert_eq!(parse_size(s), Ok(n), "{s}");
+            assert_eq!(parse_size(s).ok(), Some(n), "{s}");
         }
         let bad = [
             ("", "found \"\""),
@@ -500,7 +519,7 @@ mod tests {
             ("17000000TiB", "more than 2^64-1 bytes"),
         ];
         for (s, want) in bad {
-            let err = parse_size(s).expect_err(s);
+            let err = parse_size(s).expect_err(s).to_string();
             assert!(err.contains(want), "{s}: {err}");
         }
     }
@@ -517,7 +536,7 @@ mod tests {
         ];
         for (n, s) in cases {
             assert_eq!(ByteSize(n).to_string(), s);
-            assert_eq!(parse_size(s), Ok(n));
+            assert_eq!(parse_size(s).ok(), Some(n));
         }
     }
 
@@ -539,7 +558,7 @@ mod tests {
             assert!(s.parse::<FabricAddr>().is_err(), "{s}");
         }
         for s in ["/tmp/x.sock", "tcp:localhost:1", "unix:", "nbd:1"] {
-            let e = s.parse::<NbdEndpoint>().expect_err(s);
+            let e = s.parse::<NbdEndpoint>().expect_err(s).to_string();
             assert!(e.contains("expected"), "{s}: {e}");
         }
     }
