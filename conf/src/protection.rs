@@ -198,6 +198,14 @@ impl ProtectionPolicy {
                 ),
             ));
         }
+        if self.mode == ProtectionMode::Insert && self.app_tag == 0xFFFF {
+            v.push((
+                "app_tag",
+                "expected an application tag other than 0xFFFF (65535) with mode \"insert\": \
+                 blocks carrying the escape tag are never checked, found 65535"
+                    .to_owned(),
+            ));
+        }
         let mut seen = Vec::new();
         for c in &self.checks {
             if seen.contains(c) {

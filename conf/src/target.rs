@@ -17,6 +17,8 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default_target.toml");
 
 /// Highest LUN id accepted (SAM flat addressing: 14 bits).
 pub const MAX_LUN_ID: u16 = 16383;
+/// The application tag that makes a Type 1/2 block escape every check.
+pub const APP_TAG_ESCAPE: u16 = 0xFFFF;
 /// Bytes of protection information per logical block.
 pub const PI_TUPLE_LEN: u64 = 8;
 
@@ -32,7 +34,7 @@ pub struct TargetConfig {
     #[serde(default = "default_portals")]
     pub portals: Vec<Portal>,
     /// SendTargets discovery sessions.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Discovery::is_open")]
     pub discovery: Discovery,
     /// iSCSI operational parameters the target offers at login.
     #[serde(default)]
@@ -72,6 +74,13 @@ pub struct Portal {
     /// Absent (default) = the soft mlx5 fabric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+impl Discovery {
+    /// True when discovery needs no authentication (the default).
+    pub fn is_open(&self) -> bool {
+        self.chap.is_none() && self.mutual_chap.is_none()
+    }
 }
 
 fn default_portals() -> Vec<Portal> {
@@ -127,6 +136,24 @@ pub struct IscsiParams {
     pub nop_in_timeout: u32,
 }
 
+impl IscsiParams {
+    /// The RFC 7143 key names and values the target offers, in login order.
+    pub fn offered_keys(&self) -> Vec<(&'static str, String)> {
+        let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_owned();
+        vec![
+            ("InitialR2T", yes_no(self.initial_r2t)),
+            ("ImmediateData", yes_no(self.immediate_data)),
+            (
+                "MaxRecvDataSegmentLength",
+                self.max_recv_data_segment_length.to_string(),
+            ),
+            ("MaxBurstLength", self.max_burst_length.to_string()),
+            ("FirstBurstLength", self.first_burst_length.to_string()),
+            ("MaxOutstandingR2T", self.max_outstanding_r2t.to_string()),
+        ]
+    }
+}
+
 impl Default for IscsiParams {
     fn default() -> Self {
         Self {
@@ -154,6 +181,22 @@ pub struct IserParams {
     /// target's receive buffers (queue_depth of them per connection: 16 MiB at the
     /// defaults) and caps immediate data; bulk data moves by RDMA regardless.
     pub target_recv_data_segment_length: u32,
+}
+
+impl IserParams {
+    /// The RFC 7145 key names and values the target offers over iSER.
+    pub fn offered_keys(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "InitiatorRecvDataSegmentLength",
+                self.initiator_recv_data_segment_length.to_string(),
+            ),
+            (
+                "TargetRecvDataSegmentLength",
+                self.target_recv_data_segment_length.to_string(),
+            ),
+        ]
+    }
 }
 
 impl Default for IserParams {
@@ -866,6 +909,19 @@ fn check_lun(lun: &Lun, lp: &KeyPath, p: &mut Vec<Problem>) {
         ));
     }
     let has_pi = prot.pi_type != 0;
+    if has_pi && prot.app_tag == APP_TAG_ESCAPE {
+        p.push(Problem::new(
+            pp.key("app_tag"),
+            "expected an application tag other than 0xFFFF (65535): blocks carrying the \
+             escape tag are never checked, found 65535",
+        ));
+    }
+    if has_pi && prot.store == PiStore::Interleaved && prot.pi_path.is_some() {
+        p.push(Problem::new(
+            pp.key("pi_path"),
+            "expected no pi_path with store = \"interleaved\" (PI lives in the data file)",
+        ));
+    }
     if has_pi && block_ok && !matches!(lun.block_size, 512 | 4096) {
         p.push(Problem::new(
             lp.key("block_size"),

@@ -340,3 +340,46 @@ protection = { mode = "pass", host_guard = "csum" }
         "unlisted LUNs get the session policy"
     );
 }
+
+#[test]
+fn snake_case_keys_map_back_to_rfc_key_names() {
+    let text = "[iscsi]\ninitial_r2t = false\nimmediate_data = false\nmax_recv_data_segment_length = 65536\nmax_burst_length = 1048576\nfirst_burst_length = 131072\nmax_outstanding_r2t = 4\n\n[iser]\ninitiator_recv_data_segment_length = 8192\ntarget_recv_data_segment_length = 262144\n\n[[targets]]\niqn = \"iqn.2026-11.io.example:t0\"\n\n[[targets.luns]]\nid = 0\nbacking = { type = \"ram\", size = \"1MiB\" }\n";
+    let c = TargetConfig::from_str_named(text, "t.toml").expect("valid");
+    let keys: Vec<String> = c
+        .iscsi
+        .offered_keys()
+        .into_iter()
+        .chain(c.iser.offered_keys())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "InitialR2T=No",
+            "ImmediateData=No",
+            "MaxRecvDataSegmentLength=65536",
+            "MaxBurstLength=1048576",
+            "FirstBurstLength=131072",
+            "MaxOutstandingR2T=4",
+            "InitiatorRecvDataSegmentLength=8192",
+            "TargetRecvDataSegmentLength=262144",
+        ]
+    );
+    let defaults: Vec<String> = TargetConfig::embedded_default()
+        .iscsi
+        .offered_keys()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(
+        defaults,
+        [
+            "InitialR2T=Yes",
+            "ImmediateData=Yes",
+            "MaxRecvDataSegmentLength=8192",
+            "MaxBurstLength=262144",
+            "FirstBurstLength=65536",
+            "MaxOutstandingR2T=1",
+        ]
+    );
+}

@@ -182,6 +182,11 @@ pub(crate) fn cases() -> Vec<(&'static str, String, &'static str)> {
             format!("{BASE}fuse = \"/mnt/a\"\n\n[[sessions.luns]]\nid = 1\nfuse = \"/mnt/a\"\n"),
             "initiator.toml:14:8: sessions[0].luns[1].fuse: expected a FUSE mount point not used by another LUN, found /mnt/a (also sessions[0].luns[0])",
         ),
+        (
+            "insert_with_escape_app_tag",
+            format!("{BASE}protection = {{ app_tag = 65535 }}\n"),
+            "initiator.toml:10:26: sessions[0].luns[0].protection.app_tag: expected an application tag other than 0xFFFF (65535) with mode \"insert\": blocks carrying the escape tag are never checked, found 65535",
+        ),
     ]
 }
 

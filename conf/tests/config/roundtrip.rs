@@ -114,7 +114,7 @@ fn every_example_loads_and_round_trips() {
 fn inline_secrets_round_trip_once_unmasked() {
     const SECRET: &str = "an-inline-secret-42";
     let text = format!(
-        "[[targets]]\niqn = \"iqn.2026-11.io.example:t0\"\nacl = [\"iqn.2026-11.io.example:i0\"]\nchap = {{ username = \"i0\", secret = \"{SECRET}\" }}\n\n[[targets.luns]]\nid = 7\nbacking = {{ type = \"ram\", size = 1048576 }}\nblock_size = 4096\nread_only = true\nserial = \"abc\"\n[targets.luns.protection]\ntype = 2\napp_tag = 65535\n"
+        "[[targets]]\niqn = \"iqn.2026-11.io.example:t0\"\nacl = [\"iqn.2026-11.io.example:i0\"]\nchap = {{ username = \"i0\", secret = \"{SECRET}\" }}\n\n[[targets.luns]]\nid = 7\nbacking = {{ type = \"ram\", size = 1048576 }}\nblock_size = 4096\nread_only = true\nserial = \"abc\"\n[targets.luns.protection]\ntype = 2\napp_tag = 65534\n"
     );
     let c = TargetConfig::from_str_named(&text, "/etc/iser/t.toml").expect("valid");
     let effective = c.effective_toml();

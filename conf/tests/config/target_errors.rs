@@ -370,6 +370,16 @@ pub(crate) fn cases() -> Vec<(&'static str, String, &'static str)> {
             format!("[[portals]]\ntransport = \"tcp\"\nlisten = \"0.0.0.0:3260\"\n\n[[portals]]\ntransport = \"iser\"\nlisten = \"127.0.0.1:3260\"\n\n{BASE}"),
             "target.toml:7:10: portals[1].listen: expected a listen address not used by another portal, found 127.0.0.1:3260 (also portals[0])",
         ),
+        (
+            "app_tag_escape",
+            format!("{BASE}[targets.luns.protection]\ntype = 1\napp_tag = 0xFFFF\n"),
+            "target.toml:9:11: targets[0].luns[0].protection.app_tag: expected an application tag other than 0xFFFF (65535): blocks carrying the escape tag are never checked, found 65535",
+        ),
+        (
+            "pi_path_with_interleaved",
+            format!("{}[targets.luns.protection]\ntype = 1\nstore = \"interleaved\"\npi_path = \"/tmp/il.pi\"\n", BASE.replace("type = \"ram\", size = \"1MiB\"", "type = \"file\", path = \"/tmp/il.img\", create = true, size = 532480")),
+            "target.toml:10:11: targets[0].luns[0].protection.pi_path: expected no pi_path with store = \"interleaved\" (PI lives in the data file)",
+        ),
     ]
 }
 
