@@ -132,7 +132,8 @@ pub struct ProtectionPolicy {
     pub checks: Vec<PiCheck>,
     /// Guard type in host memory: "crc" (default) or "csum" (pass and strip only).
     pub host_guard: HostGuard,
-    /// Application tag the host writes (insert) or expects, 0..65535; default 0.
+    /// Application tag the host writes (insert) or expects, 0..65535 (0xFFFF, the escape
+    /// tag, is refused with insert); default 0.
     pub app_tag: u16,
 }
 

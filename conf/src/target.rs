@@ -291,6 +291,7 @@ pub enum Backing {
     /// A regular file (sparse when created).
     File {
         /// The data file; relative paths resolve against the configuration's directory.
+        /// It must exist (and be a regular file) unless `create` is set.
         path: PathBuf,
         /// Create the file with `size` bytes if it does not exist; default false.
         create: bool,
@@ -299,7 +300,7 @@ pub enum Backing {
     },
     /// A block device.
     Block {
-        /// The device node, e.g. /dev/nvme0n1.
+        /// The device node, e.g. /dev/nvme0n1; it must exist and be a block device.
         path: PathBuf,
     },
 }
@@ -424,7 +425,8 @@ pub struct LunProtection {
     pub verify_received: bool,
     /// Verify PI read from the medium before sending it; default true.
     pub verify_medium: bool,
-    /// Application tag used when the target generates PI, 0..65535; default 0.
+    /// Application tag used when the target generates PI, 0..65534 (0xFFFF, the escape
+    /// tag, is refused); default 0.
     pub app_tag: u16,
 }
 
