@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::consts::{barrett_reduce, fold_pair, xpow_mod};
+use super::consts::{fold_pair, xpow_mod, BARRETT_MU, K64, K80, POLY_FULL};
 use super::table;
 
 /// PCLMULQDQ and the SSE levels the 128-bit kernel uses.
@@ -80,20 +80,30 @@ fn fold128(a: __m128i, k: __m128i) -> __m128i {
     )
 }
 
-/// Final reduction of a 128-bit value congruent to the message.
+/// Final reduction of a 128-bit value `R` congruent to the message to the CRC
+/// `R*x^16 mod P`, in vector registers: the steps of
+/// [`consts::barrett_reduce`](super::consts::barrett_reduce) with 4 carry-less
+/// multiplies and no round trip through general registers.
 #[inline]
 #[target_feature(enable = "pclmulqdq,sse2,sse4.1")]
 fn reduce128(r: __m128i) -> u16 {
-    let hi = _mm_extract_epi64::<1>(r) as u64;
-    let lo = _mm_cvtsi128_si64(r) as u64;
-    let value = (u128::from(hi) << 64) | u128::from(lo);
-    barrett_reduce(value, |a, b| {
-        let p =
-            _mm_clmulepi64_si128::<0x00>(_mm_cvtsi64_si128(a as i64), _mm_cvtsi64_si128(b as i64));
-        let lo = _mm_cvtsi128_si64(p) as u64;
-        let hi = _mm_extract_epi64::<1>(p) as u64;
-        (u128::from(hi) << 64) | u128::from(lo)
-    })
+    let k = _mm_set_epi64x(K64 as i64, K80 as i64);
+    let barrett = _mm_set_epi64x(POLY_FULL as i64, BARRETT_MU as i64);
+    // t = hi*(x^80 mod P) + lo*x^16 (degree < 80).
+    let t = _mm_xor_si128(
+        _mm_clmulepi64_si128::<0x01>(r, k),
+        _mm_slli_si128::<2>(_mm_move_epi64(r)),
+    );
+    // v = t_hi*(x^64 mod P) + t_lo (degree < 64).
+    let v = _mm_xor_si128(_mm_clmulepi64_si128::<0x11>(t, k), _mm_move_epi64(t));
+    // q = floor(floor(v / x^16) * mu / x^48).
+    let q = _mm_srli_si128::<6>(_mm_clmulepi64_si128::<0x00>(
+        _mm_srli_epi64::<16>(v),
+        barrett,
+    ));
+    // crc = (v + q*P) mod x^16.
+    let c = _mm_xor_si128(v, _mm_clmulepi64_si128::<0x10>(q, barrett));
+    _mm_cvtsi128_si32(c) as u16
 }
 
 /// Loads 16 bytes at `src + off`, stores them to `dst + off` when `COPY`, and
@@ -346,18 +356,17 @@ unsafe fn body512<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len
         let b = _mm512_clmulepi64_epi128::<0x11>(*zi, kr);
         acc = _mm512_ternarylogic_epi64::<0x96>(acc, a, b);
     }
-    let a = _mm_xor_si128(
-        _mm512_extracti32x4_epi32::<0>(acc),
-        _mm512_extracti32x4_epi32::<1>(acc),
+    let half = _mm256_xor_si256(
+        _mm512_castsi512_si256(acc),
+        _mm512_extracti64x4_epi64::<1>(acc),
     );
-    let b = _mm_xor_si128(
-        _mm512_extracti32x4_epi32::<2>(acc),
-        _mm512_extracti32x4_epi32::<3>(acc),
+    let folded = _mm_xor_si128(
+        _mm256_castsi256_si128(half),
+        _mm256_extracti128_si256::<1>(half),
     );
     // Back to the normal domain: mirror the bits of each byte, then the bytes.
-    let mirrored =
-        _mm_gf2p8affine_epi64_epi8::<0>(_mm_xor_si128(a, b), _mm_set1_epi64x(BIT_REVERSE_MATRIX));
-    let acc = _mm_shuffle_epi8(mirrored, bswap128());
+    let unmirrored = _mm_gf2p8affine_epi64_epi8::<0>(folded, _mm_set1_epi64x(BIT_REVERSE_MATRIX));
+    let acc = _mm_shuffle_epi8(unmirrored, bswap128());
     // SAFETY: off <= len and the buffers are the caller's.
     unsafe { finish::<COPY>(acc, src, dst, len, off) }
 }
