@@ -12,6 +12,7 @@ pub mod codec;
 pub mod digest;
 pub mod framer;
 pub mod iser;
+pub mod login;
 pub mod negotiate;
 pub mod pdu;
 pub mod seq;

@@ -642,6 +642,31 @@ impl Negotiation {
         out
     }
 
+    /// Resolve unanswered offers whose outcome the offer alone decides (AND with "No",
+    /// OR with "Yes"): RFC 7143 section 6.2.1 makes answering them optional.
+    pub fn settle_implicit(&mut self) {
+        let decided: Vec<&'static str> = self
+            .offered
+            .iter()
+            .filter(|(k, v)| match key_def(k).map(|d| d.kind) {
+                Some(KeyKind::And) => v.as_str() == "No",
+                Some(KeyKind::Or) => v.as_str() == "Yes",
+                _ => false,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in decided {
+            if let Some(v) = self.offered.remove(k) {
+                self.results.insert(k, v);
+            }
+        }
+    }
+
+    /// True when RDMAExtensions=Yes was agreed.
+    pub fn rdma_extensions(&self) -> bool {
+        self.current_bool("RDMAExtensions")
+    }
+
     /// The agreed parameters. Fails while offers are unanswered.
     pub fn finish(&self) -> Result<NegotiatedParams, NegotiationError> {
         if !self.offered.is_empty() {

@@ -141,7 +141,8 @@ pub enum Header {
     AsyncMessage(AsyncMessage),
     /// Reject.
     Reject(Reject),
-    /// A vendor-specific opcode, kept as raw BHS (bytes 4-7 are rewritten on encode).
+    /// A vendor-specific opcode, kept as raw BHS. Bytes 4-7 (lengths) are zero here and
+    /// written from the PDU on encode.
     Vendor {
         /// The I bit.
         immediate: bool,
@@ -334,7 +335,11 @@ impl Header {
                 parse_command_ahs(&mut cmd, ahs)?;
                 return Ok(Header::ScsiCommand(cmd));
             }
-            _ if is_vendor_opcode(op) => return Ok(Header::Vendor { immediate, bhs: *b }),
+            _ if is_vendor_opcode(op) => {
+                let mut bhs = *b;
+                bhs[4..8].fill(0);
+                return Ok(Header::Vendor { immediate, bhs });
+            }
             _ => {
                 no_ahs("TotalAHSLength")?;
                 match op {
