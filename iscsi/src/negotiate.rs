@@ -491,7 +491,9 @@ impl Negotiation {
         let mut out = TextKeys::new();
         for &k in keys {
             let Some(def) = key_def(k) else { continue };
-            if self.results.contains_key(def.name) || self.offered.contains_key(def.name) || self.peer_sent(def.name) {
+            // A declarative key is ours to declare whatever the peer declared for itself.
+            let peer_has = def.kind != KeyKind::Declarative && self.peer_sent(def.name);
+            if self.results.contains_key(def.name) || self.offered.contains_key(def.name) || peer_has {
                 continue;
             }
             if self.irrelevant(def.name) {
