@@ -156,7 +156,11 @@ pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
         if h.is_empty() {
             return None;
         }
-        let padded = if h.len() % 2 == 1 { format!("0{h}") } else { h.to_owned() };
+        let padded = if h.len() % 2 == 1 {
+            format!("0{h}")
+        } else {
+            h.to_owned()
+        };
         return hex::decode(padded).ok();
     }
     if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
@@ -173,7 +177,9 @@ fn get<'a>(keys: &'a TextKeys, k: &'static str) -> Result<&'a str, ChapError> {
 }
 
 fn parse_id(v: &str) -> Result<u8, ChapError> {
-    crate::negotiate::parse_number(v).and_then(|n| u8::try_from(n).ok()).ok_or(ChapError::Malformed("CHAP_I"))
+    crate::negotiate::parse_number(v)
+        .and_then(|n| u8::try_from(n).ok())
+        .ok_or(ChapError::Malformed("CHAP_I"))
 }
 
 fn parse_challenge(v: &str) -> Result<Vec<u8>, ChapError> {
@@ -220,7 +226,13 @@ impl ChapTarget {
         if !(MIN_CHALLENGE..=MAX_CHALLENGE).contains(&challenge.len()) {
             return Err(ChapError::ChallengeLength(challenge.len()));
         }
-        Ok(ChapTarget { accept: accept.to_vec(), id, challenge, alg: None, done: false })
+        Ok(ChapTarget {
+            accept: accept.to_vec(),
+            id,
+            challenge,
+            alg: None,
+            done: false,
+        })
     }
 
     /// The algorithm chosen, once chosen.
@@ -254,7 +266,9 @@ impl ChapTarget {
         keys: &TextKeys,
         lookup: impl FnOnce(&str) -> Option<ChapCredentials>,
     ) -> Result<TextKeys, ChapError> {
-        let alg = self.alg.ok_or(ChapError::OutOfOrder("CHAP_R before CHAP_A"))?;
+        let alg = self
+            .alg
+            .ok_or(ChapError::OutOfOrder("CHAP_R before CHAP_A"))?;
         if self.done {
             return Err(ChapError::OutOfOrder("CHAP_R received twice"));
         }
@@ -272,7 +286,9 @@ impl ChapTarget {
         match (keys.get("CHAP_I"), keys.get("CHAP_C")) {
             (None, None) => {}
             (Some(i), Some(c)) => {
-                let (tname, tsecret) = creds.target.ok_or(ChapError::Mutual("no target secret configured"))?;
+                let (tname, tsecret) = creds
+                    .target
+                    .ok_or(ChapError::Mutual("no target secret configured"))?;
                 let id = parse_id(i)?;
                 let challenge = parse_challenge(c)?;
                 if challenge == self.challenge {
@@ -282,7 +298,10 @@ impl ChapTarget {
                     return Err(ChapError::SameSecret);
                 }
                 out.push("CHAP_N", tname);
-                out.push("CHAP_R", encode_binary(&chap_response(alg, id, &tsecret, &challenge)));
+                out.push(
+                    "CHAP_R",
+                    encode_binary(&chap_response(alg, id, &tsecret, &challenge)),
+                );
             }
             (Some(_), None) => return Err(ChapError::Missing("CHAP_C")),
             (None, Some(_)) => return Err(ChapError::Missing("CHAP_I")),
@@ -307,11 +326,23 @@ pub struct ChapInitiator {
 impl ChapInitiator {
     /// One-way CHAP with our CHAP_N and secret.
     pub fn new(accept: &[ChapAlgorithm], name: impl Into<String>, secret: Vec<u8>) -> Self {
-        ChapInitiator { accept: accept.to_vec(), name: name.into(), secret, mutual: None, alg: None, target_challenge: None }
+        ChapInitiator {
+            accept: accept.to_vec(),
+            name: name.into(),
+            secret,
+            mutual: None,
+            alg: None,
+            target_challenge: None,
+        }
     }
 
     /// Also authenticate the target: its expected secret and our random id and challenge.
-    pub fn with_mutual(mut self, target_secret: Vec<u8>, id: u8, challenge: Vec<u8>) -> Result<Self, ChapError> {
+    pub fn with_mutual(
+        mut self,
+        target_secret: Vec<u8>,
+        id: u8,
+        challenge: Vec<u8>,
+    ) -> Result<Self, ChapError> {
         if !(MIN_CHALLENGE..=MAX_CHALLENGE).contains(&challenge.len()) {
             return Err(ChapError::ChallengeLength(challenge.len()));
         }
@@ -330,7 +361,14 @@ impl ChapInitiator {
     /// The CHAP_A offer.
     pub fn offer(&self) -> TextKeys {
         let mut out = TextKeys::new();
-        out.push("CHAP_A", self.accept.iter().map(|a| a.code().to_string()).collect::<Vec<_>>().join(","));
+        out.push(
+            "CHAP_A",
+            self.accept
+                .iter()
+                .map(|a| a.code().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out
     }
 
@@ -345,7 +383,10 @@ impl ChapInitiator {
         let challenge = parse_challenge(get(keys, "CHAP_C")?)?;
         let mut out = TextKeys::new();
         out.push("CHAP_N", self.name.clone());
-        out.push("CHAP_R", encode_binary(&chap_response(alg, id, &self.secret, &challenge)));
+        out.push(
+            "CHAP_R",
+            encode_binary(&chap_response(alg, id, &self.secret, &challenge)),
+        );
         if let Some((_, my_id, my_challenge)) = &self.mutual {
             if *my_challenge == challenge {
                 return Err(ChapError::Reflection);
@@ -360,8 +401,12 @@ impl ChapInitiator {
 
     /// Verify the target's CHAP_N/CHAP_R (mutual CHAP).
     pub fn handle_target_response(&mut self, keys: &TextKeys) -> Result<(), ChapError> {
-        let alg = self.alg.ok_or(ChapError::OutOfOrder("target response before challenge"))?;
-        let (secret, id, challenge) = self.mutual.as_ref().ok_or(ChapError::Mutual("target answered a challenge we did not send"))?;
+        let alg = self
+            .alg
+            .ok_or(ChapError::OutOfOrder("target response before challenge"))?;
+        let (secret, id, challenge) = self.mutual.as_ref().ok_or(ChapError::Mutual(
+            "target answered a challenge we did not send",
+        ))?;
         get(keys, "CHAP_N")?;
         let r = decode_binary(get(keys, "CHAP_R")?).ok_or(ChapError::Malformed("CHAP_R"))?;
         let expected = chap_response(alg, *id, secret, challenge);
@@ -398,13 +443,21 @@ mod tests {
         buf.extend_from_slice(b"secret");
         buf.extend_from_slice(&[0u8; 16]);
         assert_eq!(r, Md5::digest(&buf).to_vec());
-        assert_eq!(chap_response(ChapAlgorithm::Sha256, 1, b"secret", &[0u8; 16]).len(), 32);
+        assert_eq!(
+            chap_response(ChapAlgorithm::Sha256, 1, b"secret", &[0u8; 16]).len(),
+            32
+        );
     }
 
     fn creds(mutual: bool) -> ChapCredentials {
         ChapCredentials {
             initiator_secret: b"initiator-secret".to_vec(),
-            target: mutual.then(|| ("iqn.2026-01.test:tgt".to_owned(), b"target-secret!!".to_vec())),
+            target: mutual.then(|| {
+                (
+                    "iqn.2026-01.test:tgt".to_owned(),
+                    b"target-secret!!".to_vec(),
+                )
+            }),
         }
     }
 
@@ -412,13 +465,22 @@ mod tests {
     fn mutual_exchange_both_algorithms() {
         for alg in [ChapAlgorithm::Md5, ChapAlgorithm::Sha256] {
             let mut t = ChapTarget::new(&[alg], 7, vec![0x11; 16]).unwrap();
-            let mut i = ChapInitiator::new(&[ChapAlgorithm::Sha256, ChapAlgorithm::Md5], "user", b"initiator-secret".to_vec())
-                .with_mutual(b"target-secret!!".to_vec(), 9, vec![0x22; 20])
-                .unwrap();
+            let mut i = ChapInitiator::new(
+                &[ChapAlgorithm::Sha256, ChapAlgorithm::Md5],
+                "user",
+                b"initiator-secret".to_vec(),
+            )
+            .with_mutual(b"target-secret!!".to_vec(), 9, vec![0x22; 20])
+            .unwrap();
             let challenge = t.handle_algorithms(&i.offer()).unwrap();
-            assert_eq!(challenge.get("CHAP_A"), Some(alg.code().to_string().as_str()));
+            assert_eq!(
+                challenge.get("CHAP_A"),
+                Some(alg.code().to_string().as_str())
+            );
             let resp = i.handle_challenge(&challenge).unwrap();
-            let back = t.handle_response(&resp, |n| (n == "user").then(|| creds(true))).unwrap();
+            let back = t
+                .handle_response(&resp, |n| (n == "user").then(|| creds(true)))
+                .unwrap();
             assert!(t.is_done());
             i.handle_target_response(&back).unwrap();
         }
@@ -429,23 +491,46 @@ mod tests {
         let mut t = ChapTarget::new(&[ChapAlgorithm::Md5], 1, vec![0x33; 16]).unwrap();
         let mut k = TextKeys::new();
         k.push("CHAP_A", "6,99");
-        assert!(matches!(t.handle_algorithms(&k), Err(ChapError::UnsupportedAlgorithm(_))));
+        assert!(matches!(
+            t.handle_algorithms(&k),
+            Err(ChapError::UnsupportedAlgorithm(_))
+        ));
         let mut k = TextKeys::new();
         k.push("CHAP_A", "5");
         t.handle_algorithms(&k).unwrap();
         // Wrong secret.
         let mut r = TextKeys::new();
         r.push("CHAP_N", "user");
-        r.push("CHAP_R", encode_binary(&chap_response(ChapAlgorithm::Md5, 1, b"wrong", &[0x33; 16])));
-        assert_eq!(t.clone().handle_response(&r, |_| Some(creds(false))), Err(ChapError::Mismatch));
-        assert_eq!(t.clone().handle_response(&r, |_| None), Err(ChapError::UnknownUser("user".into())));
+        r.push(
+            "CHAP_R",
+            encode_binary(&chap_response(ChapAlgorithm::Md5, 1, b"wrong", &[0x33; 16])),
+        );
+        assert_eq!(
+            t.clone().handle_response(&r, |_| Some(creds(false))),
+            Err(ChapError::Mismatch)
+        );
+        assert_eq!(
+            t.clone().handle_response(&r, |_| None),
+            Err(ChapError::UnknownUser("user".into()))
+        );
         // Reflection: the initiator sends our own challenge back.
         let mut r = TextKeys::new();
         r.push("CHAP_N", "user");
-        r.push("CHAP_R", encode_binary(&chap_response(ChapAlgorithm::Md5, 1, b"initiator-secret", &[0x33; 16])));
+        r.push(
+            "CHAP_R",
+            encode_binary(&chap_response(
+                ChapAlgorithm::Md5,
+                1,
+                b"initiator-secret",
+                &[0x33; 16],
+            )),
+        );
         r.push("CHAP_I", "1");
         r.push("CHAP_C", encode_binary(&[0x33; 16]));
-        assert_eq!(t.clone().handle_response(&r, |_| Some(creds(true))), Err(ChapError::Reflection));
+        assert_eq!(
+            t.clone().handle_response(&r, |_| Some(creds(true))),
+            Err(ChapError::Reflection)
+        );
         // Same secret both ways.
         let mut r2 = r.clone();
         r2.0[3].1 = encode_binary(&[0x44; 16]);
@@ -453,11 +538,21 @@ mod tests {
             initiator_secret: b"initiator-secret".to_vec(),
             target: Some(("t".into(), b"initiator-secret".to_vec())),
         };
-        assert_eq!(t.clone().handle_response(&r2, |_| Some(same)), Err(ChapError::SameSecret));
+        assert_eq!(
+            t.clone().handle_response(&r2, |_| Some(same)),
+            Err(ChapError::SameSecret)
+        );
         // Short challenge.
         r2.0[3].1 = encode_binary(&[0x44; 8]);
-        assert_eq!(t.clone().handle_response(&r2, |_| Some(creds(true))), Err(ChapError::ChallengeLength(8)));
+        assert_eq!(
+            t.clone().handle_response(&r2, |_| Some(creds(true))),
+            Err(ChapError::ChallengeLength(8))
+        );
         assert!(ChapTarget::new(&[ChapAlgorithm::Md5], 1, vec![0; 15]).is_err());
-        assert!(ChapInitiator::new(&[ChapAlgorithm::Md5], "u", b"s".to_vec()).with_mutual(b"s".to_vec(), 1, vec![0; 16]).is_err());
+        assert!(
+            ChapInitiator::new(&[ChapAlgorithm::Md5], "u", b"s".to_vec())
+                .with_mutual(b"s".to_vec(), 1, vec![0; 16])
+                .is_err()
+        );
     }
 }

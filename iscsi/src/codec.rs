@@ -67,9 +67,9 @@ impl DecodeError {
     /// The response RFC 7143 calls for.
     pub fn action(&self) -> Action {
         match self {
-            DecodeError::Truncated(_) | DecodeError::TrailingBytes(_) | DecodeError::Protocol(_) => {
-                Action::Reject(RejectReason::ProtocolError)
-            }
+            DecodeError::Truncated(_)
+            | DecodeError::TrailingBytes(_)
+            | DecodeError::Protocol(_) => Action::Reject(RejectReason::ProtocolError),
             DecodeError::InvalidField { .. } => Action::Reject(RejectReason::InvalidPduField),
             DecodeError::UnknownOpcode(_) => Action::Reject(RejectReason::CommandNotSupported),
             DecodeError::DataDigest { .. } => Action::Reject(RejectReason::DataDigestError),

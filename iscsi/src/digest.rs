@@ -15,7 +15,10 @@ pub struct Digests {
 
 impl Digests {
     /// No digests (login phase, and always over iSER).
-    pub const NONE: Digests = Digests { header: false, data: false };
+    pub const NONE: Digests = Digests {
+        header: false,
+        data: false,
+    };
 }
 
 /// CRC32C of `bytes` (hardware accelerated where the CPU has SSE4.2).

@@ -40,7 +40,13 @@ pub struct Framer {
 impl Framer {
     /// A framer for a connection with these digests and limits.
     pub fn new(cfg: WireConfig) -> Self {
-        Framer { cfg, buf: Vec::with_capacity(BHS_LEN), total: None, ready: None, broken: false }
+        Framer {
+            cfg,
+            buf: Vec::with_capacity(BHS_LEN),
+            total: None,
+            ready: None,
+            broken: false,
+        }
     }
 
     /// Change digests/limits (after login). Applies from the next PDU on; call it only
@@ -117,7 +123,10 @@ impl Framer {
         let limit = self.cfg.limits.max_recv_data_segment_length;
         if lengths.data as u64 > u64::from(limit) {
             self.ready = Some(Err(FrameError {
-                error: DecodeError::DataSegmentTooLong { len: lengths.data as u32, limit },
+                error: DecodeError::DataSegmentTooLong {
+                    len: lengths.data as u32,
+                    limit,
+                },
                 bhs: Some(bhs),
             }));
             self.broken = true;
@@ -129,7 +138,10 @@ impl Framer {
     }
 
     fn pdu_complete(&mut self) {
-        let result = Pdu::decode(&self.buf, &self.cfg).map_err(|error| FrameError { error, bhs: Some(self.bhs()) });
+        let result = Pdu::decode(&self.buf, &self.cfg).map_err(|error| FrameError {
+            error,
+            bhs: Some(self.bhs()),
+        });
         if let Err(e) = &result {
             if e.action() == Action::CloseConnection {
                 self.broken = true;

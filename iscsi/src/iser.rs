@@ -124,16 +124,21 @@ impl Codec for IserHeader {
                 write: (b[0] & ISER_WSV != 0).then(|| buf(&b[4..8], &b[8..16])),
                 read: (b[0] & ISER_RSV != 0).then(|| buf(&b[16..20], &b[20..28])),
             })),
-            ISER_OPCODE_HELLO => {
-                Ok(IserHeader::Hello(IserHello { max_version: b[1] >> 4, min_version: b[1] & 0xf, ird: u16::from_be_bytes([b[2], b[3]]) }))
-            }
+            ISER_OPCODE_HELLO => Ok(IserHeader::Hello(IserHello {
+                max_version: b[1] >> 4,
+                min_version: b[1] & 0xf,
+                ird: u16::from_be_bytes([b[2], b[3]]),
+            })),
             ISER_OPCODE_HELLO_REPLY => Ok(IserHeader::HelloReply(IserHelloReply {
                 reject: b[0] & 0x01 != 0,
                 max_version: b[1] >> 4,
                 current_version: b[1] & 0xf,
                 ord: u16::from_be_bytes([b[2], b[3]]),
             })),
-            other => Err(DecodeError::InvalidField { field: "iSER opcode", value: other.into() }),
+            other => Err(DecodeError::InvalidField {
+                field: "iSER opcode",
+                value: other.into(),
+            }),
         }
     }
 }
@@ -194,14 +199,26 @@ impl Codec for IserMessage {
     fn encode(&self, limits: &PduLimits, out: &mut Vec<u8>) {
         self.header.encode(&(), out);
         if let Some(p) = &self.pdu {
-            p.encode(&WireConfig { digests: Digests::NONE, limits: *limits }, out);
+            p.encode(
+                &WireConfig {
+                    digests: Digests::NONE,
+                    limits: *limits,
+                },
+                out,
+            );
         }
     }
 
     fn read(r: &mut Reader<'_>, limits: &PduLimits) -> Result<Self, DecodeError> {
         let header = IserHeader::read(r, &())?;
         let pdu = match header {
-            IserHeader::Control(_) => Some(Pdu::read(r, &WireConfig { digests: Digests::NONE, limits: *limits })?),
+            IserHeader::Control(_) => Some(Pdu::read(
+                r,
+                &WireConfig {
+                    digests: Digests::NONE,
+                    limits: *limits,
+                },
+            )?),
             _ => None,
         };
         Ok(IserMessage { header, pdu })
@@ -299,10 +316,15 @@ pub fn target_plan(
             return Err(IserPlanError::UnsolicitedTooLong { unsolicited, edtl });
         }
         if edtl > unsolicited {
-            let w = iser.write.ok_or(IserPlanError::MissingWriteStag(edtl - unsolicited))?;
+            let w = iser
+                .write
+                .ok_or(IserPlanError::MissingWriteStag(edtl - unsolicited))?;
             plan.rdma_reads = solicited_bursts(unsolicited, edtl, chunk)
                 .map(|(off, len)| RdmaOp {
-                    remote: RemoteBuffer { stag: w.stag, va: w.va.wrapping_add(u64::from(off - unsolicited)) },
+                    remote: RemoteBuffer {
+                        stag: w.stag,
+                        va: w.va.wrapping_add(u64::from(off - unsolicited)),
+                    },
                     buffer_offset: off,
                     length: len,
                 })
@@ -318,7 +340,10 @@ pub fn target_plan(
         let r = iser.read.ok_or(IserPlanError::MissingReadStag(read_len))?;
         plan.rdma_writes = solicited_bursts(0, read_len, chunk)
             .map(|(off, len)| RdmaOp {
-                remote: RemoteBuffer { stag: r.stag, va: r.va.wrapping_add(u64::from(off)) },
+                remote: RemoteBuffer {
+                    stag: r.stag,
+                    va: r.va.wrapping_add(u64::from(off)),
+                },
                 buffer_offset: off,
                 length: len,
             })
@@ -337,7 +362,10 @@ pub fn initiator_control(
     read_mr: Option<RemoteBuffer>,
 ) -> IserControl {
     let write = if cmd.write && cmd.expected_data_transfer_length > unsolicited {
-        write_mr.map(|m| RemoteBuffer { stag: m.stag, va: m.va.wrapping_add(u64::from(unsolicited)) })
+        write_mr.map(|m| RemoteBuffer {
+            stag: m.stag,
+            va: m.va.wrapping_add(u64::from(unsolicited)),
+        })
     } else {
         None
     };
@@ -352,7 +380,10 @@ mod tests {
     #[test]
     fn header_bytes() {
         let h = IserHeader::Control(IserControl {
-            write: Some(RemoteBuffer { stag: 0x1122_3344, va: 0x0102_0304_0506_0708 }),
+            write: Some(RemoteBuffer {
+                stag: 0x1122_3344,
+                va: 0x0102_0304_0506_0708,
+            }),
             read: None,
         });
         let b = h.to_bytes(&());
@@ -363,22 +394,40 @@ mod tests {
         assert_eq!(IserHeader::decode(&b, &()).unwrap(), h);
         assert!(IserHeader::decode(&[0x40; 28], &()).is_err());
         assert!(IserHeader::decode(&[0x10; 27], &()).is_err());
-        let hello = IserHeader::Hello(IserHello { max_version: 1, min_version: 1, ird: 16 });
+        let hello = IserHeader::Hello(IserHello {
+            max_version: 1,
+            min_version: 1,
+            ird: 16,
+        });
         assert_eq!(&hello.to_bytes(&())[..4], &[0x20, 0x11, 0x00, 0x10]);
-        let reply = IserHeader::HelloReply(IserHelloReply { reject: true, max_version: 1, current_version: 1, ord: 4 });
+        let reply = IserHeader::HelloReply(IserHelloReply {
+            reject: true,
+            max_version: 1,
+            current_version: 1,
+            ord: 4,
+        });
         assert_eq!(&reply.to_bytes(&())[..4], &[0x31, 0x11, 0x00, 0x04]);
-        assert_eq!(IserHeader::decode(&reply.to_bytes(&()), &()).unwrap(), reply);
+        assert_eq!(
+            IserHeader::decode(&reply.to_bytes(&()), &()).unwrap(),
+            reply
+        );
     }
 
     #[test]
     fn cm_private_data() {
-        let h = IserCmHdr { zbva_not_supported: true, send_w_inv_not_supported: true };
+        let h = IserCmHdr {
+            zbva_not_supported: true,
+            send_w_inv_not_supported: true,
+        };
         assert_eq!(h.to_bytes(&()), vec![0xc0, 0, 0, 0]);
         let mut padded = vec![0x80, 0, 0, 0];
         padded.resize(56, 0);
         assert_eq!(
             IserCmHdr::from_private_data(&padded).unwrap(),
-            IserCmHdr { zbva_not_supported: true, send_w_inv_not_supported: false }
+            IserCmHdr {
+                zbva_not_supported: true,
+                send_w_inv_not_supported: false
+            }
         );
         assert!(IserCmHdr::from_private_data(&[0x80]).is_err());
     }

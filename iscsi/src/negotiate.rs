@@ -58,8 +58,20 @@ const NUM: (u64, u64) = (0, 0);
 
 /// Every key this crate negotiates.
 pub const KEYS: &[KeyDef] = &[
-    KeyDef { name: "HeaderDigest", kind: KeyKind::List, range: NUM, default: "None", values: &["None", "CRC32C"] },
-    KeyDef { name: "DataDigest", kind: KeyKind::List, range: NUM, default: "None", values: &["None", "CRC32C"] },
+    KeyDef {
+        name: "HeaderDigest",
+        kind: KeyKind::List,
+        range: NUM,
+        default: "None",
+        values: &["None", "CRC32C"],
+    },
+    KeyDef {
+        name: "DataDigest",
+        kind: KeyKind::List,
+        range: NUM,
+        default: "None",
+        values: &["None", "CRC32C"],
+    },
     KeyDef {
         name: "AuthMethod",
         kind: KeyKind::List,
@@ -67,9 +79,27 @@ pub const KEYS: &[KeyDef] = &[
         default: "None",
         values: &["None", "CHAP", "KRB5", "SPKM1", "SPKM2", "SRP"],
     },
-    KeyDef { name: "MaxConnections", kind: KeyKind::Min, range: (1, 65535), default: "1", values: &[] },
-    KeyDef { name: "InitialR2T", kind: KeyKind::Or, range: NUM, default: "Yes", values: &[] },
-    KeyDef { name: "ImmediateData", kind: KeyKind::And, range: NUM, default: "Yes", values: &[] },
+    KeyDef {
+        name: "MaxConnections",
+        kind: KeyKind::Min,
+        range: (1, 65535),
+        default: "1",
+        values: &[],
+    },
+    KeyDef {
+        name: "InitialR2T",
+        kind: KeyKind::Or,
+        range: NUM,
+        default: "Yes",
+        values: &[],
+    },
+    KeyDef {
+        name: "ImmediateData",
+        kind: KeyKind::And,
+        range: NUM,
+        default: "Yes",
+        values: &[],
+    },
     KeyDef {
         name: "MaxRecvDataSegmentLength",
         kind: KeyKind::Declarative,
@@ -77,22 +107,118 @@ pub const KEYS: &[KeyDef] = &[
         default: "8192",
         values: &[],
     },
-    KeyDef { name: "MaxBurstLength", kind: KeyKind::Min, range: (512, 16_777_215), default: "262144", values: &[] },
-    KeyDef { name: "FirstBurstLength", kind: KeyKind::Min, range: (512, 16_777_215), default: "65536", values: &[] },
-    KeyDef { name: "DefaultTime2Wait", kind: KeyKind::Max, range: (0, 3600), default: "2", values: &[] },
-    KeyDef { name: "DefaultTime2Retain", kind: KeyKind::Min, range: (0, 3600), default: "20", values: &[] },
-    KeyDef { name: "MaxOutstandingR2T", kind: KeyKind::Min, range: (1, 65535), default: "1", values: &[] },
-    KeyDef { name: "DataPDUInOrder", kind: KeyKind::Or, range: NUM, default: "Yes", values: &[] },
-    KeyDef { name: "DataSequenceInOrder", kind: KeyKind::Or, range: NUM, default: "Yes", values: &[] },
-    KeyDef { name: "ErrorRecoveryLevel", kind: KeyKind::Min, range: (0, 2), default: "0", values: &[] },
-    KeyDef { name: "SessionType", kind: KeyKind::Declarative, range: NUM, default: "Normal", values: &["Normal", "Discovery"] },
-    KeyDef { name: "TargetName", kind: KeyKind::Declarative, range: NUM, default: "", values: &[] },
-    KeyDef { name: "InitiatorName", kind: KeyKind::Declarative, range: NUM, default: "", values: &[] },
-    KeyDef { name: "TargetAlias", kind: KeyKind::Declarative, range: NUM, default: "", values: &[] },
-    KeyDef { name: "InitiatorAlias", kind: KeyKind::Declarative, range: NUM, default: "", values: &[] },
-    KeyDef { name: "TargetAddress", kind: KeyKind::Declarative, range: NUM, default: "", values: &[] },
-    KeyDef { name: "TargetPortalGroupTag", kind: KeyKind::Declarative, range: (0, 65535), default: "", values: &[] },
-    KeyDef { name: "RDMAExtensions", kind: KeyKind::And, range: NUM, default: "No", values: &[] },
+    KeyDef {
+        name: "MaxBurstLength",
+        kind: KeyKind::Min,
+        range: (512, 16_777_215),
+        default: "262144",
+        values: &[],
+    },
+    KeyDef {
+        name: "FirstBurstLength",
+        kind: KeyKind::Min,
+        range: (512, 16_777_215),
+        default: "65536",
+        values: &[],
+    },
+    KeyDef {
+        name: "DefaultTime2Wait",
+        kind: KeyKind::Max,
+        range: (0, 3600),
+        default: "2",
+        values: &[],
+    },
+    KeyDef {
+        name: "DefaultTime2Retain",
+        kind: KeyKind::Min,
+        range: (0, 3600),
+        default: "20",
+        values: &[],
+    },
+    KeyDef {
+        name: "MaxOutstandingR2T",
+        kind: KeyKind::Min,
+        range: (1, 65535),
+        default: "1",
+        values: &[],
+    },
+    KeyDef {
+        name: "DataPDUInOrder",
+        kind: KeyKind::Or,
+        range: NUM,
+        default: "Yes",
+        values: &[],
+    },
+    KeyDef {
+        name: "DataSequenceInOrder",
+        kind: KeyKind::Or,
+        range: NUM,
+        default: "Yes",
+        values: &[],
+    },
+    KeyDef {
+        name: "ErrorRecoveryLevel",
+        kind: KeyKind::Min,
+        range: (0, 2),
+        default: "0",
+        values: &[],
+    },
+    KeyDef {
+        name: "SessionType",
+        kind: KeyKind::Declarative,
+        range: NUM,
+        default: "Normal",
+        values: &["Normal", "Discovery"],
+    },
+    KeyDef {
+        name: "TargetName",
+        kind: KeyKind::Declarative,
+        range: NUM,
+        default: "",
+        values: &[],
+    },
+    KeyDef {
+        name: "InitiatorName",
+        kind: KeyKind::Declarative,
+        range: NUM,
+        default: "",
+        values: &[],
+    },
+    KeyDef {
+        name: "TargetAlias",
+        kind: KeyKind::Declarative,
+        range: NUM,
+        default: "",
+        values: &[],
+    },
+    KeyDef {
+        name: "InitiatorAlias",
+        kind: KeyKind::Declarative,
+        range: NUM,
+        default: "",
+        values: &[],
+    },
+    KeyDef {
+        name: "TargetAddress",
+        kind: KeyKind::Declarative,
+        range: NUM,
+        default: "",
+        values: &[],
+    },
+    KeyDef {
+        name: "TargetPortalGroupTag",
+        kind: KeyKind::Declarative,
+        range: (0, 65535),
+        default: "",
+        values: &[],
+    },
+    KeyDef {
+        name: "RDMAExtensions",
+        kind: KeyKind::And,
+        range: NUM,
+        default: "No",
+        values: &[],
+    },
     KeyDef {
         name: "InitiatorRecvDataSegmentLength",
         kind: KeyKind::Min,
@@ -122,10 +248,19 @@ pub fn key_def(name: &str) -> Option<&'static KeyDef> {
 }
 
 /// Keys evaluated first in a batch because they decide whether others are relevant.
-const FIRST: &[&str] = &["RDMAExtensions", "InitialR2T", "ImmediateData", "MaxBurstLength"];
+const FIRST: &[&str] = &[
+    "RDMAExtensions",
+    "InitialR2T",
+    "ImmediateData",
+    "MaxBurstLength",
+];
 
 /// Keys that only apply with RDMAExtensions=Yes.
-const ISER_KEYS: &[&str] = &["InitiatorRecvDataSegmentLength", "TargetRecvDataSegmentLength", "MaxOutstandingUnexpectedPDUs"];
+const ISER_KEYS: &[&str] = &[
+    "InitiatorRecvDataSegmentLength",
+    "TargetRecvDataSegmentLength",
+    "MaxOutstandingUnexpectedPDUs",
+];
 
 /// Obsolete RFC 3720 marker keys; RFC 7143 section 13.25 forbids NotUnderstood for them.
 const MARKER_KEYS: &[&str] = &["IFMarker", "OFMarker"];
@@ -467,7 +602,9 @@ impl Negotiation {
         if let Some(v) = self.results.get(key) {
             return v.clone();
         }
-        key_def(key).map(|d| d.default.to_owned()).unwrap_or_default()
+        key_def(key)
+            .map(|d| d.default.to_owned())
+            .unwrap_or_default()
     }
 
     fn current_bool(&self, key: &str) -> bool {
@@ -493,13 +630,18 @@ impl Negotiation {
             let Some(def) = key_def(k) else { continue };
             // A declarative key is ours to declare whatever the peer declared for itself.
             let peer_has = def.kind != KeyKind::Declarative && self.peer_sent(def.name);
-            if self.results.contains_key(def.name) || self.offered.contains_key(def.name) || peer_has {
+            if self.results.contains_key(def.name)
+                || self.offered.contains_key(def.name)
+                || peer_has
+            {
                 continue;
             }
             if self.irrelevant(def.name) {
                 continue;
             }
-            let Some(v) = self.local.wire_value(def.name) else { continue };
+            let Some(v) = self.local.wire_value(def.name) else {
+                continue;
+            };
             if def.kind == KeyKind::Declarative {
                 self.results.insert(def.name, v.clone());
             } else {
@@ -557,7 +699,9 @@ impl Negotiation {
     }
 
     fn take_answer(&mut self, key: &str, off: &str, ans: &str) -> Result<(), NegotiationError> {
-        let Some(def) = key_def(key) else { return Ok(()) };
+        let Some(def) = key_def(key) else {
+            return Ok(());
+        };
         if matches!(ans, NOT_UNDERSTOOD | REJECT | IRRELEVANT) {
             // The key keeps its default.
             return Ok(());
@@ -567,7 +711,10 @@ impl Negotiation {
                 self.results.insert(def.name, result);
                 Ok(())
             }
-            None => Err(NegotiationError::BadAnswer { key: key.to_owned(), value: ans.to_owned() }),
+            None => Err(NegotiationError::BadAnswer {
+                key: key.to_owned(),
+                value: ans.to_owned(),
+            }),
         }
     }
 
@@ -585,11 +732,17 @@ impl Negotiation {
             if def.range != NUM {
                 let ok = parse_number(value).is_some_and(|n| n >= def.range.0 && n <= def.range.1);
                 if !ok {
-                    return Err(NegotiationError::BadValue { key: key.to_owned(), value: value.to_owned() });
+                    return Err(NegotiationError::BadValue {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
                 }
             }
             if !def.values.is_empty() && !def.values.contains(&value) {
-                return Err(NegotiationError::BadValue { key: key.to_owned(), value: value.to_owned() });
+                return Err(NegotiationError::BadValue {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                });
             }
             self.peer_declared.insert(key.to_owned(), value.to_owned());
             return Ok(None);
@@ -672,7 +825,9 @@ impl Negotiation {
     /// The agreed parameters. Fails while offers are unanswered.
     pub fn finish(&self) -> Result<NegotiatedParams, NegotiationError> {
         if !self.offered.is_empty() {
-            return Err(NegotiationError::Unsettled(self.offered.keys().copied().collect()));
+            return Err(NegotiationError::Unsettled(
+                self.offered.keys().copied().collect(),
+            ));
         }
         let num = |k: &str| parse_number(&self.current(k)).unwrap_or(0) as u32;
         let peer_mrdsl = self
@@ -684,7 +839,11 @@ impl Negotiation {
             Role::Initiator => (self.local.max_recv_data_segment_length, peer_mrdsl),
             Role::Target => (peer_mrdsl, self.local.max_recv_data_segment_length),
         };
-        let declared = |k: &str| self.peer_declared(k).or_else(|| self.result(k)).map(str::to_owned);
+        let declared = |k: &str| {
+            self.peer_declared(k)
+                .or_else(|| self.result(k))
+                .map(str::to_owned)
+        };
         let max_burst_length = num("MaxBurstLength");
         let initial_r2t = self.current_bool("InitialR2T");
         let immediate_data = self.current_bool("ImmediateData");
@@ -697,7 +856,11 @@ impl Negotiation {
             initiator_max_recv_data_segment_length: initiator_mrdsl,
             target_max_recv_data_segment_length: target_mrdsl,
             max_burst_length,
-            first_burst_length: if initial_r2t && !immediate_data { 0 } else { num("FirstBurstLength").min(max_burst_length) },
+            first_burst_length: if initial_r2t && !immediate_data {
+                0
+            } else {
+                num("FirstBurstLength").min(max_burst_length)
+            },
             default_time2wait: num("DefaultTime2Wait"),
             default_time2retain: num("DefaultTime2Retain"),
             max_outstanding_r2t: num("MaxOutstandingR2T"),
@@ -713,7 +876,9 @@ impl Negotiation {
             target_name: declared("TargetName"),
             initiator_alias: declared("InitiatorAlias"),
             target_alias: declared("TargetAlias"),
-            target_portal_group_tag: declared("TargetPortalGroupTag").and_then(|v| parse_number(&v)).map(|n| n as u16),
+            target_portal_group_tag: declared("TargetPortalGroupTag")
+                .and_then(|v| parse_number(&v))
+                .map(|n| n as u16),
             rdma_extensions: self.current_bool("RDMAExtensions"),
             initiator_recv_data_segment_length: num("InitiatorRecvDataSegmentLength"),
             target_recv_data_segment_length: num("TargetRecvDataSegmentLength"),
@@ -799,12 +964,17 @@ impl NegotiatedParams {
 
     /// Receive limits for `role` in full feature phase.
     pub fn recv_limits(&self, role: Role) -> PduLimits {
-        PduLimits { max_recv_data_segment_length: self.max_recv_data_segment(role) }
+        PduLimits {
+            max_recv_data_segment_length: self.max_recv_data_segment(role),
+        }
     }
 
     /// Digests in force in full feature phase (never over iSER).
     pub fn digests(&self) -> crate::Digests {
-        crate::Digests { header: self.header_digest && !self.rdma_extensions, data: self.data_digest && !self.rdma_extensions }
+        crate::Digests {
+            header: self.header_digest && !self.rdma_extensions,
+            data: self.data_digest && !self.rdma_extensions,
+        }
     }
 }
 
@@ -859,19 +1029,32 @@ mod tests {
         assert_eq!(ans.get("X-com.example.foo"), Some(NOT_UNDERSTOOD));
         assert_eq!(ans.get("OFMarker"), Some("No"));
         assert_eq!(ans.get("IFMarkInt"), Some(REJECT));
-        assert_eq!(ans.get("MaxRecvDataSegmentLength"), None, "declarative keys are not answered");
+        assert_eq!(
+            ans.get("MaxRecvDataSegmentLength"),
+            None,
+            "declarative keys are not answered"
+        );
         let p = n.finish().unwrap();
         assert_eq!(p.initiator_max_recv_data_segment_length, 65536);
         assert_eq!(p.target_max_recv_data_segment_length, 8192);
         assert_eq!(p.max_burst_length, 131_072);
         assert!(!p.header_digest);
         assert_eq!(p.max_outstanding_r2t, 1);
-        assert_eq!(n.handle(&keys(&[("InitialR2T", "Yes")])), Err(NegotiationError::Duplicate("InitialR2T".into())));
+        assert_eq!(
+            n.handle(&keys(&[("InitialR2T", "Yes")])),
+            Err(NegotiationError::Duplicate("InitialR2T".into()))
+        );
     }
 
     #[test]
     fn first_burst_irrelevant_and_iser_keys() {
-        let mut n = Negotiation::new(Role::Target, LocalParams { immediate_data: false, ..LocalParams::default() });
+        let mut n = Negotiation::new(
+            Role::Target,
+            LocalParams {
+                immediate_data: false,
+                ..LocalParams::default()
+            },
+        );
         let ans = n
             .handle(&keys(&[
                 ("InitialR2T", "Yes"),
@@ -885,7 +1068,11 @@ mod tests {
         assert_eq!(ans.get("TargetRecvDataSegmentLength"), Some(IRRELEVANT));
         assert_eq!(n.finish().unwrap().first_burst_length, 0);
 
-        let local = LocalParams { rdma_extensions: true, target_recv_data_segment_length: 262_144, ..LocalParams::default() };
+        let local = LocalParams {
+            rdma_extensions: true,
+            target_recv_data_segment_length: 262_144,
+            ..LocalParams::default()
+        };
         let mut n = Negotiation::new(Role::Target, local);
         // RDMAExtensions is evaluated first even when it comes last.
         let ans = n
@@ -907,7 +1094,12 @@ mod tests {
     #[test]
     fn offerer_checks_answers() {
         let mut n = Negotiation::new(Role::Initiator, LocalParams::default());
-        let offer = n.offer(&["MaxBurstLength", "ImmediateData", "HeaderDigest", "MaxRecvDataSegmentLength"]);
+        let offer = n.offer(&[
+            "MaxBurstLength",
+            "ImmediateData",
+            "HeaderDigest",
+            "MaxRecvDataSegmentLength",
+        ]);
         assert_eq!(offer.get("MaxBurstLength"), Some("262144"));
         assert!(!n.is_settled());
         assert!(matches!(n.finish(), Err(NegotiationError::Unsettled(_))));
@@ -915,7 +1107,12 @@ mod tests {
         assert!(matches!(bad, Err(NegotiationError::BadAnswer { .. })));
         let bad = n.clone().handle(&keys(&[("HeaderDigest", "CRC32C")]));
         assert!(matches!(bad, Err(NegotiationError::BadAnswer { .. })));
-        n.handle(&keys(&[("MaxBurstLength", "65536"), ("ImmediateData", "No"), ("HeaderDigest", "None")])).unwrap();
+        n.handle(&keys(&[
+            ("MaxBurstLength", "65536"),
+            ("ImmediateData", "No"),
+            ("HeaderDigest", "None"),
+        ]))
+        .unwrap();
         assert!(n.is_settled());
         let p = n.finish().unwrap();
         assert_eq!(p.max_burst_length, 65536);

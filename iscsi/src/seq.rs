@@ -36,13 +36,13 @@ impl Sn {
     }
 
     /// `self + n` (wrapping).
-    pub fn add(self, n: u32) -> Sn {
+    pub fn plus(self, n: u32) -> Sn {
         Sn(self.0.wrapping_add(n))
     }
 
     /// The next number.
     pub fn next(self) -> Sn {
-        self.add(1)
+        self.plus(1)
     }
 
     /// True when `lo <= self <= hi`.
@@ -77,7 +77,12 @@ impl CmdWindow {
     pub fn new(exp_cmd_sn: u32, depth: u32) -> Self {
         let depth = depth.max(1);
         let exp = Sn(exp_cmd_sn);
-        CmdWindow { exp_cmd_sn: exp, depth, outstanding: 0, max_cmd_sn: exp.add(depth - 1) }
+        CmdWindow {
+            exp_cmd_sn: exp,
+            depth,
+            outstanding: 0,
+            max_cmd_sn: exp.plus(depth - 1),
+        }
     }
 
     /// ExpCmdSN to advertise.
@@ -129,7 +134,7 @@ impl CmdWindow {
     fn recompute(&mut self) {
         let credits = self.depth.saturating_sub(self.outstanding);
         // ExpCmdSN - 1 + credits.
-        let max = self.exp_cmd_sn.add(credits).add(u32::MAX);
+        let max = self.exp_cmd_sn.plus(credits).plus(u32::MAX);
         if max.gt(self.max_cmd_sn) {
             self.max_cmd_sn = max;
         }
@@ -147,7 +152,11 @@ pub struct CmdSequencer {
 impl CmdSequencer {
     /// After login: the next CmdSN and the ExpCmdSN/MaxCmdSN of the final Login Response.
     pub fn new(cmd_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) -> Self {
-        CmdSequencer { cmd_sn: Sn(cmd_sn), exp_cmd_sn: Sn(exp_cmd_sn), max_cmd_sn: Sn(max_cmd_sn) }
+        CmdSequencer {
+            cmd_sn: Sn(cmd_sn),
+            exp_cmd_sn: Sn(exp_cmd_sn),
+            max_cmd_sn: Sn(max_cmd_sn),
+        }
     }
 
     /// The CmdSN the next command carries.
@@ -164,7 +173,7 @@ impl CmdSequencer {
     /// (RFC 7143 4.2.2.1) or when older than what we have.
     pub fn update(&mut self, exp_cmd_sn: u32, max_cmd_sn: u32) {
         let (exp, max) = (Sn(exp_cmd_sn), Sn(max_cmd_sn));
-        if max.lt(exp.add(u32::MAX)) {
+        if max.lt(exp.plus(u32::MAX)) {
             return;
         }
         if exp.gt(self.exp_cmd_sn) {
@@ -262,7 +271,11 @@ pub struct TagAllocator {
 impl TagAllocator {
     /// Up to `capacity` tags in use at once, starting at `first`.
     pub fn new(first: u32, capacity: usize) -> Self {
-        TagAllocator { next: first, in_use: BTreeSet::new(), capacity }
+        TagAllocator {
+            next: first,
+            in_use: BTreeSet::new(),
+            capacity,
+        }
     }
 
     /// A fresh tag, or `None` when `capacity` tags are in use.
@@ -323,15 +336,35 @@ pub fn plan_write(
     first_burst_length: u32,
     max_send_segment: u32,
 ) -> WritePlan {
-    let unsolicited_cap = if initial_r2t && !immediate_data { 0 } else { first_burst_length.min(edtl) };
-    let immediate = if immediate_data { unsolicited_cap.min(max_send_segment) } else { 0 };
-    let unsolicited = if initial_r2t { 0 } else { unsolicited_cap - immediate };
-    WritePlan { immediate, unsolicited, solicited: edtl - immediate - unsolicited }
+    let unsolicited_cap = if initial_r2t && !immediate_data {
+        0
+    } else {
+        first_burst_length.min(edtl)
+    };
+    let immediate = if immediate_data {
+        unsolicited_cap.min(max_send_segment)
+    } else {
+        0
+    };
+    let unsolicited = if initial_r2t {
+        0
+    } else {
+        unsolicited_cap - immediate
+    };
+    WritePlan {
+        immediate,
+        unsolicited,
+        solicited: edtl - immediate - unsolicited,
+    }
 }
 
 /// The bursts `(buffer offset, length)` a target solicits for the rest of a write,
 /// each at most MaxBurstLength: the Desired Data Transfer Lengths of successive R2Ts.
-pub fn solicited_bursts(start: u32, end: u32, max_burst_length: u32) -> impl Iterator<Item = (u32, u32)> {
+pub fn solicited_bursts(
+    start: u32,
+    end: u32,
+    max_burst_length: u32,
+) -> impl Iterator<Item = (u32, u32)> {
     let step = max_burst_length.max(1);
     let mut off = start;
     std::iter::from_fn(move || {
@@ -371,7 +404,11 @@ mod tests {
         // Window closed: MaxCmdSN = ExpCmdSN - 1.
         assert_eq!(w.max_cmd_sn(), w.exp_cmd_sn().wrapping_sub(1));
         assert_eq!(w.check(0, false), CmdVerdict::Drop);
-        assert_eq!(w.check(0, true), CmdVerdict::Deliver, "immediate commands bypass the window");
+        assert_eq!(
+            w.check(0, true),
+            CmdVerdict::Deliver,
+            "immediate commands bypass the window"
+        );
         w.complete();
         assert_eq!(w.max_cmd_sn(), 0);
         assert_eq!(w.check(0, false), CmdVerdict::Deliver);
@@ -415,11 +452,42 @@ mod tests {
     #[test]
     fn write_plans() {
         // Defaults: ImmediateData=Yes, InitialR2T=Yes, FirstBurstLength 65536, MRDSL 8192.
-        assert_eq!(plan_write(100_000, true, true, 65_536, 8192), WritePlan { immediate: 8192, unsolicited: 0, solicited: 91_808 });
-        assert_eq!(plan_write(100_000, true, false, 65_536, 8192), WritePlan { immediate: 8192, unsolicited: 57_344, solicited: 34_464 });
-        assert_eq!(plan_write(4096, false, true, 65_536, 8192), WritePlan { immediate: 0, unsolicited: 0, solicited: 4096 });
-        assert_eq!(plan_write(4096, false, false, 65_536, 8192), WritePlan { immediate: 0, unsolicited: 4096, solicited: 0 });
+        assert_eq!(
+            plan_write(100_000, true, true, 65_536, 8192),
+            WritePlan {
+                immediate: 8192,
+                unsolicited: 0,
+                solicited: 91_808
+            }
+        );
+        assert_eq!(
+            plan_write(100_000, true, false, 65_536, 8192),
+            WritePlan {
+                immediate: 8192,
+                unsolicited: 57_344,
+                solicited: 34_464
+            }
+        );
+        assert_eq!(
+            plan_write(4096, false, true, 65_536, 8192),
+            WritePlan {
+                immediate: 0,
+                unsolicited: 0,
+                solicited: 4096
+            }
+        );
+        assert_eq!(
+            plan_write(4096, false, false, 65_536, 8192),
+            WritePlan {
+                immediate: 0,
+                unsolicited: 4096,
+                solicited: 0
+            }
+        );
         let b: Vec<_> = solicited_bursts(8192, 300_000, 131_072).collect();
-        assert_eq!(b, vec![(8192, 131_072), (139_264, 131_072), (270_336, 29_664)]);
+        assert_eq!(
+            b,
+            vec![(8192, 131_072), (139_264, 131_072), (270_336, 29_664)]
+        );
     }
 }

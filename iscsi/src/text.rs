@@ -63,7 +63,10 @@ impl TextKeys {
 
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// True when no pairs are present.
@@ -98,7 +101,10 @@ impl TextKeys {
             if entry.is_empty() {
                 continue;
             }
-            let eq = entry.iter().position(|&b| b == b'=').ok_or(TextError::MissingEquals(at))?;
+            let eq = entry
+                .iter()
+                .position(|&b| b == b'=')
+                .ok_or(TextError::MissingEquals(at))?;
             let (key, value) = (&entry[..eq], &entry[eq + 1..]);
             if key.is_empty() || key.len() > MAX_KEY_NAME || !key.iter().all(|&c| key_char_ok(c)) {
                 return Err(TextError::BadKeyName(at));
@@ -148,7 +154,10 @@ impl Default for TextAssembler {
 impl TextAssembler {
     /// An assembler refusing more than `limit` bytes in total.
     pub fn new(limit: usize) -> Self {
-        TextAssembler { buf: Vec::new(), limit }
+        TextAssembler {
+            buf: Vec::new(),
+            limit,
+        }
     }
 
     /// True while a continued text is partly received.
@@ -172,7 +181,11 @@ impl TextAssembler {
     }
 
     /// Add a segment and parse when complete.
-    pub fn push_keys(&mut self, segment: &[u8], continue_: bool) -> Result<Option<TextKeys>, TextError> {
+    pub fn push_keys(
+        &mut self,
+        segment: &[u8],
+        continue_: bool,
+    ) -> Result<Option<TextKeys>, TextError> {
         match self.push(segment, continue_)? {
             None => Ok(None),
             Some(all) => TextKeys::parse(&all).map(Some),
@@ -206,14 +219,23 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         assert_eq!(TextKeys::parse(b"A=1"), Err(TextError::Unterminated));
-        assert_eq!(TextKeys::parse(b"A=1\0B\0"), Err(TextError::MissingEquals(4)));
+        assert_eq!(
+            TextKeys::parse(b"A=1\0B\0"),
+            Err(TextError::MissingEquals(4))
+        );
         assert_eq!(TextKeys::parse(b"=1\0"), Err(TextError::BadKeyName(0)));
         assert_eq!(TextKeys::parse(b"A B=1\0"), Err(TextError::BadKeyName(0)));
         assert_eq!(TextKeys::parse(b"A=\xff\0"), Err(TextError::NotUtf8(2)));
         let long = format!("{}=1\0", "K".repeat(64));
-        assert_eq!(TextKeys::parse(long.as_bytes()), Err(TextError::BadKeyName(0)));
+        assert_eq!(
+            TextKeys::parse(long.as_bytes()),
+            Err(TextError::BadKeyName(0))
+        );
         let big = format!("K={}\0", "v".repeat(MAX_VALUE + 1));
-        assert_eq!(TextKeys::parse(big.as_bytes()), Err(TextError::ValueTooLong("K".into())));
+        assert_eq!(
+            TextKeys::parse(big.as_bytes()),
+            Err(TextError::ValueTooLong("K".into()))
+        );
         // Empty entries are skipped, empty values are kept.
         let keys = TextKeys::parse(b"A=\0\0\0").unwrap();
         assert_eq!(keys.get("A"), Some(""));
@@ -238,7 +260,10 @@ mod tests {
         }
         let mut small = TextAssembler::new(150);
         assert_eq!(small.push(&segs[0], true), Ok(None));
-        assert_eq!(small.push(&segs[1], true), Err(TextError::TooLong { limit: 150 }));
+        assert_eq!(
+            small.push(&segs[1], true),
+            Err(TextError::TooLong { limit: 150 })
+        );
         assert!(!small.in_progress());
         assert_eq!(split_text(b"", 10), vec![Vec::<u8>::new()]);
     }

@@ -24,11 +24,18 @@ struct Policy {
 impl LoginPolicy for Policy {
     fn lookup_target(&self, name: &str) -> TargetLookup {
         if let Some(address) = &self.moved {
-            return TargetLookup::Moved { address: address.clone(), permanent: false };
+            return TargetLookup::Moved {
+                address: address.clone(),
+                permanent: false,
+            };
         }
         if name == TARGET {
             TargetLookup::Found {
-                auth: if self.chap { AuthRequirement::Chap } else { AuthRequirement::None },
+                auth: if self.chap {
+                    AuthRequirement::Chap
+                } else {
+                    AuthRequirement::None
+                },
                 alias: Some("disk one".into()),
             }
         } else {
@@ -43,7 +50,9 @@ impl LoginPolicy for Policy {
     fn chap_credentials(&self, name: &str, _target: Option<&str>) -> Option<ChapCredentials> {
         (name == "host1-user").then(|| ChapCredentials {
             initiator_secret: b"initiator-secret-12".to_vec(),
-            target: self.mutual.then(|| ("disk1-user".to_owned(), b"target-secret-34".to_vec())),
+            target: self
+                .mutual
+                .then(|| ("disk1-user".to_owned(), b"target-secret-34".to_vec())),
         })
     }
 
@@ -61,7 +70,11 @@ fn through_wire(p: &Pdu) -> Pdu {
 fn run(
     icfg: InitiatorLoginConfig,
     policy: &Policy,
-) -> (Result<InitiatorLoginOutcome, LoginFailure>, Result<TargetLoginOutcome, LoginError>, usize) {
+) -> (
+    Result<InitiatorLoginOutcome, LoginFailure>,
+    Result<TargetLoginOutcome, LoginError>,
+    usize,
+) {
     let mut ini = InitiatorLogin::new(icfg);
     let mut tgt = TargetLogin::new(TargetLoginConfig {
         new_tsih: 0x0101,
@@ -87,12 +100,18 @@ fn run(
         };
         match ini.handle_response(&through_wire(&resp)) {
             Ok(InitiatorStep::Send(next)) => {
-                assert!(target_result.is_none(), "initiator continues after the target finished");
+                assert!(
+                    target_result.is_none(),
+                    "initiator continues after the target finished"
+                );
                 req = next;
             }
-            Ok(InitiatorStep::Complete(o)) => return (Ok(o), target_result.expect("target finished"), round),
+            Ok(InitiatorStep::Complete(o)) => {
+                return (Ok(o), target_result.expect("target finished"), round)
+            }
             Err(e) => {
-                let t = target_result.unwrap_or(Err(LoginError::Protocol("initiator gave up first")));
+                let t =
+                    target_result.unwrap_or(Err(LoginError::Protocol("initiator gave up first")));
                 return (Err(e), t, round);
             }
         }
@@ -103,7 +122,10 @@ fn run(
 #[test]
 fn no_auth_normal_session() {
     let policy = Policy::default();
-    let (i, t, rounds) = run(InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID), &policy);
+    let (i, t, rounds) = run(
+        InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID),
+        &policy,
+    );
     let (i, t) = (i.unwrap(), t.unwrap());
     assert_eq!(rounds, 2, "security then operational");
     assert_eq!(i.tsih, 0x0101);
@@ -139,7 +161,10 @@ fn negotiated_values_reach_both_sides() {
         default_time2wait: 4,
         ..LocalParams::default()
     };
-    let policy = Policy { local: target_local, ..Policy::default() };
+    let policy = Policy {
+        local: target_local,
+        ..Policy::default()
+    };
     let mut cfg = InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID);
     cfg.local = LocalParams {
         header_digest: vec![DigestKind::Crc32c, DigestKind::None],
@@ -166,23 +191,62 @@ fn negotiated_values_reach_both_sides() {
 
 #[test]
 fn target_offers_its_own_limits_when_the_initiator_does_not() {
-    let policy = Policy { local: LocalParams { max_burst_length: 65_536, ..LocalParams::default() }, ..Policy::default() };
+    let policy = Policy {
+        local: LocalParams {
+            max_burst_length: 65_536,
+            ..LocalParams::default()
+        },
+        ..Policy::default()
+    };
     let mut tgt = TargetLogin::new(TargetLoginConfig::default());
     // A minimal initiator, driven by hand: it offers only HeaderDigest.
-    let r1 = login_request(Stage::Security, Stage::Operational, true, &[("InitiatorName", INITIATOR), ("TargetName", TARGET), ("AuthMethod", "None")]);
-    let TargetStep::Continue(a1) = tgt.handle_request(&r1, &policy).unwrap() else { panic!() };
-    let Header::LoginResponse(h) = &a1.header else { panic!() };
+    let r1 = login_request(
+        Stage::Security,
+        Stage::Operational,
+        true,
+        &[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("AuthMethod", "None"),
+        ],
+    );
+    let TargetStep::Continue(a1) = tgt.handle_request(&r1, &policy).unwrap() else {
+        panic!()
+    };
+    let Header::LoginResponse(h) = &a1.header else {
+        panic!()
+    };
     assert!(h.transit && h.nsg == Stage::Operational);
-    let r2 = login_request(Stage::Operational, Stage::FullFeature, true, &[("HeaderDigest", "None")]);
-    let TargetStep::Continue(a2) = tgt.handle_request(&r2, &policy).unwrap() else { panic!("target should offer first") };
-    let Header::LoginResponse(h) = &a2.header else { panic!() };
+    let r2 = login_request(
+        Stage::Operational,
+        Stage::FullFeature,
+        true,
+        &[("HeaderDigest", "None")],
+    );
+    let TargetStep::Continue(a2) = tgt.handle_request(&r2, &policy).unwrap() else {
+        panic!("target should offer first")
+    };
+    let Header::LoginResponse(h) = &a2.header else {
+        panic!()
+    };
     assert!(!h.transit, "target waits for answers to its offers");
     let offered = TextKeys::parse(&a2.data).unwrap();
     assert_eq!(offered.get("MaxBurstLength"), Some("65536"));
     assert_eq!(offered.get("MaxRecvDataSegmentLength"), Some("8192"));
-    assert_eq!(offered.get("ImmediateData"), None, "defaults are not offered");
-    let r3 = login_request(Stage::Operational, Stage::FullFeature, true, &[("MaxBurstLength", "65536")]);
-    let TargetStep::Complete { outcome, .. } = tgt.handle_request(&r3, &policy).unwrap() else { panic!() };
+    assert_eq!(
+        offered.get("ImmediateData"),
+        None,
+        "defaults are not offered"
+    );
+    let r3 = login_request(
+        Stage::Operational,
+        Stage::FullFeature,
+        true,
+        &[("MaxBurstLength", "65536")],
+    );
+    let TargetStep::Complete { outcome, .. } = tgt.handle_request(&r3, &policy).unwrap() else {
+        panic!()
+    };
     assert_eq!(outcome.params.max_burst_length, 65_536);
     assert_eq!(outcome.params.first_burst_length, 65_536);
 }
@@ -199,53 +263,111 @@ fn chap_config(mutual_secret: Option<&[u8]>, secret: &[u8]) -> InitiatorLoginCon
 
 #[test]
 fn chap_one_way_and_mutual() {
-    let policy = Policy { chap: true, ..Policy::default() };
+    let policy = Policy {
+        chap: true,
+        ..Policy::default()
+    };
     let (i, t, rounds) = run(chap_config(None, b"initiator-secret-12"), &policy);
     assert!(i.is_ok(), "{i:?}");
     assert_eq!(t.unwrap().chap_name.as_deref(), Some("host1-user"));
     assert_eq!(rounds, 4, "AuthMethod, CHAP_A, CHAP_R, operational");
 
-    let policy = Policy { chap: true, mutual: true, ..Policy::default() };
-    let (i, t, _) = run(chap_config(Some(b"target-secret-34"), b"initiator-secret-12"), &policy);
+    let policy = Policy {
+        chap: true,
+        mutual: true,
+        ..Policy::default()
+    };
+    let (i, t, _) = run(
+        chap_config(Some(b"target-secret-34"), b"initiator-secret-12"),
+        &policy,
+    );
     assert!(i.is_ok() && t.is_ok());
 
     // The target proves a different secret than the initiator expects: the initiator
     // gives up while the target is still in login.
-    let (i, t, _) = run(chap_config(Some(b"other-target-secret"), b"initiator-secret-12"), &policy);
+    let (i, t, _) = run(
+        chap_config(Some(b"other-target-secret"), b"initiator-secret-12"),
+        &policy,
+    );
     assert_eq!(t, Err(LoginError::Protocol("initiator gave up first")));
-    assert!(matches!(i, Err(LoginFailure::Chap(iscsi::chap::ChapError::Mismatch))), "{i:?}");
+    assert!(
+        matches!(i, Err(LoginFailure::Chap(iscsi::chap::ChapError::Mismatch))),
+        "{i:?}"
+    );
 }
 
 #[test]
 fn chap_wrong_secret_is_authentication_failure() {
-    let policy = Policy { chap: true, ..Policy::default() };
+    let policy = Policy {
+        chap: true,
+        ..Policy::default()
+    };
     let (i, t, _) = run(chap_config(None, b"wrong-secret"), &policy);
-    assert_eq!(i, Err(LoginFailure::Status(LoginStatus::AUTHENTICATION_FAILURE)));
+    assert_eq!(
+        i,
+        Err(LoginFailure::Status(LoginStatus::AUTHENTICATION_FAILURE))
+    );
     assert_eq!(t.unwrap_err().status(), LoginStatus::AUTHENTICATION_FAILURE);
 }
 
 #[test]
 fn chap_required_but_initiator_offers_none() {
-    let policy = Policy { chap: true, ..Policy::default() };
-    let (i, t, rounds) = run(InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID), &policy);
+    let policy = Policy {
+        chap: true,
+        ..Policy::default()
+    };
+    let (i, t, rounds) = run(
+        InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID),
+        &policy,
+    );
     assert_eq!(rounds, 1);
-    assert_eq!(i, Err(LoginFailure::Status(LoginStatus::AUTHENTICATION_FAILURE)));
+    assert_eq!(
+        i,
+        Err(LoginFailure::Status(LoginStatus::AUTHENTICATION_FAILURE))
+    );
     assert!(matches!(t, Err(LoginError::Authentication(_))));
 }
 
 #[test]
 fn failure_statuses() {
-    let (i, _, _) = run(InitiatorLoginConfig::normal(INITIATOR, "iqn.2026-01.org.example:nope", ISID), &Policy::default());
+    let (i, _, _) = run(
+        InitiatorLoginConfig::normal(INITIATOR, "iqn.2026-01.org.example:nope", ISID),
+        &Policy::default(),
+    );
     assert_eq!(i, Err(LoginFailure::Status(LoginStatus::NOT_FOUND)));
 
-    let (i, t, _) = run(InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID), &Policy { deny: true, ..Policy::default() });
-    assert_eq!(i, Err(LoginFailure::Status(LoginStatus::AUTHORIZATION_FAILURE)));
+    let (i, t, _) = run(
+        InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID),
+        &Policy {
+            deny: true,
+            ..Policy::default()
+        },
+    );
+    assert_eq!(
+        i,
+        Err(LoginFailure::Status(LoginStatus::AUTHORIZATION_FAILURE))
+    );
     assert_eq!(t, Err(LoginError::NotAuthorized(INITIATOR.into())));
 
-    let moved = Policy { moved: Some("192.0.2.7:3260,2".into()), ..Policy::default() };
-    let (i, t, _) = run(InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID), &moved);
-    assert_eq!(i, Err(LoginFailure::Redirect { address: "192.0.2.7:3260,2".into(), permanent: false }));
-    assert_eq!(t.unwrap_err().status(), LoginStatus::TARGET_MOVED_TEMPORARILY);
+    let moved = Policy {
+        moved: Some("192.0.2.7:3260,2".into()),
+        ..Policy::default()
+    };
+    let (i, t, _) = run(
+        InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID),
+        &moved,
+    );
+    assert_eq!(
+        i,
+        Err(LoginFailure::Redirect {
+            address: "192.0.2.7:3260,2".into(),
+            permanent: false
+        })
+    );
+    assert_eq!(
+        t.unwrap_err().status(),
+        LoginStatus::TARGET_MOVED_TEMPORARILY
+    );
 }
 
 fn login_request(csg: Stage, nsg: Stage, transit: bool, keys: &[(&str, &str)]) -> Pdu {
@@ -273,7 +395,9 @@ fn login_request(csg: Stage, nsg: Stage, transit: bool, keys: &[(&str, &str)]) -
 }
 
 fn status_of(step: &TargetStep) -> LoginStatus {
-    let (TargetStep::Continue(r) | TargetStep::Failed { response: r, .. } | TargetStep::Complete { response: r, .. }) = step;
+    let (TargetStep::Continue(r)
+    | TargetStep::Failed { response: r, .. }
+    | TargetStep::Complete { response: r, .. }) = step;
     match &r.header {
         Header::LoginResponse(h) => h.status,
         other => panic!("not a login response: {other:?}"),
@@ -285,13 +409,38 @@ fn target_rejects_bad_requests() {
     let p = Policy::default();
     let t = || TargetLogin::new(TargetLoginConfig::default());
     // Missing InitiatorName.
-    let s = t().handle_request(&login_request(Stage::Security, Stage::Operational, true, &[("TargetName", TARGET)]), &p).unwrap();
+    let s = t()
+        .handle_request(
+            &login_request(
+                Stage::Security,
+                Stage::Operational,
+                true,
+                &[("TargetName", TARGET)],
+            ),
+            &p,
+        )
+        .unwrap();
     assert_eq!(status_of(&s), LoginStatus::MISSING_PARAMETER);
     // Missing TargetName on a normal session.
-    let s = t().handle_request(&login_request(Stage::Security, Stage::Operational, true, &[("InitiatorName", INITIATOR)]), &p).unwrap();
+    let s = t()
+        .handle_request(
+            &login_request(
+                Stage::Security,
+                Stage::Operational,
+                true,
+                &[("InitiatorName", INITIATOR)],
+            ),
+            &p,
+        )
+        .unwrap();
     assert_eq!(status_of(&s), LoginStatus::MISSING_PARAMETER);
     // Unsupported version.
-    let mut r = login_request(Stage::Security, Stage::Operational, true, &[("InitiatorName", INITIATOR), ("TargetName", TARGET)]);
+    let mut r = login_request(
+        Stage::Security,
+        Stage::Operational,
+        true,
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
     if let Header::LoginRequest(h) = &mut r.header {
         h.version_min = 2;
         h.version_max = 3;
@@ -299,10 +448,17 @@ fn target_rejects_bad_requests() {
     let s = t().handle_request(&r, &p).unwrap();
     assert_eq!(status_of(&s), LoginStatus::UNSUPPORTED_VERSION);
     // A SCSI command during login.
-    let s = t().handle_request(&Pdu::new(ScsiCommand::default()), &p).unwrap();
+    let s = t()
+        .handle_request(&Pdu::new(ScsiCommand::default()), &p)
+        .unwrap();
     assert_eq!(status_of(&s), LoginStatus::INVALID_DURING_LOGIN);
     // Joining a session that does not exist.
-    let mut r = login_request(Stage::Security, Stage::Operational, true, &[("InitiatorName", INITIATOR), ("TargetName", TARGET)]);
+    let mut r = login_request(
+        Stage::Security,
+        Stage::Operational,
+        true,
+        &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+    );
     if let Header::LoginRequest(h) = &mut r.header {
         h.tsih = 77;
     }
@@ -310,21 +466,56 @@ fn target_rejects_bad_requests() {
     assert_eq!(status_of(&s), LoginStatus::SESSION_DOES_NOT_EXIST);
     // Unknown session type.
     let s = t()
-        .handle_request(&login_request(Stage::Security, Stage::Operational, true, &[("InitiatorName", INITIATOR), ("SessionType", "Other")]), &p)
+        .handle_request(
+            &login_request(
+                Stage::Security,
+                Stage::Operational,
+                true,
+                &[("InitiatorName", INITIATOR), ("SessionType", "Other")],
+            ),
+            &p,
+        )
         .unwrap();
     assert_eq!(status_of(&s), LoginStatus::SESSION_TYPE_NOT_SUPPORTED);
     // Skipping the security stage when CHAP is required.
-    let chap = Policy { chap: true, ..Policy::default() };
+    let chap = Policy {
+        chap: true,
+        ..Policy::default()
+    };
     let s = t()
-        .handle_request(&login_request(Stage::Operational, Stage::FullFeature, true, &[("InitiatorName", INITIATOR), ("TargetName", TARGET)]), &chap)
+        .handle_request(
+            &login_request(
+                Stage::Operational,
+                Stage::FullFeature,
+                true,
+                &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+            ),
+            &chap,
+        )
         .unwrap();
     assert_eq!(status_of(&s), LoginStatus::AUTHENTICATION_FAILURE);
     // Going back a stage.
     let mut tl = t();
-    let s = tl.handle_request(&login_request(Stage::Operational, Stage::Security, true, &[("InitiatorName", INITIATOR), ("TargetName", TARGET)]), &p).unwrap();
+    let s = tl
+        .handle_request(
+            &login_request(
+                Stage::Operational,
+                Stage::Security,
+                true,
+                &[("InitiatorName", INITIATOR), ("TargetName", TARGET)],
+            ),
+            &p,
+        )
+        .unwrap();
     assert_eq!(status_of(&s), LoginStatus::INITIATOR_ERROR);
     assert!(tl.is_finished());
-    assert_eq!(tl.handle_request(&login_request(Stage::Operational, Stage::FullFeature, true, &[]), &p), Err(LoginFinished));
+    assert_eq!(
+        tl.handle_request(
+            &login_request(Stage::Operational, Stage::FullFeature, true, &[]),
+            &p
+        ),
+        Err(LoginFinished)
+    );
 }
 
 #[test]
@@ -335,7 +526,12 @@ fn skip_security_stage_and_continue_text_across_pdus() {
         Stage::Operational,
         Stage::FullFeature,
         true,
-        &[("InitiatorName", INITIATOR), ("TargetName", TARGET), ("MaxBurstLength", "65536"), ("ImmediateData", "No")],
+        &[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("MaxBurstLength", "65536"),
+            ("ImmediateData", "No"),
+        ],
     );
     // Split the text in two PDUs: C=1 on the first (and T=0), then the rest with T=1.
     let (a, b) = full.data.split_at(20);
@@ -347,9 +543,13 @@ fn skip_security_stage_and_continue_text_across_pdus() {
     }
     let mut second = full.clone();
     second.data = b.to_vec();
-    let TargetStep::Continue(ack) = tl.handle_request(&first, &p).unwrap() else { panic!() };
+    let TargetStep::Continue(ack) = tl.handle_request(&first, &p).unwrap() else {
+        panic!()
+    };
     assert!(ack.data.is_empty());
-    let TargetStep::Complete { response, outcome } = tl.handle_request(&second, &p).unwrap() else { panic!() };
+    let TargetStep::Complete { response, outcome } = tl.handle_request(&second, &p).unwrap() else {
+        panic!()
+    };
     let keys = TextKeys::parse(&response.data).unwrap();
     assert_eq!(keys.get("MaxBurstLength"), Some("65536"));
     assert_eq!(keys.get("ImmediateData"), Some("No"));
@@ -360,7 +560,10 @@ fn skip_security_stage_and_continue_text_across_pdus() {
 
 #[test]
 fn discovery_session() {
-    let (i, t, _) = run(InitiatorLoginConfig::discovery(INITIATOR, ISID), &Policy::default());
+    let (i, t, _) = run(
+        InitiatorLoginConfig::discovery(INITIATOR, ISID),
+        &Policy::default(),
+    );
     let (i, t) = (i.unwrap(), t.unwrap());
     assert_eq!(t.session_type, SessionType::Discovery);
     assert_eq!(i.params.session_type, SessionType::Discovery);
@@ -387,6 +590,9 @@ fn initiator_rejects_bad_responses() {
         max_cmd_sn: 1,
         status: LoginStatus::SUCCESS,
     });
-    assert!(matches!(ini.handle_response(&bad), Err(LoginFailure::Protocol(_))));
+    assert!(matches!(
+        ini.handle_response(&bad),
+        Err(LoginFailure::Protocol(_))
+    ));
     assert_eq!(ini.handle_response(&bad), Err(LoginFailure::Finished));
 }

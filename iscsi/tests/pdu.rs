@@ -8,7 +8,12 @@ use iscsi::{Action, Codec, DecodeError, Digests, FrameError, Framer, WireConfig}
 use proptest::prelude::*;
 
 fn cfg(header: bool, data: bool) -> WireConfig {
-    WireConfig { digests: Digests { header, data }, limits: PduLimits { max_recv_data_segment_length: 1 << 16 } }
+    WireConfig {
+        digests: Digests { header, data },
+        limits: PduLimits {
+            max_recv_data_segment_length: 1 << 16,
+        },
+    }
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -123,22 +128,48 @@ fn rfc_read_pdu_with_header_digest() {
     bytes.extend_from_slice(&[0x56, 0x3a, 0x96, 0xd9]);
     let c = cfg(true, false);
     let pdu = Pdu::decode(&bytes, &c).unwrap();
-    let Header::ScsiCommand(cmd) = &pdu.header else { panic!("not a SCSI Command: {pdu:?}") };
-    assert_eq!((cmd.itt, cmd.expected_data_transfer_length, cmd.cmd_sn, cmd.exp_stat_sn), (0x1400_0000, 0x400, 0x14, 0x18));
+    let Header::ScsiCommand(cmd) = &pdu.header else {
+        panic!("not a SCSI Command: {pdu:?}")
+    };
+    assert_eq!(
+        (
+            cmd.itt,
+            cmd.expected_data_transfer_length,
+            cmd.cmd_sn,
+            cmd.exp_stat_sn
+        ),
+        (0x1400_0000, 0x400, 0x14, 0x18)
+    );
     assert_eq!(cmd.cdb[0], 0x28);
     assert_eq!(pdu.to_bytes(&c), bytes);
     bytes[50] ^= 1;
-    assert_eq!(Pdu::decode(&bytes, &c).unwrap_err().action(), Action::CloseConnection);
+    assert_eq!(
+        Pdu::decode(&bytes, &c).unwrap_err().action(),
+        Action::CloseConnection
+    );
 }
 
 #[test]
 fn data_digest_error_calls_for_reject_and_framer_continues() {
     let c = cfg(true, true);
-    let p = Pdu::with_data(DataOut { final_: true, itt: 1, ttt: RESERVED_TAG, ..DataOut::default() }, vec![7; 10]);
+    let p = Pdu::with_data(
+        DataOut {
+            final_: true,
+            itt: 1,
+            ttt: RESERVED_TAG,
+            ..DataOut::default()
+        },
+        vec![7; 10],
+    );
     let mut bytes = p.to_bytes(&c);
     let n = bytes.len();
     bytes[n - 6] ^= 0xff; // inside the data
-    let good = Pdu::new(NopOut { itt: 2, ttt: RESERVED_TAG, ..NopOut::default() }).to_bytes(&c);
+    let good = Pdu::new(NopOut {
+        itt: 2,
+        ttt: RESERVED_TAG,
+        ..NopOut::default()
+    })
+    .to_bytes(&c);
     bytes.extend_from_slice(&good);
     let mut f = Framer::new(c);
     let used = f.feed(&bytes);
@@ -157,24 +188,54 @@ fn data_digest_error_calls_for_reject_and_framer_continues() {
 
 #[test]
 fn oversized_data_segment_is_refused_before_buffering() {
-    let c = WireConfig { digests: Digests::NONE, limits: PduLimits { max_recv_data_segment_length: 512 } };
-    let p = Pdu::with_data(DataOut { ttt: RESERVED_TAG, ..DataOut::default() }, vec![0; 513]);
+    let c = WireConfig {
+        digests: Digests::NONE,
+        limits: PduLimits {
+            max_recv_data_segment_length: 512,
+        },
+    };
+    let p = Pdu::with_data(
+        DataOut {
+            ttt: RESERVED_TAG,
+            ..DataOut::default()
+        },
+        vec![0; 513],
+    );
     let bytes = p.to_bytes(&c);
     let mut f = Framer::new(c);
     assert_eq!(f.needed(), 48);
     assert_eq!(f.feed(&bytes), 48, "only the BHS is taken");
     let FrameError { error, .. } = f.poll().unwrap().unwrap_err();
-    assert_eq!(error, DecodeError::DataSegmentTooLong { len: 513, limit: 512 });
+    assert_eq!(
+        error,
+        DecodeError::DataSegmentTooLong {
+            len: 513,
+            limit: 512
+        }
+    );
     assert_eq!(error.action(), Action::CloseConnection);
     assert!(f.is_broken());
     assert_eq!(f.feed(&bytes[48..]), 0);
-    assert_eq!(Pdu::decode(&bytes, &c).unwrap_err(), DecodeError::DataSegmentTooLong { len: 513, limit: 512 });
+    assert_eq!(
+        Pdu::decode(&bytes, &c).unwrap_err(),
+        DecodeError::DataSegmentTooLong {
+            len: 513,
+            limit: 512
+        }
+    );
 }
 
 #[test]
 fn framer_reports_what_it_needs() {
     let c = cfg(true, true);
-    let bytes = Pdu::with_data(NopOut { ttt: RESERVED_TAG, ..NopOut::default() }, vec![1, 2, 3, 4, 5]).to_bytes(&c);
+    let bytes = Pdu::with_data(
+        NopOut {
+            ttt: RESERVED_TAG,
+            ..NopOut::default()
+        },
+        vec![1, 2, 3, 4, 5],
+    )
+    .to_bytes(&c);
     assert_eq!(bytes.len(), 48 + 4 + 8 + 4);
     let mut f = Framer::new(c);
     assert_eq!(f.feed(&bytes[..10]), 10);
@@ -191,16 +252,32 @@ fn framer_reports_what_it_needs() {
 #[test]
 fn malformed_fields_are_named() {
     let c = WireConfig::default();
-    let mut b = Pdu::new(ScsiResponse { residual: Residual::Underflow(4), ..ScsiResponse::default() }).to_bytes(&c);
+    let mut b = Pdu::new(ScsiResponse {
+        residual: Residual::Underflow(4),
+        ..ScsiResponse::default()
+    })
+    .to_bytes(&c);
     b[1] |= 0x04; // O and U together
-    assert_eq!(Pdu::decode(&b, &c).unwrap_err(), DecodeError::InvalidField { field: "SCSI Response O/U bits", value: 0x86 });
+    assert_eq!(
+        Pdu::decode(&b, &c).unwrap_err(),
+        DecodeError::InvalidField {
+            field: "SCSI Response O/U bits",
+            value: 0x86
+        }
+    );
 
     let mut b = Pdu::new(ScsiCommand::default()).to_bytes(&c);
     b[1] = 0x85; // ATTR 5
-    assert_eq!(Pdu::decode(&b, &c).unwrap_err().action(), Action::Reject(RejectReason::InvalidPduField));
+    assert_eq!(
+        Pdu::decode(&b, &c).unwrap_err().action(),
+        Action::Reject(RejectReason::InvalidPduField)
+    );
     b[1] = 0x81;
     b[20] = 1; // EDTL without R or W
-    assert!(matches!(Pdu::decode(&b, &c).unwrap_err(), DecodeError::InvalidField { .. }));
+    assert!(matches!(
+        Pdu::decode(&b, &c).unwrap_err(),
+        DecodeError::InvalidField { .. }
+    ));
 
     let mut b = Pdu::new(LoginRequest {
         transit: true,
@@ -218,27 +295,57 @@ fn malformed_fields_are_named() {
     })
     .to_bytes(&c);
     b[1] |= 0x40; // T and C
-    assert_eq!(Pdu::decode(&b, &c).unwrap_err().action(), Action::Reject(RejectReason::ProtocolError));
+    assert_eq!(
+        Pdu::decode(&b, &c).unwrap_err().action(),
+        Action::Reject(RejectReason::ProtocolError)
+    );
     b[1] = 0x80 | 2 << 2 | 1; // CSG 2
-    assert_eq!(Pdu::decode(&b, &c).unwrap_err(), DecodeError::InvalidField { field: "CSG", value: 2 });
+    assert_eq!(
+        Pdu::decode(&b, &c).unwrap_err(),
+        DecodeError::InvalidField {
+            field: "CSG",
+            value: 2
+        }
+    );
 
     let mut b = Pdu::new(NopIn::default()).to_bytes(&c);
     b[0] = 0x15; // unknown initiator opcode
-    assert_eq!(Pdu::decode(&b, &c).unwrap_err(), DecodeError::UnknownOpcode(0x15));
-    assert_eq!(DecodeError::UnknownOpcode(0x15).action(), Action::Reject(RejectReason::CommandNotSupported));
+    assert_eq!(
+        Pdu::decode(&b, &c).unwrap_err(),
+        DecodeError::UnknownOpcode(0x15)
+    );
+    assert_eq!(
+        DecodeError::UnknownOpcode(0x15).action(),
+        Action::Reject(RejectReason::CommandNotSupported)
+    );
     b[0] = 0x1c; // vendor specific: preserved
-    assert!(matches!(Pdu::decode(&b, &c).unwrap().header, Header::Vendor { .. }));
+    assert!(matches!(
+        Pdu::decode(&b, &c).unwrap().header,
+        Header::Vendor { .. }
+    ));
 
     let mut b = Pdu::new(NopIn::default()).to_bytes(&c);
     b[4] = 1; // AHS on a NOP-In
     b.extend_from_slice(&[0, 0, 0, 0]);
-    assert!(matches!(Pdu::decode(&b, &c).unwrap_err(), DecodeError::InvalidField { field: "TotalAHSLength", .. }));
+    assert!(matches!(
+        Pdu::decode(&b, &c).unwrap_err(),
+        DecodeError::InvalidField {
+            field: "TotalAHSLength",
+            ..
+        }
+    ));
 
     let b = Pdu::new(NopIn::default()).to_bytes(&c);
-    assert_eq!(Pdu::decode(&b[..47], &c).unwrap_err(), DecodeError::Truncated("BHS"));
+    assert_eq!(
+        Pdu::decode(&b[..47], &c).unwrap_err(),
+        DecodeError::Truncated("BHS")
+    );
     let mut long = b.clone();
     long.extend_from_slice(&[0; 4]);
-    assert_eq!(Pdu::decode(&long, &c).unwrap_err(), DecodeError::TrailingBytes(4));
+    assert_eq!(
+        Pdu::decode(&long, &c).unwrap_err(),
+        DecodeError::TrailingBytes(4)
+    );
 }
 
 #[test]
@@ -252,6 +359,12 @@ fn bidirectional_read_length_ahs() {
     };
     let bytes = Pdu::new(cmd.clone()).to_bytes(&WireConfig::default());
     assert_eq!(bytes[4], 2);
-    assert_eq!(&bytes[48..56], &[0x00, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00, 0x00]);
-    assert_eq!(Pdu::decode(&bytes, &WireConfig::default()).unwrap(), Pdu::new(cmd));
+    assert_eq!(
+        &bytes[48..56],
+        &[0x00, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00, 0x00]
+    );
+    assert_eq!(
+        Pdu::decode(&bytes, &WireConfig::default()).unwrap(),
+        Pdu::new(cmd)
+    );
 }

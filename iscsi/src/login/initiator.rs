@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use super::{LoginFailure, ISCSI_VERSION, LOGIN_MAX_SEGMENT};
 use crate::chap::ChapInitiator;
-use crate::negotiate::{LocalParams, Negotiation, NegotiatedParams, SessionType};
+use crate::negotiate::{LocalParams, NegotiatedParams, Negotiation, SessionType};
 use crate::pdu::{Header, Isid, LoginRequest, LoginResponse, Pdu, Role, Stage};
 use crate::text::{split_text, TextAssembler, TextKeys, DEFAULT_TEXT_LIMIT};
 
@@ -50,7 +50,11 @@ pub struct InitiatorLoginConfig {
 
 impl InitiatorLoginConfig {
     /// A new normal session to `target_name` with RFC defaults and no authentication.
-    pub fn normal(initiator_name: impl Into<String>, target_name: impl Into<String>, isid: Isid) -> Self {
+    pub fn normal(
+        initiator_name: impl Into<String>,
+        target_name: impl Into<String>,
+        isid: Isid,
+    ) -> Self {
         InitiatorLoginConfig {
             initiator_name: initiator_name.into(),
             initiator_alias: None,
@@ -70,7 +74,11 @@ impl InitiatorLoginConfig {
 
     /// A discovery session.
     pub fn discovery(initiator_name: impl Into<String>, isid: Isid) -> Self {
-        InitiatorLoginConfig { target_name: None, session_type: SessionType::Discovery, ..Self::normal(initiator_name, "", isid) }
+        InitiatorLoginConfig {
+            target_name: None,
+            session_type: SessionType::Discovery,
+            ..Self::normal(initiator_name, "", isid)
+        }
     }
 }
 
@@ -179,17 +187,27 @@ impl InitiatorLogin {
         }
         self.started = true;
         let mut keys = TextKeys::new();
-        keys.0.extend(self.neg.declare("InitiatorName", self.cfg.initiator_name.clone()).0);
+        keys.0.extend(
+            self.neg
+                .declare("InitiatorName", self.cfg.initiator_name.clone())
+                .0,
+        );
         if let Some(a) = self.cfg.initiator_alias.clone() {
             keys.0.extend(self.neg.declare("InitiatorAlias", a).0);
         }
         match self.cfg.session_type {
             SessionType::Normal => {
                 keys.0.extend(self.neg.declare("SessionType", "Normal").0);
-                let t = self.cfg.target_name.clone().ok_or(LoginFailure::Protocol("normal session without TargetName"))?;
+                let t = self
+                    .cfg
+                    .target_name
+                    .clone()
+                    .ok_or(LoginFailure::Protocol("normal session without TargetName"))?;
                 keys.0.extend(self.neg.declare("TargetName", t).0);
             }
-            SessionType::Discovery => keys.0.extend(self.neg.declare("SessionType", "Discovery").0),
+            SessionType::Discovery => keys
+                .0
+                .extend(self.neg.declare("SessionType", "Discovery").0),
         }
         let transit = match self.auth {
             Auth::NoneOffered => {
@@ -260,14 +278,21 @@ impl InitiatorLogin {
 
     fn step(&mut self, pdu: &Pdu) -> Result<InitiatorStep, LoginFailure> {
         let Header::LoginResponse(resp) = &pdu.header else {
-            return Err(LoginFailure::Protocol("PDU other than Login Response during login"));
+            return Err(LoginFailure::Protocol(
+                "PDU other than Login Response during login",
+            ));
         };
         self.check_header(resp)?;
         if resp.status.class() != 0 {
             if resp.status.class() == 1 {
                 let keys = TextKeys::parse(&pdu.data)?;
-                let address = keys.get("TargetAddress").ok_or(LoginFailure::Protocol("redirection without TargetAddress"))?;
-                return Err(LoginFailure::Redirect { address: address.to_owned(), permanent: resp.status.detail() == 2 });
+                let address = keys
+                    .get("TargetAddress")
+                    .ok_or(LoginFailure::Protocol("redirection without TargetAddress"))?;
+                return Err(LoginFailure::Redirect {
+                    address: address.to_owned(),
+                    permanent: resp.status.detail() == 2,
+                });
             }
             return Err(LoginFailure::Status(resp.status));
         }
@@ -280,7 +305,9 @@ impl InitiatorLogin {
             return Ok(InitiatorStep::Send(self.next_segment()));
         }
         if resp.csg != self.stage {
-            return Err(LoginFailure::Protocol("response CSG does not match our stage"));
+            return Err(LoginFailure::Protocol(
+                "response CSG does not match our stage",
+            ));
         }
         let Some(text) = self.incoming.push(&pdu.data, resp.continue_)? else {
             // Ask for the rest of the target's text.
@@ -290,7 +317,11 @@ impl InitiatorLogin {
         if resp.transit {
             match self.asked_transit {
                 Some(nsg) if resp.nsg <= nsg && resp.nsg > self.stage => {}
-                _ => return Err(LoginFailure::Protocol("target moved to a stage we did not ask for")),
+                _ => {
+                    return Err(LoginFailure::Protocol(
+                        "target moved to a stage we did not ask for",
+                    ))
+                }
             }
         }
         match self.stage {
@@ -313,9 +344,21 @@ impl InitiatorLogin {
         Ok(())
     }
 
-    fn security(&mut self, resp: &LoginResponse, keys: &TextKeys) -> Result<InitiatorStep, LoginFailure> {
-        let chap_keys: TextKeys = keys.iter().filter(|(k, _)| CHAP_KEYS.contains(k)).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        let others: TextKeys = keys.iter().filter(|(k, _)| !CHAP_KEYS.contains(k)).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    fn security(
+        &mut self,
+        resp: &LoginResponse,
+        keys: &TextKeys,
+    ) -> Result<InitiatorStep, LoginFailure> {
+        let chap_keys: TextKeys = keys
+            .iter()
+            .filter(|(k, _)| CHAP_KEYS.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let others: TextKeys = keys
+            .iter()
+            .filter(|(k, _)| !CHAP_KEYS.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         let mut out = self.neg.handle(&others)?;
         let auth = std::mem::replace(&mut self.auth, Auth::Done);
         let mut transit = Some(Stage::Operational);
@@ -351,7 +394,9 @@ impl InitiatorLogin {
                 if chap.is_mutual() {
                     chap.handle_target_response(&chap_keys)?;
                 } else if !chap_keys.is_empty() {
-                    return Err(LoginFailure::Protocol("CHAP response from the target without mutual CHAP"));
+                    return Err(LoginFailure::Protocol(
+                        "CHAP response from the target without mutual CHAP",
+                    ));
                 }
                 Auth::Done
             }
@@ -364,7 +409,9 @@ impl InitiatorLogin {
         };
         if resp.transit {
             if !matches!(self.auth, Auth::Done) {
-                return Err(LoginFailure::Protocol("target left the security stage before authentication completed"));
+                return Err(LoginFailure::Protocol(
+                    "target left the security stage before authentication completed",
+                ));
             }
             return self.enter(resp, out);
         }
@@ -372,7 +419,11 @@ impl InitiatorLogin {
     }
 
     /// The target agreed to move to `resp.nsg`.
-    fn enter(&mut self, resp: &LoginResponse, answers: TextKeys) -> Result<InitiatorStep, LoginFailure> {
+    fn enter(
+        &mut self,
+        resp: &LoginResponse,
+        answers: TextKeys,
+    ) -> Result<InitiatorStep, LoginFailure> {
         self.neg.settle_implicit();
         if resp.nsg == Stage::FullFeature {
             return self.complete(resp);
@@ -381,26 +432,43 @@ impl InitiatorLogin {
         let mut keys = answers;
         let offer = self.cfg.local.operational_offer(self.cfg.session_type);
         keys.0.extend(self.neg.offer(&offer).0);
-        Ok(InitiatorStep::Send(self.request(keys, Some(Stage::FullFeature))))
+        Ok(InitiatorStep::Send(
+            self.request(keys, Some(Stage::FullFeature)),
+        ))
     }
 
-    fn operational(&mut self, resp: &LoginResponse, keys: &TextKeys) -> Result<InitiatorStep, LoginFailure> {
-        if keys.iter().any(|(k, _)| CHAP_KEYS.contains(&k) || k == "AuthMethod") {
-            return Err(LoginFailure::Protocol("security keys in the operational stage"));
+    fn operational(
+        &mut self,
+        resp: &LoginResponse,
+        keys: &TextKeys,
+    ) -> Result<InitiatorStep, LoginFailure> {
+        if keys
+            .iter()
+            .any(|(k, _)| CHAP_KEYS.contains(&k) || k == "AuthMethod")
+        {
+            return Err(LoginFailure::Protocol(
+                "security keys in the operational stage",
+            ));
         }
         let answers = self.neg.handle(keys)?;
         if resp.transit {
             if !answers.is_empty() {
-                return Err(LoginFailure::Protocol("target offered keys in its final response"));
+                return Err(LoginFailure::Protocol(
+                    "target offered keys in its final response",
+                ));
             }
             return self.enter(resp, answers);
         }
-        Ok(InitiatorStep::Send(self.request(answers, Some(Stage::FullFeature))))
+        Ok(InitiatorStep::Send(
+            self.request(answers, Some(Stage::FullFeature)),
+        ))
     }
 
     fn complete(&mut self, resp: &LoginResponse) -> Result<InitiatorStep, LoginFailure> {
         if resp.tsih == 0 || (self.cfg.tsih != 0 && resp.tsih != self.cfg.tsih) {
-            return Err(LoginFailure::Protocol("final Login Response with a wrong TSIH"));
+            return Err(LoginFailure::Protocol(
+                "final Login Response with a wrong TSIH",
+            ));
         }
         let params = self.neg.finish()?;
         self.stage = Stage::FullFeature;

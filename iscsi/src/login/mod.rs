@@ -92,11 +92,17 @@ impl LoginError {
             LoginError::UnsupportedVersion { .. } => LoginStatus::UNSUPPORTED_VERSION,
             LoginError::MissingKey(_) => LoginStatus::MISSING_PARAMETER,
             LoginError::TargetNotFound(_) => LoginStatus::NOT_FOUND,
-            LoginError::Moved { permanent: false, .. } => LoginStatus::TARGET_MOVED_TEMPORARILY,
-            LoginError::Moved { permanent: true, .. } => LoginStatus::TARGET_MOVED_PERMANENTLY,
+            LoginError::Moved {
+                permanent: false, ..
+            } => LoginStatus::TARGET_MOVED_TEMPORARILY,
+            LoginError::Moved {
+                permanent: true, ..
+            } => LoginStatus::TARGET_MOVED_PERMANENTLY,
             LoginError::NotAuthorized(_) => LoginStatus::AUTHORIZATION_FAILURE,
             LoginError::Authentication(_) => LoginStatus::AUTHENTICATION_FAILURE,
-            LoginError::Text(_) | LoginError::Negotiation(_) | LoginError::Protocol(_) => LoginStatus::INITIATOR_ERROR,
+            LoginError::Text(_) | LoginError::Negotiation(_) | LoginError::Protocol(_) => {
+                LoginStatus::INITIATOR_ERROR
+            }
             LoginError::SessionDoesNotExist(_) => LoginStatus::SESSION_DOES_NOT_EXIST,
             LoginError::SessionTypeNotSupported => LoginStatus::SESSION_TYPE_NOT_SUPPORTED,
             LoginError::Target(_) => LoginStatus::TARGET_ERROR,

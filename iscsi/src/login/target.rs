@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use super::{LoginError, LoginFinished, ISCSI_VERSION, LOGIN_MAX_SEGMENT};
 use crate::chap::{ChapAlgorithm, ChapCredentials, ChapTarget};
-use crate::negotiate::{LocalParams, Negotiation, NegotiatedParams, SessionType};
+use crate::negotiate::{LocalParams, NegotiatedParams, Negotiation, SessionType};
 use crate::pdu::{Header, Isid, LoginRequest, LoginResponse, LoginStatus, Pdu, Role, Stage};
 use crate::seq::SnCounter;
 use crate::text::{split_text, TextAssembler, TextKeys, DEFAULT_TEXT_LIMIT};
@@ -62,7 +62,11 @@ pub trait LoginPolicy {
     }
 
     /// CHAP credentials for a CHAP_N, for the given target (`None`: discovery).
-    fn chap_credentials(&self, chap_name: &str, target_name: Option<&str>) -> Option<ChapCredentials> {
+    fn chap_credentials(
+        &self,
+        chap_name: &str,
+        target_name: Option<&str>,
+    ) -> Option<ChapCredentials> {
         let _ = (chap_name, target_name);
         None
     }
@@ -208,7 +212,14 @@ pub struct TargetLogin {
 /// Login Requests one login may take before the target gives up.
 pub const MAX_LOGIN_REQUESTS: u32 = 64;
 
-const AUTH_KEYS: &[&str] = &["AuthMethod", "CHAP_A", "CHAP_I", "CHAP_C", "CHAP_N", "CHAP_R"];
+const AUTH_KEYS: &[&str] = &[
+    "AuthMethod",
+    "CHAP_A",
+    "CHAP_I",
+    "CHAP_C",
+    "CHAP_N",
+    "CHAP_R",
+];
 
 const TARGET_OFFERABLE: &[&str] = &[
     "InitialR2T",
@@ -262,7 +273,11 @@ impl TargetLogin {
     }
 
     /// Handle one received PDU.
-    pub fn handle_request(&mut self, pdu: &Pdu, policy: &dyn LoginPolicy) -> Result<TargetStep, LoginFinished> {
+    pub fn handle_request(
+        &mut self,
+        pdu: &Pdu,
+        policy: &dyn LoginPolicy,
+    ) -> Result<TargetStep, LoginFinished> {
         if self.finished {
             return Err(LoginFinished);
         }
@@ -282,7 +297,15 @@ impl TargetLogin {
         Ok(step)
     }
 
-    fn response(&mut self, transit: bool, continue_: bool, nsg: Stage, tsih: u16, status: LoginStatus, data: Vec<u8>) -> Pdu {
+    fn response(
+        &mut self,
+        transit: bool,
+        continue_: bool,
+        nsg: Stage,
+        tsih: u16,
+        status: LoginStatus,
+        data: Vec<u8>,
+    ) -> Pdu {
         let isid = self.first.map(|f| f.isid).unwrap_or_default();
         let depth = self.cfg.queue_depth.max(1);
         Pdu::with_data(
@@ -319,7 +342,9 @@ impl TargetLogin {
     }
 
     fn neg(&mut self) -> Result<&mut Negotiation, LoginError> {
-        self.neg.as_mut().ok_or(LoginError::Protocol("negotiation before the leading keys"))
+        self.neg
+            .as_mut()
+            .ok_or(LoginError::Protocol("negotiation before the leading keys"))
     }
 
     fn step(&mut self, pdu: &Pdu, policy: &dyn LoginPolicy) -> Result<TargetStep, LoginError> {
@@ -334,18 +359,29 @@ impl TargetLogin {
         // empty Login Requests.
         if !self.outgoing.is_empty() {
             if !pdu.data.is_empty() || req.continue_ || req.transit {
-                return Err(LoginError::Protocol("new text while the target's response continues"));
+                return Err(LoginError::Protocol(
+                    "new text while the target's response continues",
+                ));
             }
             return self.send_segment();
         }
 
         let Some(text) = self.incoming.push(&pdu.data, req.continue_)? else {
             // Acknowledge a partial text with an empty response.
-            return Ok(TargetStep::Continue(self.response(false, false, Stage::Security, self.tsih_now(), LoginStatus::SUCCESS, Vec::new())));
+            return Ok(TargetStep::Continue(self.response(
+                false,
+                false,
+                Stage::Security,
+                self.tsih_now(),
+                LoginStatus::SUCCESS,
+                Vec::new(),
+            )));
         };
         let keys = TextKeys::parse(&text)?;
         if req.transit && req.nsg <= req.csg {
-            return Err(LoginError::Protocol("transition to a stage that is not later"));
+            return Err(LoginError::Protocol(
+                "transition to a stage that is not later",
+            ));
         }
 
         let mut answers = TextKeys::new();
@@ -366,13 +402,24 @@ impl TargetLogin {
         self.first.map(|f| f.tsih).unwrap_or(0)
     }
 
-    fn check_header(&mut self, req: &LoginRequest, policy: &dyn LoginPolicy) -> Result<(), LoginError> {
+    fn check_header(
+        &mut self,
+        req: &LoginRequest,
+        policy: &dyn LoginPolicy,
+    ) -> Result<(), LoginError> {
         if req.version_min > ISCSI_VERSION {
-            return Err(LoginError::UnsupportedVersion { min: req.version_min, max: req.version_max });
+            return Err(LoginError::UnsupportedVersion {
+                min: req.version_min,
+                max: req.version_max,
+            });
         }
         match self.first {
             None => {
-                self.first = Some(First { isid: req.isid, tsih: req.tsih, cid: req.cid });
+                self.first = Some(First {
+                    isid: req.isid,
+                    tsih: req.tsih,
+                    cid: req.cid,
+                });
                 if req.tsih != 0 && !policy.session_exists(req.isid, req.tsih) {
                     return Err(LoginError::SessionDoesNotExist(req.tsih));
                 }
@@ -383,7 +430,9 @@ impl TargetLogin {
             }
             Some(f) => {
                 if f.isid != req.isid || f.tsih != req.tsih || f.cid != req.cid {
-                    return Err(LoginError::Protocol("ISID, TSIH or CID changed during login"));
+                    return Err(LoginError::Protocol(
+                        "ISID, TSIH or CID changed during login",
+                    ));
                 }
                 if req.csg != self.stage {
                     return Err(LoginError::Protocol("CSG does not match the current stage"));
@@ -393,8 +442,15 @@ impl TargetLogin {
         Ok(())
     }
 
-    fn leading_keys(&mut self, keys: &TextKeys, policy: &dyn LoginPolicy, answers: &mut TextKeys) -> Result<(), LoginError> {
-        let initiator = keys.get("InitiatorName").ok_or(LoginError::MissingKey("InitiatorName"))?;
+    fn leading_keys(
+        &mut self,
+        keys: &TextKeys,
+        policy: &dyn LoginPolicy,
+        answers: &mut TextKeys,
+    ) -> Result<(), LoginError> {
+        let initiator = keys
+            .get("InitiatorName")
+            .ok_or(LoginError::MissingKey("InitiatorName"))?;
         if initiator.is_empty() {
             return Err(LoginError::MissingKey("InitiatorName"));
         }
@@ -411,14 +467,20 @@ impl TargetLogin {
                 (policy.discovery_auth(), None)
             }
             SessionType::Normal => {
-                let name = keys.get("TargetName").ok_or(LoginError::MissingKey("TargetName"))?;
+                let name = keys
+                    .get("TargetName")
+                    .ok_or(LoginError::MissingKey("TargetName"))?;
                 match policy.lookup_target(name) {
                     TargetLookup::Found { auth, alias } => {
                         self.target_name = Some(name.to_owned());
                         (auth, alias)
                     }
-                    TargetLookup::Moved { address, permanent } => return Err(LoginError::Moved { address, permanent }),
-                    TargetLookup::NotFound => return Err(LoginError::TargetNotFound(name.to_owned())),
+                    TargetLookup::Moved { address, permanent } => {
+                        return Err(LoginError::Moved { address, permanent })
+                    }
+                    TargetLookup::NotFound => {
+                        return Err(LoginError::TargetNotFound(name.to_owned()))
+                    }
                 }
             }
         };
@@ -430,9 +492,18 @@ impl TargetLogin {
         }
         self.initiator_name = Some(initiator.to_owned());
         self.auth = Auth::Pending(auth);
-        let mut neg = Negotiation::new(Role::Target, policy.local_params(self.target_name.as_deref()));
+        let mut neg = Negotiation::new(
+            Role::Target,
+            policy.local_params(self.target_name.as_deref()),
+        );
         if self.session_type == SessionType::Normal {
-            answers.0.extend(neg.declare("TargetPortalGroupTag", self.cfg.portal_group_tag.to_string()).0);
+            answers.0.extend(
+                neg.declare(
+                    "TargetPortalGroupTag",
+                    self.cfg.portal_group_tag.to_string(),
+                )
+                .0,
+            );
             if let Some(a) = alias {
                 answers.0.extend(neg.declare("TargetAlias", a).0);
             }
@@ -441,8 +512,18 @@ impl TargetLogin {
         Ok(())
     }
 
-    fn security(&mut self, req: &LoginRequest, keys: &TextKeys, policy: &dyn LoginPolicy, answers: &mut TextKeys) -> Result<bool, LoginError> {
-        let others: TextKeys = keys.iter().filter(|(k, _)| !AUTH_KEYS.contains(k)).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    fn security(
+        &mut self,
+        req: &LoginRequest,
+        keys: &TextKeys,
+        policy: &dyn LoginPolicy,
+        answers: &mut TextKeys,
+    ) -> Result<bool, LoginError> {
+        let others: TextKeys = keys
+            .iter()
+            .filter(|(k, _)| !AUTH_KEYS.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         if let Auth::Pending(requirement) = self.auth {
             if let Some(offer) = keys.get("AuthMethod") {
                 let supported: &[&str] = match requirement {
@@ -453,9 +534,18 @@ impl TargetLogin {
                 answers.push("AuthMethod", answer.clone());
                 self.auth = match answer.as_str() {
                     "None" => Auth::Done,
-                    "CHAP" => Auth::ChapStart(ChapTarget::new(&self.cfg.chap_algorithms, self.cfg.chap_id, self.cfg.chap_challenge.clone()).map_err(|_| LoginError::Target("CHAP challenge misconfigured"))?),
+                    "CHAP" => Auth::ChapStart(
+                        ChapTarget::new(
+                            &self.cfg.chap_algorithms,
+                            self.cfg.chap_id,
+                            self.cfg.chap_challenge.clone(),
+                        )
+                        .map_err(|_| LoginError::Target("CHAP challenge misconfigured"))?,
+                    ),
                     _ => {
-                        return Err(LoginError::Authentication(format!("no acceptable AuthMethod in {offer:?}")));
+                        return Err(LoginError::Authentication(format!(
+                            "no acceptable AuthMethod in {offer:?}"
+                        )));
                     }
                 };
             } else if requirement == AuthRequirement::None && req.transit {
@@ -473,7 +563,10 @@ impl TargetLogin {
         } else if let Auth::ChapChallenged(chap) = &mut self.auth {
             let target = self.target_name.clone();
             let name = keys.get("CHAP_N").map(str::to_owned);
-            answers.0.extend(chap.handle_response(keys, |n| policy.chap_credentials(n, target.as_deref()))?.0);
+            answers.0.extend(
+                chap.handle_response(keys, |n| policy.chap_credentials(n, target.as_deref()))?
+                    .0,
+            );
             self.chap_name = name;
             self.auth = Auth::Done;
         } else if keys.iter().any(|(k, _)| k.starts_with("CHAP_")) {
@@ -489,14 +582,23 @@ impl TargetLogin {
             Auth::Done => Ok(self.neg()?.is_settled()),
             // CHAP agreed or the challenge just went out: the initiator must go on.
             Auth::ChapStart(_) | Auth::ChapChallenged(_) => Ok(false),
-            Auth::Pending(AuthRequirement::Chap) => Err(LoginError::Authentication("transit requested before authentication".into())),
+            Auth::Pending(AuthRequirement::Chap) => Err(LoginError::Authentication(
+                "transit requested before authentication".into(),
+            )),
             Auth::Pending(AuthRequirement::None) => Ok(true),
         }
     }
 
-    fn operational(&mut self, req: &LoginRequest, keys: &TextKeys, answers: &mut TextKeys) -> Result<bool, LoginError> {
+    fn operational(
+        &mut self,
+        req: &LoginRequest,
+        keys: &TextKeys,
+        answers: &mut TextKeys,
+    ) -> Result<bool, LoginError> {
         if keys.iter().any(|(k, _)| AUTH_KEYS.contains(&k)) {
-            return Err(LoginError::Protocol("security keys in the operational stage"));
+            return Err(LoginError::Protocol(
+                "security keys in the operational stage",
+            ));
         }
         let offered = self.operational_offered;
         let discovery = self.session_type == SessionType::Discovery;
@@ -522,18 +624,43 @@ impl TargetLogin {
         let seg = self.outgoing.pop_front().unwrap_or_default();
         let tsih_now = self.tsih_now();
         if !self.outgoing.is_empty() {
-            return Ok(TargetStep::Continue(self.response(false, true, Stage::Security, tsih_now, LoginStatus::SUCCESS, seg)));
+            return Ok(TargetStep::Continue(self.response(
+                false,
+                true,
+                Stage::Security,
+                tsih_now,
+                LoginStatus::SUCCESS,
+                seg,
+            )));
         }
         match self.decision.take() {
-            None => Ok(TargetStep::Continue(self.response(false, false, Stage::Security, tsih_now, LoginStatus::SUCCESS, seg))),
+            None => Ok(TargetStep::Continue(self.response(
+                false,
+                false,
+                Stage::Security,
+                tsih_now,
+                LoginStatus::SUCCESS,
+                seg,
+            ))),
             Some(Stage::FullFeature) => {
                 let params = self.neg()?.finish()?;
                 let first = self.first.ok_or(LoginError::Protocol("no login request"))?;
-                let tsih = if first.tsih == 0 { self.cfg.new_tsih } else { first.tsih };
+                let tsih = if first.tsih == 0 {
+                    self.cfg.new_tsih
+                } else {
+                    first.tsih
+                };
                 if tsih == 0 {
                     return Err(LoginError::Target("no TSIH to assign"));
                 }
-                let response = self.response(true, false, Stage::FullFeature, tsih, LoginStatus::SUCCESS, seg);
+                let response = self.response(
+                    true,
+                    false,
+                    Stage::FullFeature,
+                    tsih,
+                    LoginStatus::SUCCESS,
+                    seg,
+                );
                 let outcome = TargetLoginOutcome {
                     params,
                     isid: first.isid,

@@ -41,12 +41,21 @@ impl Residual {
         }
     }
 
-    fn parse(flags: u8, over: u8, under: u8, count: u32, field: &'static str) -> Result<Self, DecodeError> {
+    fn parse(
+        flags: u8,
+        over: u8,
+        under: u8,
+        count: u32,
+        field: &'static str,
+    ) -> Result<Self, DecodeError> {
         match (flags & over != 0, flags & under != 0) {
             (false, false) => Ok(Residual::None),
             (true, false) => Ok(Residual::Overflow(count)),
             (false, true) => Ok(Residual::Underflow(count)),
-            (true, true) => Err(DecodeError::InvalidField { field, value: flags.into() }),
+            (true, true) => Err(DecodeError::InvalidField {
+                field,
+                value: flags.into(),
+            }),
         }
     }
 
@@ -201,7 +210,10 @@ impl Default for ScsiCommand {
 
 impl ScsiCommand {
     pub(crate) fn write(&self, b: &mut [u8; BHS_LEN]) {
-        b[1] = bit(self.final_, F) | bit(self.read, 0x40) | bit(self.write, 0x20) | (u8::from(self.attr) & 0x07);
+        b[1] = bit(self.final_, F)
+            | bit(self.read, 0x40)
+            | bit(self.write, 0x20)
+            | (u8::from(self.attr) & 0x07);
         put_u64(b, 8, self.lun);
         put_u32(b, 16, self.itt);
         put_u32(b, 20, self.expected_data_transfer_length);
@@ -228,7 +240,10 @@ impl ScsiCommand {
             bidi_read_length: None,
         };
         if let TaskAttr::Unknown(v) = cmd.attr {
-            return Err(DecodeError::InvalidField { field: "SCSI Command ATTR", value: v.into() });
+            return Err(DecodeError::InvalidField {
+                field: "SCSI Command ATTR",
+                value: v.into(),
+            });
         }
         if !cmd.read && !cmd.write && cmd.expected_data_transfer_length != 0 {
             return Err(DecodeError::InvalidField {
@@ -290,7 +305,13 @@ impl ScsiResponse {
     pub(crate) fn parse(b: &[u8; BHS_LEN]) -> Result<Self, DecodeError> {
         let f = b[1];
         Ok(ScsiResponse {
-            bidi_read_residual: Residual::parse(f, 0x10, 0x08, get_u32(b, 40), "SCSI Response o/u bits")?,
+            bidi_read_residual: Residual::parse(
+                f,
+                0x10,
+                0x08,
+                get_u32(b, 40),
+                "SCSI Response o/u bits",
+            )?,
             residual: Residual::parse(f, 0x04, 0x02, get_u32(b, 44), "SCSI Response O/U bits")?,
             response: b[2],
             status: b[3],
@@ -402,7 +423,11 @@ fn login_flags(b: u8, what: &'static str) -> Result<(bool, bool, Stage, Stage), 
     }
     let csg = Stage::from_bits((b >> 2) & 3, "CSG")?;
     // NSG is reserved when T is 0: accept any value then and report Security.
-    let nsg = if transit { Stage::from_bits(b & 3, "NSG")? } else { Stage::from_bits(b & 3, "NSG").unwrap_or(Stage::Security) };
+    let nsg = if transit {
+        Stage::from_bits(b & 3, "NSG")?
+    } else {
+        Stage::from_bits(b & 3, "NSG").unwrap_or(Stage::Security)
+    };
     Ok((transit, cont, csg, nsg))
 }
 
@@ -449,7 +474,8 @@ impl LoginRequest {
     }
 
     pub(crate) fn parse(b: &[u8; BHS_LEN]) -> Result<Self, DecodeError> {
-        let (transit, continue_, csg, nsg) = login_flags(b[1], "Login Request with both T and C set")?;
+        let (transit, continue_, csg, nsg) =
+            login_flags(b[1], "Login Request with both T and C set")?;
         let mut isid = [0u8; 6];
         isid.copy_from_slice(&b[8..14]);
         Ok(LoginRequest {
@@ -516,7 +542,8 @@ impl LoginResponse {
     }
 
     pub(crate) fn parse(b: &[u8; BHS_LEN]) -> Result<Self, DecodeError> {
-        let (transit, continue_, csg, nsg) = login_flags(b[1], "Login Response with both T and C set")?;
+        let (transit, continue_, csg, nsg) =
+            login_flags(b[1], "Login Response with both T and C set")?;
         let mut isid = [0u8; 6];
         isid.copy_from_slice(&b[8..14]);
         Ok(LoginResponse {
@@ -928,10 +955,16 @@ impl R2t {
             desired_data_transfer_length: get_u32(b, 44),
         };
         if r.desired_data_transfer_length == 0 {
-            return Err(DecodeError::InvalidField { field: "R2T Desired Data Transfer Length", value: 0 });
+            return Err(DecodeError::InvalidField {
+                field: "R2T Desired Data Transfer Length",
+                value: 0,
+            });
         }
         if r.ttt == RESERVED_TAG {
-            return Err(DecodeError::InvalidField { field: "R2T Target Transfer Tag", value: r.ttt.into() });
+            return Err(DecodeError::InvalidField {
+                field: "R2T Target Transfer Tag",
+                value: r.ttt.into(),
+            });
         }
         Ok(r)
     }
@@ -978,7 +1011,10 @@ impl AsyncMessage {
     pub(crate) fn parse(b: &[u8; BHS_LEN]) -> Result<Self, DecodeError> {
         let itt = get_u32(b, 16);
         if itt != RESERVED_TAG {
-            return Err(DecodeError::InvalidField { field: "Async Message ITT", value: itt.into() });
+            return Err(DecodeError::InvalidField {
+                field: "Async Message ITT",
+                value: itt.into(),
+            });
         }
         Ok(AsyncMessage {
             lun: get_u64(b, 8),

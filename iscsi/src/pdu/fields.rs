@@ -211,7 +211,10 @@ impl Stage {
             0 => Ok(Stage::Security),
             1 => Ok(Stage::Operational),
             3 => Ok(Stage::FullFeature),
-            other => Err(crate::DecodeError::InvalidField { field, value: other.into() }),
+            other => Err(crate::DecodeError::InvalidField {
+                field,
+                value: other.into(),
+            }),
         }
     }
 }

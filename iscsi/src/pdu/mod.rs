@@ -32,7 +32,9 @@ pub struct PduLimits {
 
 impl Default for PduLimits {
     fn default() -> Self {
-        PduLimits { max_recv_data_segment_length: 8192 }
+        PduLimits {
+            max_recv_data_segment_length: 8192,
+        }
     }
 }
 
@@ -326,7 +328,10 @@ impl Header {
             if ahs.is_empty() {
                 Ok(())
             } else {
-                Err(DecodeError::InvalidField { field: name, value: (ahs.len() / 4) as u64 })
+                Err(DecodeError::InvalidField {
+                    field: name,
+                    value: (ahs.len() / 4) as u64,
+                })
             }
         };
         let h = match op {
@@ -374,7 +379,10 @@ fn parse_command_ahs(cmd: &mut ScsiCommand, ahs: &[u8]) -> Result<(), DecodeErro
         let len = usize::from(r.u16("AHSLength")?);
         let ty = r.u8("AHSType")?;
         if len == 0 {
-            return Err(DecodeError::InvalidField { field: "AHSLength", value: 0 });
+            return Err(DecodeError::InvalidField {
+                field: "AHSLength",
+                value: 0,
+            });
         }
         // AHSLength counts the AHS-specific byte and what follows.
         let body = r.take(len, "AHS")?;
@@ -388,14 +396,24 @@ fn parse_command_ahs(cmd: &mut ScsiCommand, ahs: &[u8]) -> Result<(), DecodeErro
             }
             AHS_BIDI_READ_LENGTH => {
                 if len != 5 {
-                    return Err(DecodeError::InvalidField { field: "Bidirectional Read AHSLength", value: len as u64 });
+                    return Err(DecodeError::InvalidField {
+                        field: "Bidirectional Read AHSLength",
+                        value: len as u64,
+                    });
                 }
                 if cmd.bidi_read_length.is_some() {
-                    return Err(DecodeError::Protocol("two Bidirectional Read Data Length AHS"));
+                    return Err(DecodeError::Protocol(
+                        "two Bidirectional Read Data Length AHS",
+                    ));
                 }
                 cmd.bidi_read_length = Some(get_u32(body, 1));
             }
-            other => return Err(DecodeError::InvalidField { field: "AHSType", value: other.into() }),
+            other => {
+                return Err(DecodeError::InvalidField {
+                    field: "AHSType",
+                    value: other.into(),
+                })
+            }
         }
     }
     Ok(())
@@ -413,12 +431,18 @@ pub struct Pdu {
 impl Pdu {
     /// A PDU with an empty data segment.
     pub fn new(header: impl Into<Header>) -> Self {
-        Pdu { header: header.into(), data: Vec::new() }
+        Pdu {
+            header: header.into(),
+            data: Vec::new(),
+        }
     }
 
     /// A PDU with a data segment.
     pub fn with_data(header: impl Into<Header>, data: Vec<u8>) -> Self {
-        Pdu { header: header.into(), data }
+        Pdu {
+            header: header.into(),
+            data,
+        }
     }
 
     /// The bytes of the BHS this PDU encodes to (what a Reject's data segment carries).
@@ -458,7 +482,10 @@ impl Codec for Pdu {
         let ahs_len = usize::from(bhs[4]) * 4;
         let dsl = get_u32(&bhs, 4) & 0x00ff_ffff;
         if dsl > ctx.limits.max_recv_data_segment_length {
-            return Err(DecodeError::DataSegmentTooLong { len: dsl, limit: ctx.limits.max_recv_data_segment_length });
+            return Err(DecodeError::DataSegmentTooLong {
+                len: dsl,
+                limit: ctx.limits.max_recv_data_segment_length,
+            });
         }
         let ahs = r.take(ahs_len, "AHS")?;
         if ctx.digests.header {
@@ -480,7 +507,10 @@ impl Codec for Pdu {
             }
         }
         let header = Header::parse(&bhs, ahs)?;
-        Ok(Pdu { header, data: data.to_vec() })
+        Ok(Pdu {
+            header,
+            data: data.to_vec(),
+        })
     }
 }
 
@@ -513,8 +543,23 @@ macro_rules! into_header {
     ($($t:ident),*) => { $( impl From<$t> for Header { fn from(h: $t) -> Header { Header::$t(h) } } )* };
 }
 into_header!(
-    NopOut, ScsiCommand, TmfRequest, LoginRequest, TextRequest, DataOut, LogoutRequest, SnackRequest, NopIn,
-    ScsiResponse, TmfResponse, LoginResponse, TextResponse, DataIn, LogoutResponse, AsyncMessage, Reject
+    NopOut,
+    ScsiCommand,
+    TmfRequest,
+    LoginRequest,
+    TextRequest,
+    DataOut,
+    LogoutRequest,
+    SnackRequest,
+    NopIn,
+    ScsiResponse,
+    TmfResponse,
+    LoginResponse,
+    TextResponse,
+    DataIn,
+    LogoutResponse,
+    AsyncMessage,
+    Reject
 );
 
 impl From<R2t> for Header {
@@ -524,9 +569,21 @@ impl From<R2t> for Header {
 }
 
 /// The Reject PDU answering a PDU whose header is `bad_bhs`.
-pub fn reject_pdu(reason: RejectReason, bad_bhs: &[u8; BHS_LEN], stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) -> Pdu {
+pub fn reject_pdu(
+    reason: RejectReason,
+    bad_bhs: &[u8; BHS_LEN],
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    max_cmd_sn: u32,
+) -> Pdu {
     Pdu::with_data(
-        Reject { reason, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn_or_r2t_sn: 0 },
+        Reject {
+            reason,
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
+            data_sn_or_r2t_sn: 0,
+        },
         bad_bhs.to_vec(),
     )
 }
