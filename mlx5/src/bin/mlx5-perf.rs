@@ -1,0 +1,2 @@
+//! mlx5-perf: perftest-style bandwidth and latency of the soft HCA.
+fn main() {}

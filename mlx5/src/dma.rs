@@ -1,0 +1,183 @@
+//! Data movement between registered memory and frame payloads: gather (local SGEs
+//! or a remote range into a payload) and scatter (a payload into local SGEs or a
+//! remote range), running the signature engine for every signature mkey touched.
+
+use verbs::AccessFlags;
+
+use crate::fault::FaultDirection;
+use crate::hca::{Cq, Hca, Qp};
+use crate::layout::DataSeg;
+use crate::mr::{AccessError, Resolved};
+use crate::sig;
+
+/// Why a gather or scatter failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaError {
+    /// Key, bounds, rights or alignment refused.
+    Access(AccessError),
+    /// The payload does not fit the scatter list.
+    Length,
+    /// The signature binding is inconsistent.
+    Layout,
+}
+
+fn gather_one(
+    hca: &Hca,
+    qp: &Qp,
+    r: Resolved,
+    out: &mut Vec<u8>,
+    sig_cq: &Cq,
+) -> Result<(), DmaError> {
+    match r {
+        Resolved::Plain(seg) => seg
+            .buf
+            .extend_into(seg.offset, seg.len, out)
+            .map_err(|_| DmaError::Layout),
+        Resolved::Sig {
+            binding,
+            mkey,
+            first_block,
+            blocks,
+        } => {
+            let fault = hca.take_fault(qp.qpn, mkey, FaultDirection::Outbound, first_block, blocks);
+            match sig::outbound(
+                &hca.engine,
+                &binding,
+                first_block,
+                blocks,
+                out,
+                fault.as_ref(),
+            ) {
+                Ok(None) => Ok(()),
+                Ok(Some(e)) => {
+                    hca.sig_error(sig_cq, qp.qpn, mkey, &e);
+                    Ok(())
+                }
+                Err(_) => Err(DmaError::Layout),
+            }
+        }
+    }
+}
+
+fn scatter_one(
+    hca: &Hca,
+    qp: &Qp,
+    r: Resolved,
+    data: &mut [u8],
+    sig_cq: &Cq,
+) -> Result<(), DmaError> {
+    match r {
+        Resolved::Plain(seg) => seg
+            .buf
+            .write_at(seg.offset, data)
+            .map_err(|_| DmaError::Layout),
+        Resolved::Sig {
+            binding,
+            mkey,
+            first_block,
+            blocks,
+        } => {
+            let fault = hca.take_fault(qp.qpn, mkey, FaultDirection::Inbound, first_block, blocks);
+            match sig::inbound(&hca.engine, &binding, first_block, data, fault.as_ref()) {
+                Ok(None) => Ok(()),
+                Ok(Some(e)) => {
+                    hca.sig_error(sig_cq, qp.qpn, mkey, &e);
+                    Ok(())
+                }
+                Err(_) => Err(DmaError::Layout),
+            }
+        }
+    }
+}
+
+/// Appends the bytes of local SGEs (wire view for signature mkeys) to `out`.
+pub fn gather_local(
+    hca: &Hca,
+    qp: &Qp,
+    sges: &[DataSeg],
+    out: &mut Vec<u8>,
+    sig_cq: &Cq,
+) -> Result<(), DmaError> {
+    for s in sges {
+        let r = hca
+            .mkeys
+            .resolve(
+                s.lkey,
+                qp.pd,
+                s.addr,
+                u64::from(s.byte_count),
+                AccessFlags::NONE,
+            )
+            .map_err(DmaError::Access)?;
+        gather_one(hca, qp, r, out, sig_cq)?;
+    }
+    Ok(())
+}
+
+/// Appends `len` bytes of the remote range `rkey`/`addr` (RDMA READ responder).
+pub fn gather_remote(
+    hca: &Hca,
+    qp: &Qp,
+    rkey: u32,
+    addr: u64,
+    len: u64,
+    out: &mut Vec<u8>,
+    sig_cq: &Cq,
+) -> Result<(), DmaError> {
+    let r = hca
+        .mkeys
+        .resolve(rkey, qp.pd, addr, len, AccessFlags::REMOTE_READ)
+        .map_err(DmaError::Access)?;
+    gather_one(hca, qp, r, out, sig_cq)
+}
+
+/// Places `data` into local SGEs in order (receive, READ response). Local write
+/// rights are required.
+pub fn scatter_local(
+    hca: &Hca,
+    qp: &Qp,
+    sges: &[DataSeg],
+    data: &mut [u8],
+    sig_cq: &Cq,
+) -> Result<(), DmaError> {
+    let total: u64 = sges.iter().map(|s| u64::from(s.byte_count)).sum();
+    if (data.len() as u64) > total {
+        return Err(DmaError::Length);
+    }
+    let mut at = 0usize;
+    for s in sges {
+        if at == data.len() {
+            break;
+        }
+        let n = (s.byte_count as usize).min(data.len() - at);
+        let r = hca
+            .mkeys
+            .resolve(s.lkey, qp.pd, s.addr, n as u64, AccessFlags::LOCAL_WRITE)
+            .map_err(DmaError::Access)?;
+        scatter_one(hca, qp, r, &mut data[at..at + n], sig_cq)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Places `data` at the remote range `rkey`/`addr` (RDMA WRITE responder).
+pub fn scatter_remote(
+    hca: &Hca,
+    qp: &Qp,
+    rkey: u32,
+    addr: u64,
+    data: &mut [u8],
+    sig_cq: &Cq,
+) -> Result<(), DmaError> {
+    let r = hca
+        .mkeys
+        .resolve(
+            rkey,
+            qp.pd,
+            addr,
+            data.len() as u64,
+            AccessFlags::REMOTE_WRITE,
+        )
+        .map_err(DmaError::Access)?;
+    scatter_one(hca, qp, r, data, sig_cq)
+}

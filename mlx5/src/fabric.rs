@@ -1,0 +1,336 @@
+//! The fabric's connection manager: listeners (TCP or UNIX), the CM handshake
+//! (CM_REQ with private data, answered by CM_REP or CM_REJ with private data), and
+//! attaching a connected socket to a QP (starting its requester, rx and tx threads).
+
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use verbs::cm::{CmAddr, CmError, ConnEvents, ConnParam, ConnectRequest, DisconnectReason};
+use verbs::provider::{ConnectRequestOps, ConnectionOps, ListenOps};
+use verbs::{QpState, VerbsError};
+
+use crate::frame::{self, FrameError, Header, Op};
+use crate::hca::{Hca, Link, Qp};
+use crate::requester::{self, ReqEvent};
+use crate::transport::{self, Stream, TxItem};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(f).map(|_| ())
+}
+
+fn write_frame(s: &mut Stream, op: Op, qpn: u32, payload: &[u8]) -> io::Result<()> {
+    let mut h = Header::new(op, 0);
+    h.qpn = qpn;
+    s.write_all(&frame::encode(&h, payload))?;
+    s.flush()
+}
+
+/// Binds a connected socket to `qp`, which must be in INIT, and moves it to RTS.
+pub fn attach(
+    hca: &Arc<Hca>,
+    qp: &Arc<Qp>,
+    stream: Stream,
+    events: Arc<ConnEvents>,
+) -> Result<(), CmError> {
+    {
+        let st = qp.state();
+        if st != QpState::Init {
+            return Err(CmError::Verbs(VerbsError::InvalidQpState {
+                qpn: qp.qpn,
+                state: st,
+            }));
+        }
+    }
+    if let Stream::Tcp(t) = &stream {
+        t.set_nodelay(true)?;
+    }
+    stream.set_read_timeout(None)?;
+    let reader = stream.try_clone()?;
+    let (req_tx, req_rx) = crossbeam_channel::unbounded();
+    let (tx_tx, tx_rx) = crossbeam_channel::unbounded();
+    *qp.link.lock() = Some(Link {
+        req: req_tx.clone(),
+        tx: tx_tx.clone(),
+        events,
+    });
+    *qp.state.lock() = QpState::Rts;
+    let n = qp.qpn;
+    {
+        let qp = Arc::clone(qp);
+        spawn(format!("mlx5-tx-{n}"), move || {
+            transport::tx_loop(qp, stream, tx_rx)
+        })?;
+    }
+    {
+        let (hca, qp, tx) = (Arc::clone(hca), Arc::clone(qp), tx_tx.clone());
+        spawn(format!("mlx5-rx-{n}"), move || {
+            transport::rx_loop(hca, qp, reader, tx, req_tx)
+        })?;
+    }
+    {
+        let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
+        spawn(format!("mlx5-req-{n}"), move || {
+            requester::run(hca, qp, req_rx, tx_tx)
+        })?;
+    }
+    // Work posted before the connection came up.
+    if let Some(l) = qp.link.lock().as_ref() {
+        let _ = l.req.send(ReqEvent::Doorbell);
+    }
+    Ok(())
+}
+
+/// An established connection of the soft fabric.
+#[derive(Debug)]
+struct SoftConn {
+    qp: Arc<Qp>,
+}
+
+impl ConnectionOps for SoftConn {
+    fn disconnect(&self) {
+        if let Some(l) = self.qp.link.lock().as_ref() {
+            let _ = l.tx.send(TxItem::Frame(Arc::new(frame::encode(
+                &Header::new(Op::Dreq, 0),
+                &[],
+            ))));
+        }
+        self.qp.to_error(DisconnectReason::Local);
+    }
+}
+
+/// A connect request waiting for the ULP's answer.
+#[derive(Debug)]
+struct PendingReq {
+    hca: Arc<Hca>,
+    stream: Stream,
+}
+
+impl ConnectRequestOps for PendingReq {
+    fn accept(
+        self: Box<Self>,
+        qpn: u32,
+        param: &ConnParam,
+        events: Arc<ConnEvents>,
+    ) -> Result<Box<dyn ConnectionOps>, CmError> {
+        let PendingReq { hca, mut stream } = *self;
+        let qp =
+            hca.qps
+                .read()
+                .get(&qpn)
+                .cloned()
+                .ok_or(CmError::Verbs(VerbsError::UnknownHandle {
+                    what: "qp",
+                    id: qpn,
+                }))?;
+        write_frame(&mut stream, Op::CmRep, qpn, &param.private_data)?;
+        attach(&hca, &qp, stream, events)?;
+        Ok(Box::new(SoftConn { qp }))
+    }
+
+    fn reject(self: Box<Self>, private_data: &[u8]) -> Result<(), CmError> {
+        let mut s = self.stream;
+        write_frame(&mut s, Op::CmRej, 0, private_data)?;
+        s.shutdown();
+        Ok(())
+    }
+}
+
+enum AnyListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// A listening endpoint; dropping it stops the accept thread.
+#[derive(Debug)]
+struct SoftListener {
+    addr: CmAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl ListenOps for SoftListener {
+    fn local_addr(&self) -> CmAddr {
+        self.addr.clone()
+    }
+}
+
+impl Drop for SoftListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        match &self.addr {
+            CmAddr::Tcp(a) => {
+                if let Some(sa) = a.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+                    let _ = TcpStream::connect_timeout(&sa, Duration::from_secs(1));
+                }
+            }
+            CmAddr::Unix(p) => {
+                let _ = UnixStream::connect(p);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn handshake(
+    hca: Arc<Hca>,
+    mut stream: Stream,
+    requests: tokio::sync::mpsc::Sender<ConnectRequest>,
+) {
+    if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut payload = Vec::new();
+    match frame::read_frame(&mut stream, &mut payload) {
+        Ok(h) if h.op == Op::CmReq => {
+            let peer = stream.peer();
+            let req = ConnectRequest::new(payload, peer, Box::new(PendingReq { hca, stream }));
+            if let Err(e) = requests.blocking_send(req) {
+                // Listener gone: refuse.
+                let _ = e.0.reject(&[]);
+            }
+        }
+        Ok(h) => tracing::debug!(op = ?h.op, "CM: expected CM_REQ"),
+        Err(e) => tracing::debug!(error = %e, "CM: bad connect request"),
+    }
+}
+
+/// Listens on `addr`.
+pub fn listen(
+    hca: &Arc<Hca>,
+    addr: &CmAddr,
+    requests: tokio::sync::mpsc::Sender<ConnectRequest>,
+) -> Result<Box<dyn ListenOps>, CmError> {
+    let in_use = |e: io::Error| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            CmError::AddressInUse(addr.to_string())
+        } else {
+            CmError::Io(e)
+        }
+    };
+    let (l, bound) = match addr {
+        CmAddr::Tcp(a) => {
+            let sa = a
+                .to_socket_addrs()
+                .map_err(|e| CmError::AddressResolution {
+                    addr: a.clone(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| CmError::AddressResolution {
+                    addr: a.clone(),
+                    reason: "no address".into(),
+                })?;
+            let l = TcpListener::bind(sa).map_err(in_use)?;
+            let local = l.local_addr()?;
+            (AnyListener::Tcp(l), CmAddr::Tcp(local.to_string()))
+        }
+        CmAddr::Unix(p) => {
+            let l = UnixListener::bind(p).map_err(in_use)?;
+            (AnyListener::Unix(l, p.clone()), addr.clone())
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (hca2, stop2) = (Arc::clone(hca), Arc::clone(&stop));
+    spawn(format!("mlx5-cm-{bound}"), move || loop {
+        let s = match &l {
+            AnyListener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            AnyListener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        };
+        if stop2.load(Ordering::SeqCst) || requests.is_closed() {
+            if let AnyListener::Unix(_, p) = &l {
+                let _ = std::fs::remove_file(p);
+            }
+            return;
+        }
+        match s {
+            Ok(s) => {
+                let (hca, requests) = (Arc::clone(&hca2), requests.clone());
+                let _ = spawn("mlx5-cm-handshake".into(), move || {
+                    handshake(hca, s, requests)
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CM accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    })?;
+    Ok(Box::new(SoftListener { addr: bound, stop }))
+}
+
+/// Connects `qpn` to `addr` (blocking).
+pub fn connect(
+    hca: &Arc<Hca>,
+    qpn: u32,
+    addr: &CmAddr,
+    param: &ConnParam,
+    events: Arc<ConnEvents>,
+) -> Result<(Vec<u8>, Box<dyn ConnectionOps>), CmError> {
+    let qp =
+        hca.qps
+            .read()
+            .get(&qpn)
+            .cloned()
+            .ok_or(CmError::Verbs(VerbsError::UnknownHandle {
+                what: "qp",
+                id: qpn,
+            }))?;
+    let refused = |e: io::Error| match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => CmError::ConnectionRefused {
+            addr: addr.to_string(),
+        },
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => CmError::Timeout {
+            addr: addr.to_string(),
+            timeout: param.timeout,
+        },
+        _ => CmError::Io(e),
+    };
+    let mut stream = match addr {
+        CmAddr::Tcp(a) => {
+            let sa = a
+                .to_socket_addrs()
+                .map_err(|e| CmError::AddressResolution {
+                    addr: a.clone(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| CmError::AddressResolution {
+                    addr: a.clone(),
+                    reason: "no address".into(),
+                })?;
+            Stream::Tcp(TcpStream::connect_timeout(&sa, param.timeout).map_err(refused)?)
+        }
+        CmAddr::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(refused)?),
+    };
+    stream.set_read_timeout(Some(param.timeout))?;
+    write_frame(&mut stream, Op::CmReq, qpn, &param.private_data)?;
+    let mut payload = Vec::new();
+    match frame::read_frame(&mut stream, &mut payload) {
+        Ok(h) if h.op == Op::CmRep => {
+            attach(hca, &qp, stream, events)?;
+            Ok((payload, Box::new(SoftConn { qp })))
+        }
+        Ok(h) if h.op == Op::CmRej => Err(CmError::Rejected {
+            private_data: payload,
+        }),
+        Ok(h) => Err(CmError::Protocol(format!(
+            "expected CM_REP, got {:?}",
+            h.op
+        ))),
+        Err(FrameError::Io(e)) => Err(match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => CmError::Timeout {
+                addr: addr.to_string(),
+                timeout: param.timeout,
+            },
+            _ => CmError::Protocol(format!("connection closed during CM handshake: {e}")),
+        }),
+        Err(e) => Err(CmError::Protocol(e.to_string())),
+    }
+}

@@ -1,0 +1,495 @@
+//! The device half's objects: the HCA (mkey, PSV, CQ and QP tables, fault list),
+//! CQs with their 64-byte CQE rings, QPs with their send and receive WQE rings, and
+//! the QP state machine (error transition and flushing).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use t10pi::{PiError, PiErrorKind};
+use verbs::cm::{ConnEvents, DisconnectReason};
+use verbs::notify::Signal;
+use verbs::{QpInitAttr, QpState};
+
+use crate::fault::{FaultDirection, FaultScope, FaultSpec};
+use crate::layout::{self, sig_syndrome, syndrome, Cqe, CQE_SIZE, WQE_BB};
+use crate::mr::MkeyTable;
+use crate::transport::TxItem;
+
+/// A completion queue: a ring of 64-byte CQEs with ownership bits. The device
+/// writes at the producer index; the driver reads at the consumer index.
+#[derive(Debug)]
+pub struct Cq {
+    /// CQ number.
+    pub id: u32,
+    ring: Mutex<CqRing>,
+    signal: Arc<Signal>,
+}
+
+#[derive(Debug)]
+struct CqRing {
+    cqes: Vec<[u8; CQE_SIZE]>,
+    log_size: u32,
+    pi: u32,
+    ci: u32,
+    overruns: u64,
+}
+
+impl Cq {
+    /// A CQ of at least `entries` CQEs.
+    pub fn new(id: u32, entries: u32, signal: Arc<Signal>) -> Cq {
+        let size = entries.max(2).next_power_of_two();
+        let mut init = [0u8; CQE_SIZE];
+        init[63] = layout::cqe_op::INVALID << 4;
+        Cq {
+            id,
+            ring: Mutex::new(CqRing {
+                cqes: vec![init; size as usize],
+                log_size: size.trailing_zeros(),
+                pi: 0,
+                ci: 0,
+                overruns: 0,
+            }),
+            signal,
+        }
+    }
+
+    /// Device side: writes one CQE and raises the completion event.
+    pub fn push(&self, cqe: &Cqe) {
+        {
+            let mut r = self.ring.lock();
+            let size = r.cqes.len() as u32;
+            if r.pi.wrapping_sub(r.ci) >= size {
+                r.overruns += 1;
+                tracing::error!(cq = self.id, "CQ overrun: completion dropped");
+                return;
+            }
+            let idx = (r.pi & (size - 1)) as usize;
+            let owner = (r.pi >> r.log_size) & 1 == 1;
+            let mut b = [0u8; CQE_SIZE];
+            cqe.encode(&mut b, owner);
+            r.cqes[idx] = b;
+            r.pi = r.pi.wrapping_add(1);
+        }
+        self.signal.raise();
+    }
+
+    /// Driver side: takes the next CQE the device has written, if any.
+    pub fn pop_raw(&self) -> Option<[u8; CQE_SIZE]> {
+        let mut r = self.ring.lock();
+        let size = r.cqes.len() as u32;
+        let idx = (r.ci & (size - 1)) as usize;
+        let b = r.cqes[idx];
+        let sw_owner = (r.ci >> r.log_size) & 1;
+        if b[63] >> 4 == layout::cqe_op::INVALID || u32::from(b[63] & 1) != sw_owner {
+            return None;
+        }
+        r.ci = r.ci.wrapping_add(1);
+        Some(b)
+    }
+
+    /// CQEs dropped because the ring was full.
+    pub fn overruns(&self) -> u64 {
+        self.ring.lock().overruns
+    }
+}
+
+/// Driver bookkeeping for one posted send WR (at the index of its last WQE).
+#[derive(Clone, Copy, Debug)]
+pub struct WrMeta {
+    /// Caller's cookie.
+    pub wr_id: u64,
+    /// Completion opcode.
+    pub opcode: verbs::WcOpcode,
+    /// Ring index just after the WR's WQEs (the SQ space it frees).
+    pub next: u32,
+}
+
+/// The send queue: a ring of 64-byte basic blocks.
+#[derive(Debug)]
+pub struct SqRing {
+    /// Ring bytes.
+    pub buf: Vec<u8>,
+    /// Ring size in basic blocks (a power of two).
+    pub bbs: u32,
+    /// Driver producer index (basic blocks).
+    pub pi: u32,
+    /// Device consumer index.
+    pub dev_ci: u32,
+    /// Driver: index up to which the ring is free again.
+    pub tail: u32,
+    /// Driver: per-index WR bookkeeping.
+    pub wr: Vec<Option<WrMeta>>,
+}
+
+impl SqRing {
+    fn new(bbs: u32) -> SqRing {
+        SqRing {
+            buf: vec![0; bbs as usize * WQE_BB],
+            bbs,
+            pi: 0,
+            dev_ci: 0,
+            tail: 0,
+            wr: vec![None; bbs as usize],
+        }
+    }
+    /// Copies `n` basic blocks starting at index `at` (wrapping) out of the ring.
+    pub fn read_bbs(&self, at: u32, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * WQE_BB);
+        for i in 0..n as u32 {
+            let s = ((at.wrapping_add(i) & (self.bbs - 1)) as usize) * WQE_BB;
+            out.extend_from_slice(&self.buf[s..s + WQE_BB]);
+        }
+        out
+    }
+    /// Writes whole basic blocks at index `at` (wrapping).
+    pub fn write_bbs(&mut self, at: u32, bytes: &[u8]) {
+        for (i, bb) in bytes.chunks(WQE_BB).enumerate() {
+            let s = ((at.wrapping_add(i as u32) & (self.bbs - 1)) as usize) * WQE_BB;
+            self.buf[s..s + bb.len()].copy_from_slice(bb);
+        }
+    }
+}
+
+/// The receive queue: a ring of WQEs, each `stride` bytes of data segments.
+#[derive(Debug)]
+pub struct RqRing {
+    /// Ring bytes.
+    pub buf: Vec<u8>,
+    /// Number of WQEs (a power of two).
+    pub wqes: u32,
+    /// Bytes per WQE.
+    pub stride: usize,
+    /// Device consumer index.
+    pub head: u32,
+    /// Driver producer index.
+    pub tail: u32,
+    /// Driver: wr_id per index.
+    pub wr_id: Vec<u64>,
+}
+
+/// One send WQE the requester has started and not yet completed.
+#[derive(Debug)]
+pub struct Inflight {
+    /// Message sequence number (remote operations).
+    pub psn: Option<u32>,
+    /// WQE index for the CQE.
+    pub wqe_index: u16,
+    /// WQE opcode.
+    pub opcode: u8,
+    /// Whether a successful completion is reported.
+    pub signaled: bool,
+    /// Bytes moved.
+    pub byte_len: u32,
+    /// The request frame, kept for RNR retransmission.
+    pub frame: Option<Arc<Vec<u8>>>,
+    /// Scatter list of an RDMA READ.
+    pub read_sges: Option<Vec<layout::DataSeg>>,
+    /// Outcome: `Some(0)` success, `Some(syndrome)` error, `None` pending.
+    pub status: Option<u8>,
+    /// RNR NAKs received for this request.
+    pub rnr_count: u32,
+}
+
+/// A live connection of a QP.
+#[derive(Debug)]
+pub struct Link {
+    /// Requester events.
+    pub req: Sender<crate::requester::ReqEvent>,
+    /// Frames to the socket.
+    pub tx: Sender<TxItem>,
+    /// CM connection events.
+    pub events: Arc<ConnEvents>,
+}
+
+/// A queue pair.
+#[derive(Debug)]
+pub struct Qp {
+    /// QP number.
+    pub qpn: u32,
+    /// Protection domain.
+    pub pd: u32,
+    /// Send CQ.
+    pub send_cq: Arc<Cq>,
+    /// Receive CQ.
+    pub recv_cq: Arc<Cq>,
+    /// Creation attributes.
+    pub attr: QpInitAttr,
+    /// Send ring.
+    pub sq: Mutex<SqRing>,
+    /// Receive ring.
+    pub rq: Mutex<RqRing>,
+    /// State.
+    pub state: Mutex<QpState>,
+    /// Connection.
+    pub link: Mutex<Option<Link>>,
+    /// Requests started and not completed, in order.
+    pub inflight: Mutex<VecDeque<Inflight>>,
+}
+
+impl Qp {
+    /// A QP in the INIT state.
+    pub fn new(qpn: u32, pd: u32, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, attr: QpInitAttr) -> Qp {
+        let bbs = (attr.max_send_wr.max(1) * 8).next_power_of_two();
+        let wqes = attr.max_recv_wr.max(1).next_power_of_two();
+        let stride =
+            (attr.max_recv_sge.max(1) as usize * layout::DataSeg::SIZE).next_power_of_two();
+        Qp {
+            qpn,
+            pd,
+            send_cq,
+            recv_cq,
+            sq: Mutex::new(SqRing::new(bbs)),
+            rq: Mutex::new(RqRing {
+                buf: vec![0; wqes as usize * stride],
+                wqes,
+                stride,
+                head: 0,
+                tail: 0,
+                wr_id: vec![0; wqes as usize],
+            }),
+            attr,
+            state: Mutex::new(QpState::Init),
+            link: Mutex::new(None),
+            inflight: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> QpState {
+        *self.state.lock()
+    }
+
+    /// Device side: the data segments of the next posted receive, and its index.
+    pub fn take_recv(&self) -> Option<(u16, Vec<layout::DataSeg>)> {
+        let mut rq = self.rq.lock();
+        if rq.head == rq.tail {
+            return None;
+        }
+        let idx = rq.head & (rq.wqes - 1);
+        let at = idx as usize * rq.stride;
+        let mut sges = Vec::new();
+        for seg in rq.buf[at..at + rq.stride].chunks(layout::DataSeg::SIZE) {
+            match layout::DataSeg::decode(seg) {
+                Ok(d) if d.lkey != layout::DataSeg::INVALID_LKEY => sges.push(d),
+                _ => break,
+            }
+        }
+        rq.head = rq.head.wrapping_add(1);
+        Some((rq.head.wrapping_sub(1) as u16, sges))
+    }
+
+    /// Completes, in order, every finished request at the front of the in-flight list.
+    pub fn complete_front(&self) {
+        let mut q = self.inflight.lock();
+        while let Some(front) = q.front() {
+            let Some(st) = front.status else { break };
+            let e = q.pop_front().expect("front exists");
+            if st == 0 {
+                if e.signaled {
+                    self.send_cq.push(&Cqe::Req {
+                        sop: e.opcode,
+                        qpn: self.qpn,
+                        wqe_counter: e.wqe_index,
+                        byte_cnt: e.byte_len,
+                    });
+                }
+            } else if st != syndrome::WR_FLUSH_ERR || e.signaled {
+                self.send_cq.push(&Cqe::Err {
+                    responder: false,
+                    syndrome: st,
+                    vendor_err_synd: 0,
+                    wqe_opcode: e.opcode,
+                    qpn: self.qpn,
+                    wqe_counter: e.wqe_index,
+                });
+            }
+        }
+    }
+
+    /// Marks every pending request before `psn` (not RDMA READs) done; a NAK or ACK
+    /// of `psn` implies the responder processed all of them.
+    pub fn ack_through(&self, psn: u32, inclusive: bool) {
+        let mut q = self.inflight.lock();
+        for e in q.iter_mut() {
+            if let (Some(p), None) = (e.psn, e.status) {
+                let d = p.wrapping_sub(psn) as i32;
+                if (d < 0 || (inclusive && d == 0)) && e.read_sges.is_none() {
+                    e.status = Some(0);
+                }
+            }
+        }
+    }
+
+    /// Sets the status of the request with `psn`.
+    pub fn set_status(&self, psn: u32, st: u8) {
+        if let Some(e) = self.inflight.lock().iter_mut().find(|e| e.psn == Some(psn)) {
+            e.status = Some(st);
+        }
+    }
+
+    /// Moves the QP to the error state: flushes in-flight requests and posted
+    /// receives, closes the connection and reports the disconnect.
+    pub fn to_error(&self, reason: DisconnectReason) {
+        {
+            let mut s = self.state.lock();
+            if *s == QpState::Error {
+                return;
+            }
+            *s = QpState::Error;
+        }
+        tracing::debug!(qpn = self.qpn, ?reason, "QP to error");
+        for e in self.inflight.lock().iter_mut() {
+            if e.status.is_none() {
+                e.status = Some(syndrome::WR_FLUSH_ERR);
+            }
+        }
+        self.complete_front();
+        self.flush_rq();
+        if let Some(l) = self.link.lock().as_ref() {
+            let _ = l.tx.send(TxItem::Shutdown);
+            let _ = l.req.send(crate::requester::ReqEvent::Doorbell);
+            l.events.disconnected(reason);
+        }
+    }
+
+    /// Flushes every posted receive (QP in error).
+    pub fn flush_rq(&self) {
+        while let Some((idx, _)) = self.take_recv() {
+            self.recv_cq.push(&Cqe::Err {
+                responder: true,
+                syndrome: syndrome::WR_FLUSH_ERR,
+                vendor_err_synd: 0,
+                wqe_opcode: 0,
+                qpn: self.qpn,
+                wqe_counter: idx,
+            });
+        }
+    }
+}
+
+/// The device: tables of everything the driver created.
+#[derive(Debug)]
+pub struct Hca {
+    /// Device name.
+    pub name: String,
+    /// Memory keys.
+    pub mkeys: MkeyTable,
+    /// PSV index -> signature mkey it belongs to.
+    pub psv_owner: Mutex<HashMap<u32, u32>>,
+    /// CQs.
+    pub cqs: RwLock<HashMap<u32, Arc<Cq>>>,
+    /// QPs.
+    pub qps: RwLock<HashMap<u32, Arc<Qp>>>,
+    /// Armed faults.
+    pub faults: Mutex<Vec<FaultSpec>>,
+    armed: AtomicU32,
+    /// Object number allocator.
+    pub next_id: AtomicU32,
+    /// PI engine.
+    pub engine: t10pi::Engine,
+}
+
+impl Hca {
+    /// A device with the faults of `MLX5_SOFT_FAULT`, if set.
+    pub fn new(name: &str) -> Hca {
+        let faults = match std::env::var("MLX5_SOFT_FAULT") {
+            Ok(v) => match crate::fault::parse_list(&v) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "ignoring MLX5_SOFT_FAULT");
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        Hca {
+            name: name.to_string(),
+            mkeys: MkeyTable::default(),
+            psv_owner: Mutex::new(HashMap::new()),
+            cqs: RwLock::new(HashMap::new()),
+            qps: RwLock::new(HashMap::new()),
+            armed: AtomicU32::new(faults.len() as u32),
+            faults: Mutex::new(faults),
+            next_id: AtomicU32::new(1),
+            engine: t10pi::Engine::new(),
+        }
+    }
+
+    /// A fresh object number.
+    pub fn alloc_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Arms a fault.
+    pub fn add_fault(&self, f: FaultSpec) {
+        let mut v = self.faults.lock();
+        v.push(f);
+        self.armed.store(v.len() as u32, Ordering::Release);
+    }
+
+    /// Disarms all faults.
+    pub fn clear_faults(&self) {
+        self.faults.lock().clear();
+        self.armed.store(0, Ordering::Release);
+    }
+
+    /// The fault that applies to blocks `first..first + n` of `mkey` on `qpn`
+    /// moving in `dir`, removing it if it fires once.
+    pub fn take_fault(
+        &self,
+        qpn: u32,
+        mkey: u32,
+        dir: FaultDirection,
+        first: u64,
+        n: u64,
+    ) -> Option<FaultSpec> {
+        if self.armed.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut v = self.faults.lock();
+        let i = v.iter().position(|f| {
+            let scope = match f.scope {
+                FaultScope::Any => true,
+                FaultScope::Mkey(k) => k == mkey,
+                FaultScope::Qp(q) => q == qpn,
+            };
+            let d = f.direction == FaultDirection::Any || f.direction == dir;
+            scope && d && f.block >= first && f.block < first + n
+        })?;
+        let f = v[i];
+        if f.once {
+            v.remove(i);
+            self.armed.store(v.len() as u32, Ordering::Release);
+        }
+        Some(f)
+    }
+
+    /// Writes the SIGERR CQE for a failed check on `mkey` into `cq`.
+    pub fn sig_error(&self, cq: &Cq, qpn: u32, mkey: u32, e: &PiError) {
+        let (exp_sig, act_sig, exp_ref, act_ref, syn) = match e.kind {
+            PiErrorKind::Guard => (e.expected << 16, e.actual << 16, 0, 0, sig_syndrome::GUARD),
+            PiErrorKind::AppTag => (
+                e.expected & 0xffff,
+                e.actual & 0xffff,
+                0,
+                0,
+                sig_syndrome::APPTAG,
+            ),
+            PiErrorKind::RefTag => (0, 0, e.expected, e.actual, sig_syndrome::REFTAG),
+        };
+        tracing::debug!(qpn, mkey, ?e, "signature error");
+        cq.push(&Cqe::SigErr {
+            expected_trans_sig: exp_sig,
+            actual_trans_sig: act_sig,
+            expected_reftag: exp_ref,
+            actual_reftag: act_ref,
+            syndrome: syn,
+            mkey,
+            err_offset: e.wire_offset,
+            qpn,
+        });
+    }
+}

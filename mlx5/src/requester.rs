@@ -1,0 +1,367 @@
+//! The requester: consumes send WQEs from the SQ ring (the device reads the bytes
+//! the driver wrote), executes local operations (UMR for REG_MR,
+//! REG_MR_INTEGRITY and LOCAL_INV; SET_PSV), turns SEND/WRITE/READ into frames,
+//! and retransmits after an RNR NAK (go-back-N from the NAKed PSN) until the QP's
+//! RNR retry count is used up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use verbs::cm::DisconnectReason;
+use verbs::sig::SigDomain;
+use verbs::{AccessFlags, QpState};
+
+use crate::dma::{self, DmaError};
+use crate::frame::{FrameBuilder, Header, Op};
+use crate::hca::{Hca, Inflight, Qp};
+use crate::layout::{
+    self, opcode, syndrome, Bsf, CtrlSeg, DataSeg, Klm, MkeySeg, RaddrSeg, SetPsvSeg,
+    StrideBlockCtrl, StrideBlockEntry, UmrCtrlSeg, CTRL_CQ_UPDATE,
+};
+use crate::mr::{Mapping, MkeyKind, Resolved, SigBinding};
+use crate::transport::TxItem;
+
+/// Events for the requester thread.
+#[derive(Debug, Clone, Copy)]
+pub enum ReqEvent {
+    /// New WQEs were posted (or the QP changed state).
+    Doorbell,
+    /// The responder had no receive for `psn`; retry after `delay`.
+    Rnr {
+        /// NAKed PSN.
+        psn: u32,
+        /// Responder's RNR timer.
+        delay: Duration,
+    },
+    /// The QP is destroyed.
+    Stop,
+}
+
+/// Requester thread body.
+pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, tx: Sender<TxItem>) {
+    let mut next_psn = 0u32;
+    let mut retx: Option<(Instant, u32)> = None;
+    loop {
+        let ev = match retx {
+            Some((at, _)) => events.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match ev {
+            Ok(ReqEvent::Doorbell) => process_sq(&hca, &qp, &tx, &mut next_psn),
+            Ok(ReqEvent::Rnr { psn, delay }) => {
+                let mut exceeded = false;
+                if let Some(e) = qp.inflight.lock().iter_mut().find(|e| e.psn == Some(psn)) {
+                    e.rnr_count += 1;
+                    exceeded = qp.attr.rnr_retry < 7 && e.rnr_count > u32::from(qp.attr.rnr_retry);
+                }
+                if exceeded {
+                    qp.ack_through(psn, false);
+                    qp.set_status(psn, syndrome::RNR_RETRY_EXC_ERR);
+                    qp.to_error(DisconnectReason::Local);
+                    qp.complete_front();
+                    retx = None;
+                } else {
+                    retx = Some((Instant::now() + delay, psn));
+                }
+            }
+            Ok(ReqEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some((_, psn)) = retx.take() {
+                    if qp.state() != QpState::Error {
+                        for e in qp.inflight.lock().iter() {
+                            if let (Some(p), Some(f), None) = (e.psn, &e.frame, e.status) {
+                                if p.wrapping_sub(psn) as i32 >= 0 {
+                                    let _ = tx.send(TxItem::Frame(Arc::clone(f)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Executes every WQE posted since the last doorbell.
+pub fn process_sq(hca: &Hca, qp: &Qp, tx: &Sender<TxItem>, next_psn: &mut u32) {
+    loop {
+        let (ctrl, wqe) = {
+            let mut sq = qp.sq.lock();
+            if sq.dev_ci == sq.pi {
+                break;
+            }
+            let first = sq.read_bbs(sq.dev_ci, 1);
+            let ctrl = match CtrlSeg::decode(&first) {
+                Ok(c) => c,
+                Err(_) => break,
+            };
+            let n = ctrl.num_bbs();
+            let wqe = sq.read_bbs(sq.dev_ci, n);
+            sq.dev_ci = sq.dev_ci.wrapping_add(n as u32);
+            (ctrl, wqe)
+        };
+        let signaled = ctrl.fm_ce_se & CTRL_CQ_UPDATE != 0;
+        let mut entry = Inflight {
+            psn: None,
+            wqe_index: ctrl.wqe_index,
+            opcode: ctrl.opcode,
+            signaled,
+            byte_len: 0,
+            frame: None,
+            read_sges: None,
+            status: None,
+            rnr_count: 0,
+        };
+        if qp.state() == QpState::Error {
+            entry.status = Some(syndrome::WR_FLUSH_ERR);
+            qp.inflight.lock().push_back(entry);
+            qp.complete_front();
+            continue;
+        }
+        let body = &wqe[CtrlSeg::SIZE..usize::from(ctrl.ds) * layout::WQE_DS];
+        let result = match ctrl.opcode {
+            opcode::SEND | opcode::SEND_INVAL | opcode::RDMA_WRITE | opcode::RDMA_READ => {
+                remote_op(hca, qp, &ctrl, body, tx, next_psn, entry)
+            }
+            opcode::UMR => {
+                entry.status = Some(match umr(hca, qp, &ctrl, body) {
+                    Ok(()) => 0,
+                    Err(s) => s,
+                });
+                qp.inflight.lock().push_back(entry);
+                Ok(())
+            }
+            opcode::SET_PSV => {
+                entry.status = Some(match SetPsvSeg::decode(body) {
+                    Ok(p) if set_psv(hca, &p) => 0,
+                    _ => syndrome::MW_BIND_ERR,
+                });
+                qp.inflight.lock().push_back(entry);
+                Ok(())
+            }
+            _ => {
+                entry.status = Some(syndrome::LOCAL_QP_OP_ERR);
+                qp.inflight.lock().push_back(entry);
+                Ok(())
+            }
+        };
+        let failed = result.is_err()
+            || qp
+                .inflight
+                .lock()
+                .back()
+                .is_some_and(|e| e.status.is_some_and(|s| s != 0));
+        if failed {
+            qp.to_error(DisconnectReason::Local);
+        }
+        qp.complete_front();
+    }
+}
+
+fn data_segs(b: &[u8]) -> Vec<DataSeg> {
+    b.chunks_exact(DataSeg::SIZE)
+        .filter_map(|c| DataSeg::decode(c).ok())
+        .filter(|d| d.byte_count > 0 || d.lkey != 0)
+        .collect()
+}
+
+fn remote_op(
+    hca: &Hca,
+    qp: &Qp,
+    ctrl: &CtrlSeg,
+    body: &[u8],
+    tx: &Sender<TxItem>,
+    next_psn: &mut u32,
+    mut entry: Inflight,
+) -> Result<(), ()> {
+    let (raddr, sges) = if matches!(ctrl.opcode, opcode::RDMA_WRITE | opcode::RDMA_READ) {
+        let r = RaddrSeg::decode(body).map_err(|_| ())?;
+        (Some(r), data_segs(&body[RaddrSeg::SIZE..]))
+    } else {
+        (None, data_segs(body))
+    };
+    let total: u64 = sges.iter().map(|s| u64::from(s.byte_count)).sum();
+    let psn = *next_psn;
+    let mut h = Header::new(Op::Send, psn);
+    h.qpn = qp.qpn;
+    let frame = match ctrl.opcode {
+        opcode::RDMA_READ => {
+            let r = raddr.unwrap_or_default();
+            h.op = Op::ReadReq;
+            h.key = r.rkey;
+            h.addr = r.raddr;
+            h.len = total.min(u64::from(u32::MAX)) as u32;
+            entry.read_sges = Some(sges);
+            FrameBuilder::new(&h, 0).finish()
+        }
+        op => {
+            match op {
+                opcode::SEND_INVAL => {
+                    h.op = Op::SendInv;
+                    h.key = ctrl.imm;
+                }
+                opcode::RDMA_WRITE => {
+                    let r = raddr.unwrap_or_default();
+                    h.op = Op::Write;
+                    h.key = r.rkey;
+                    h.addr = r.raddr;
+                }
+                _ => {}
+            }
+            let mut b = FrameBuilder::new(&h, total as usize);
+            if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload(), &qp.send_cq) {
+                entry.status = Some(match e {
+                    DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,
+                    DmaError::Length => syndrome::LOCAL_LENGTH_ERR,
+                    DmaError::Layout => syndrome::LOCAL_QP_OP_ERR,
+                });
+                qp.inflight.lock().push_back(entry);
+                return Err(());
+            }
+            b.finish()
+        }
+    };
+    entry.byte_len = total as u32;
+    *next_psn = psn.wrapping_add(1);
+    let frame = Arc::new(frame);
+    entry.psn = Some(psn);
+    entry.frame = Some(Arc::clone(&frame));
+    qp.inflight.lock().push_back(entry);
+    let _ = tx.send(TxItem::Frame(frame));
+    Ok(())
+}
+
+fn access_of(flags: u8) -> AccessFlags {
+    let mut a = AccessFlags::NONE;
+    if flags & layout::PERM_LOCAL_WRITE != 0 {
+        a = a | AccessFlags::LOCAL_WRITE;
+    }
+    if flags & layout::PERM_REMOTE_READ != 0 {
+        a = a | AccessFlags::REMOTE_READ;
+    }
+    if flags & layout::PERM_REMOTE_WRITE != 0 {
+        a = a | AccessFlags::REMOTE_WRITE;
+    }
+    a
+}
+
+fn plain(hca: &Hca, pd: u32, key: u32, va: u64, len: u64) -> Result<crate::mr::Segment, u8> {
+    match hca.mkeys.resolve(key, pd, va, len, AccessFlags::NONE) {
+        Ok(Resolved::Plain(s)) => Ok(s),
+        _ => Err(syndrome::MW_BIND_ERR),
+    }
+}
+
+/// Executes a UMR WQE: LOCAL_INV, REG_MR (one KLM) or REG_MR_INTEGRITY (KLM or
+/// strided block + BSF).
+fn umr(hca: &Hca, qp: &Qp, ctrl: &CtrlSeg, body: &[u8]) -> Result<(), u8> {
+    let bad = |_| syndrome::MW_BIND_ERR;
+    let uc = UmrCtrlSeg::decode(body).map_err(bad)?;
+    let ms = MkeySeg::decode(&body[UmrCtrlSeg::SIZE..]).map_err(bad)?;
+    let key = ctrl.imm;
+    let m = hca.mkeys.get(key).ok_or(syndrome::MW_BIND_ERR)?;
+    if m.pd != qp.pd || m.kind == MkeyKind::Direct {
+        return Err(syndrome::MW_BIND_ERR);
+    }
+    if ms.status & layout::MKEY_STATUS_FREE != 0 {
+        hca.mkeys.update(key, |m| m.mapping = None);
+        return Ok(());
+    }
+    let xlt = body
+        .get(UmrCtrlSeg::SIZE + MkeySeg::SIZE..)
+        .ok_or(syndrome::MW_BIND_ERR)?;
+    let access = access_of(ms.flags);
+    if ms.flags_pd & layout::MKEY_BSF_EN == 0 {
+        if m.kind != MkeyKind::FastReg {
+            return Err(syndrome::MW_BIND_ERR);
+        }
+        let k = Klm::decode(xlt).map_err(bad)?;
+        let seg = plain(hca, qp.pd, k.key, k.va, u64::from(k.bcount))?;
+        hca.mkeys.update(key, |m| {
+            m.access = access;
+            m.iova = ms.start_addr;
+            m.len = u64::from(k.bcount);
+            m.mapping = Some(Mapping::Direct(seg));
+        });
+        return Ok(());
+    }
+    if m.kind != MkeyKind::Sig {
+        return Err(syndrome::MW_BIND_ERR);
+    }
+    let bsf = Bsf::decode(xlt.get(64..).ok_or(syndrome::MW_BIND_ERR)?).map_err(bad)?;
+    let (mem, wire) = bsf.domains(0, 0).map_err(bad)?;
+    let interval = wire
+        .dif()
+        .or(mem.dif())
+        .map(|d| d.pi_interval)
+        .ok_or(syndrome::MW_BIND_ERR)?;
+    let iv = u64::from(interval);
+    let (data, prot, blocks) = if uc.xlt_octowords == 1 {
+        let k = Klm::decode(xlt).map_err(bad)?;
+        let per = if mem.dif().is_some() { iv + 8 } else { iv };
+        let len = u64::from(k.bcount);
+        if len % per != 0 {
+            return Err(syndrome::MW_BIND_ERR);
+        }
+        (plain(hca, qp.pd, k.key, k.va, len)?, None, len / per)
+    } else {
+        let sb = StrideBlockCtrl::decode(xlt).map_err(bad)?;
+        let d = StrideBlockEntry::decode(&xlt[16..]).map_err(bad)?;
+        let p = StrideBlockEntry::decode(&xlt[32..]).map_err(bad)?;
+        let n = u64::from(sb.repeat_count);
+        if sb.op != layout::STRIDE_BLOCK_OP
+            || u64::from(sb.bcount_per_cycle) != iv + 8
+            || u64::from(d.bcount) != iv
+            || p.bcount != 8
+            || mem.dif().is_none()
+        {
+            return Err(syndrome::MW_BIND_ERR);
+        }
+        (
+            plain(hca, qp.pd, d.key, d.va, n * iv)?,
+            Some(plain(hca, qp.pd, p.key, p.va, n * 8)?),
+            n,
+        )
+    };
+    let wire_block = if wire.dif().is_some() { iv + 8 } else { iv };
+    if blocks * wire_block != ms.len {
+        return Err(syndrome::MW_BIND_ERR);
+    }
+    let binding = SigBinding {
+        data,
+        prot,
+        mem,
+        wire,
+        check_mask: bsf.check_byte_mask,
+        interval,
+        blocks,
+    };
+    hca.mkeys.update(key, |m| {
+        m.access = access;
+        m.iova = ms.start_addr;
+        m.len = ms.len;
+        m.mapping = Some(Mapping::Sig(Arc::new(binding)));
+    });
+    Ok(())
+}
+
+/// SET_PSV: loads the initial guard seed and tags of one domain of a sig mkey.
+fn set_psv(hca: &Hca, p: &SetPsvSeg) -> bool {
+    let Some(key) = hca.psv_owner.lock().get(&p.psv_num).copied() else {
+        return false;
+    };
+    hca.mkeys.update(key, |m| {
+        let is_mem = m.psv.0 == p.psv_num;
+        if let Some(Mapping::Sig(b)) = &m.mapping {
+            let mut nb = (**b).clone();
+            let d = if is_mem { &mut nb.mem } else { &mut nb.wire };
+            if let SigDomain::T10Dif(d) = d {
+                d.bg = (p.transient_sig >> 16) as u16;
+                d.app_tag = p.transient_sig as u16;
+                d.ref_tag = p.ref_tag;
+            }
+            m.mapping = Some(Mapping::Sig(Arc::new(nb)));
+        }
+    })
+}

@@ -1,0 +1,165 @@
+//! The responder: executes incoming requests in PSN order. SEND lands in the next
+//! posted receive (or is refused with an RNR NAK), WRITE is placed at the rkey,
+//! READ is served from the rkey; each is acknowledged or NAKed.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use verbs::QpState;
+
+use crate::dma::{self, DmaError};
+use crate::frame::{self, nak, Header, Op};
+use crate::hca::{Hca, Qp};
+use crate::layout::{syndrome, Cqe};
+use crate::transport::TxItem;
+
+/// Responder states, as rxe names them, for traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RespState {
+    /// Waiting for the next request in order.
+    Ready,
+    /// An RNR NAK was sent for `psn`; later requests are dropped until it returns.
+    RnrWait(u32),
+    /// A request was NAKed with an error; the requester's QP is going to error and
+    /// every later request is dropped.
+    Failed,
+}
+
+/// Per-connection responder state.
+#[derive(Debug)]
+pub struct Responder {
+    expected_psn: u32,
+    state: RespState,
+}
+
+impl Default for Responder {
+    fn default() -> Self {
+        Responder::new()
+    }
+}
+
+impl Responder {
+    /// Expecting PSN 0.
+    pub fn new() -> Responder {
+        Responder {
+            expected_psn: 0,
+            state: RespState::Ready,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &self,
+        qp: &Qp,
+        tx: &Sender<TxItem>,
+        op: Op,
+        psn: u32,
+        key: u32,
+        len: u32,
+        payload: &[u8],
+    ) {
+        let mut h = Header::new(op, psn);
+        h.qpn = qp.qpn;
+        h.key = key;
+        h.len = len;
+        let _ = tx.send(TxItem::Frame(Arc::new(frame::encode(&h, payload))));
+    }
+
+    /// Handles one request frame.
+    pub fn handle(
+        &mut self,
+        hca: &Hca,
+        qp: &Qp,
+        h: &Header,
+        payload: &mut [u8],
+        tx: &Sender<TxItem>,
+    ) {
+        if h.psn != self.expected_psn || self.state == RespState::Failed {
+            tracing::trace!(qpn = qp.qpn, psn = h.psn, expected = self.expected_psn, state = ?self.state, "dropping out-of-order request");
+            return;
+        }
+        if qp.state() == QpState::Error {
+            return;
+        }
+        self.state = RespState::Ready;
+        match h.op {
+            Op::Send | Op::SendInv => {
+                let Some((idx, sges)) = qp.take_recv() else {
+                    self.state = RespState::RnrWait(h.psn);
+                    let delay = qp.attr.min_rnr_timer.as_micros().min(u128::from(u32::MAX)) as u32;
+                    self.reply(qp, tx, Op::Nak, h.psn, nak::RNR, delay, &[]);
+                    return;
+                };
+                match dma::scatter_local(hca, qp, &sges, payload, &qp.recv_cq) {
+                    Ok(()) => {
+                        let inval = (h.op == Op::SendInv).then_some(h.key);
+                        if let Some(k) = inval {
+                            hca.mkeys.update(k, |m| m.mapping = None);
+                        }
+                        qp.recv_cq.push(&Cqe::Resp {
+                            qpn: qp.qpn,
+                            wqe_counter: idx,
+                            byte_cnt: payload.len() as u32,
+                            inval_rkey: inval,
+                        });
+                        self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]);
+                    }
+                    Err(e) => {
+                        let (syn, n) = match e {
+                            DmaError::Length => (syndrome::LOCAL_LENGTH_ERR, nak::INVALID_REQ),
+                            DmaError::Access(_) => (syndrome::LOCAL_PROT_ERR, nak::REMOTE_OP),
+                            DmaError::Layout => (syndrome::LOCAL_QP_OP_ERR, nak::REMOTE_OP),
+                        };
+                        qp.recv_cq.push(&Cqe::Err {
+                            responder: true,
+                            syndrome: syn,
+                            vendor_err_synd: 0,
+                            wqe_opcode: 0,
+                            qpn: qp.qpn,
+                            wqe_counter: idx,
+                        });
+                        self.reply(qp, tx, Op::Nak, h.psn, n, 0, &[]);
+                        self.state = RespState::Failed;
+                    }
+                }
+            }
+            Op::Write => match dma::scatter_remote(hca, qp, h.key, h.addr, payload, &qp.recv_cq) {
+                Ok(()) => self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]),
+                Err(_) => {
+                    self.reply(qp, tx, Op::Nak, h.psn, nak::REMOTE_ACCESS, 0, &[]);
+                    self.state = RespState::Failed;
+                }
+            },
+            Op::ReadReq => {
+                let mut b = frame::FrameBuilder::new(
+                    &Header {
+                        qpn: qp.qpn,
+                        ..Header::new(Op::ReadResp, h.psn)
+                    },
+                    h.len as usize,
+                );
+                match dma::gather_remote(
+                    hca,
+                    qp,
+                    h.key,
+                    h.addr,
+                    u64::from(h.len),
+                    b.payload(),
+                    &qp.recv_cq,
+                ) {
+                    Ok(()) => {
+                        let _ = tx.send(TxItem::Frame(Arc::new(b.finish())));
+                    }
+                    Err(_) => {
+                        self.reply(qp, tx, Op::Nak, h.psn, nak::REMOTE_ACCESS, 0, &[]);
+                        self.state = RespState::Failed;
+                    }
+                }
+            }
+            _ => return,
+        }
+        if self.state == RespState::Ready {
+            self.expected_psn = self.expected_psn.wrapping_add(1);
+        }
+    }
+}

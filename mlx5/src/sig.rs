@@ -1,0 +1,251 @@
+//! The signature engine: converts a range of blocks of a signature MR between its
+//! memory view and its wire view on the data path (INSERT, STRIP, PASS), checking
+//! the source domain's PI with the MR's check mask. All PI math is `t10pi`'s.
+//!
+//! A failed check does not stop the transfer: the output is produced anyway (with
+//! checks off) and the first failing block is reported for a SIGERR CQE.
+
+use t10pi::{Engine, PiBuf, PiBufMut, PiError};
+use verbs::sig::SigDomain;
+
+use crate::fault::{FaultSpec, FaultTarget};
+use crate::mr::SigBinding;
+
+/// The engine could not run: the binding's buffers do not fit its geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("signature layout: {0}")]
+pub struct SigLayoutError(#[from] pub t10pi::LayoutError);
+
+fn layout(e: t10pi::Error) -> Result<Option<PiError>, SigLayoutError> {
+    match e {
+        t10pi::Error::Pi(p) => Ok(Some(p)),
+        t10pi::Error::Layout(l) => Err(SigLayoutError(l)),
+    }
+}
+
+/// Flips the fault's bit in a block-range view. `interleaved`: PI follows each
+/// interval inside `data`; otherwise PI (if any) is in `pi`.
+fn flip(
+    t: &FaultTarget,
+    rel: usize,
+    iv: usize,
+    has_pi: bool,
+    interleaved: bool,
+    data: &mut [u8],
+    pi: Option<&mut [u8]>,
+) {
+    let stride = if interleaved { iv + 8 } else { iv };
+    match t.pi_byte() {
+        None => {
+            if let FaultTarget::Data { byte, bit } = *t {
+                if let Some(b) = data.get_mut(rel * stride + byte as usize) {
+                    *b ^= 1 << (bit & 7);
+                }
+            }
+        }
+        Some((tb, mask)) if has_pi => {
+            let slot = if interleaved {
+                data.get_mut(rel * stride + iv + tb)
+            } else {
+                pi.and_then(|p| p.get_mut(rel * 8 + tb))
+            };
+            if let Some(b) = slot {
+                *b ^= mask;
+            }
+        }
+        Some(_) => {}
+    }
+}
+
+fn mem_to_wire(
+    eng: &Engine,
+    b: &SigBinding,
+    mask: u8,
+    data: &[u8],
+    pi: Option<&[u8]>,
+    dst: &mut [u8],
+    first: u64,
+) -> Result<(), t10pi::Error> {
+    match (&b.mem, &b.wire) {
+        (SigDomain::None, SigDomain::None) => {
+            dst.copy_from_slice(&data[..dst.len()]);
+            Ok(())
+        }
+        (SigDomain::None, SigDomain::T10Dif(w)) => Ok(eng.insert(w, data, dst, first)?),
+        (SigDomain::T10Dif(m), SigDomain::None) => match pi {
+            None => eng.strip(m, mask, data, dst, first),
+            Some(pi) => {
+                eng.verify(m, mask, data, pi, first)?;
+                dst.copy_from_slice(&data[..dst.len()]);
+                Ok(())
+            }
+        },
+        (SigDomain::T10Dif(m), SigDomain::T10Dif(w)) => {
+            let src = match pi {
+                None => PiBuf::Dif(data),
+                Some(pi) => PiBuf::Dix { data, pi },
+            };
+            eng.pass(m, mask, src, w, PiBufMut::Dif(dst), first)
+        }
+    }
+}
+
+fn wire_to_mem(
+    eng: &Engine,
+    b: &SigBinding,
+    mask: u8,
+    wire: &[u8],
+    data: &mut [u8],
+    pi: Option<&mut [u8]>,
+    first: u64,
+) -> Result<(), t10pi::Error> {
+    match (&b.mem, &b.wire) {
+        (SigDomain::None, SigDomain::None) => {
+            data.copy_from_slice(&wire[..data.len()]);
+            Ok(())
+        }
+        (SigDomain::None, SigDomain::T10Dif(w)) => eng.strip(w, mask, wire, data, first),
+        (SigDomain::T10Dif(m), SigDomain::None) => match pi {
+            None => Ok(eng.insert(m, wire, data, first)?),
+            Some(pi) => {
+                data.copy_from_slice(&wire[..data.len()]);
+                Ok(eng.generate(m, wire, pi, first)?)
+            }
+        },
+        (SigDomain::T10Dif(m), SigDomain::T10Dif(w)) => {
+            let dst = match pi {
+                None => PiBufMut::Dif(data),
+                Some(pi) => PiBufMut::Dix { data, pi },
+            };
+            eng.pass(w, mask, PiBuf::Dif(wire), m, dst, first)
+        }
+    }
+}
+
+/// Memory view -> wire view of blocks `first..first + n`, appended to `out`.
+/// `fault` (already matched to this range) is applied to a copy of the memory
+/// view before the check.
+pub fn outbound(
+    eng: &Engine,
+    b: &SigBinding,
+    first: u64,
+    n: u64,
+    out: &mut Vec<u8>,
+    fault: Option<&FaultSpec>,
+) -> Result<Option<PiError>, SigLayoutError> {
+    let iv = b.interval as usize;
+    let nb = n as usize;
+    let mem_block = b.mem_block() as usize;
+    let doff = b.data.offset + first as usize * mem_block;
+    let dlen = nb * mem_block;
+    let start = out.len();
+    out.resize(start + nb * b.wire_block() as usize, 0);
+    let dst = &mut out[start..];
+    let has_pi = b.mem.dif().is_some();
+    let run = |data: &[u8],
+               pi: Option<&[u8]>,
+               dst: &mut [u8]|
+     -> Result<Option<PiError>, SigLayoutError> {
+        match mem_to_wire(eng, b, b.check_mask, data, pi, dst, first) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                let r = layout(e)?;
+                // The transfer goes on: produce the output without checks.
+                mem_to_wire(eng, b, 0, data, pi, dst, first).map_err(|e| match e {
+                    t10pi::Error::Layout(l) => SigLayoutError(l),
+                    t10pi::Error::Pi(_) => SigLayoutError(t10pi::LayoutError::BadInterval(0)),
+                })?;
+                Ok(r)
+            }
+        }
+    };
+    b.data.buf.read(|d| {
+        let data = &d[doff..doff + dlen];
+        let with_pi = |pi: Option<&[u8]>, dst: &mut [u8]| match fault {
+            None => run(data, pi, dst),
+            Some(f) => {
+                let mut data = data.to_vec();
+                let mut pi = pi.map(<[u8]>::to_vec);
+                let rel = (f.block - first) as usize;
+                flip(
+                    &f.target,
+                    rel,
+                    iv,
+                    has_pi,
+                    has_pi && b.prot.is_none(),
+                    &mut data,
+                    pi.as_deref_mut(),
+                );
+                run(&data, pi.as_deref(), dst)
+            }
+        };
+        match &b.prot {
+            None => with_pi(None, dst),
+            Some(p) => p.buf.read(|pb| {
+                let poff = p.offset + first as usize * 8;
+                with_pi(Some(&pb[poff..poff + nb * 8]), dst)
+            }),
+        }
+    })
+}
+
+/// Wire view -> memory view of blocks `first..first + n` (`wire` holds exactly
+/// those blocks; the fault, if any, is flipped in it before the check).
+pub fn inbound(
+    eng: &Engine,
+    b: &SigBinding,
+    first: u64,
+    wire: &mut [u8],
+    fault: Option<&FaultSpec>,
+) -> Result<Option<PiError>, SigLayoutError> {
+    let iv = b.interval as usize;
+    let wb = b.wire_block() as usize;
+    let nb = wire.len() / wb;
+    if let Some(f) = fault {
+        let wire_pi = b.wire.dif().is_some();
+        flip(
+            &f.target,
+            (f.block - first) as usize,
+            iv,
+            wire_pi,
+            wire_pi,
+            wire,
+            None,
+        );
+    }
+    let wire: &[u8] = wire;
+    let mem_block = b.mem_block() as usize;
+    let doff = b.data.offset + first as usize * mem_block;
+    let dlen = nb * mem_block;
+    let run = |data: &mut [u8], pi: Option<&mut [u8]>| -> Result<Option<PiError>, SigLayoutError> {
+        let mut pi = pi;
+        match wire_to_mem(eng, b, b.check_mask, wire, data, pi.as_deref_mut(), first) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                let r = layout(e)?;
+                wire_to_mem(eng, b, 0, wire, data, pi, first).map_err(|e| match e {
+                    t10pi::Error::Layout(l) => SigLayoutError(l),
+                    t10pi::Error::Pi(_) => SigLayoutError(t10pi::LayoutError::BadInterval(0)),
+                })?;
+                Ok(r)
+            }
+        }
+    };
+    match &b.prot {
+        None => b.data.buf.write(|d| run(&mut d[doff..doff + dlen], None)),
+        Some(p) => {
+            // Data and PI may share one buffer: convert into scratch, then store
+            // each piece under its own lock.
+            let mut data = vec![0u8; dlen];
+            let mut pi = vec![0u8; nb * 8];
+            let r = run(&mut data, Some(&mut pi))?;
+            b.data
+                .buf
+                .write(|d| d[doff..doff + dlen].copy_from_slice(&data));
+            let poff = p.offset + first as usize * 8;
+            p.buf
+                .write(|pb| pb[poff..poff + nb * 8].copy_from_slice(&pi));
+            Ok(r)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The socket side of a connected QP: the stream type (TCP or UNIX), the transmit
+//! thread (batches frames into few socket writes), and the receive thread that
+//! checks each frame and hands it to the responder or the completer.
+//!
+//! Threads per connected QP: requester (SQ processing, RNR retransmission), rx
+//! (responder + completer), tx (socket writes). The rx thread never blocks on a
+//! socket write, so two HCAs reading from each other cannot deadlock.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use verbs::cm::DisconnectReason;
+
+use crate::frame::{self, FrameError, Op};
+use crate::hca::{Hca, Qp};
+use crate::requester::ReqEvent;
+
+/// A fabric stream.
+#[derive(Debug)]
+pub enum Stream {
+    /// Across hosts.
+    Tcp(TcpStream),
+    /// Same host.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Another handle to the same socket.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+    /// Closes both directions.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+    /// Sets the read timeout.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+    /// Peer address, for logs.
+    pub fn peer(&self) -> String {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Stream::Unix(_) => "unix".to_string(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// Work for the transmit thread.
+#[derive(Debug)]
+pub enum TxItem {
+    /// Send this frame.
+    Frame(Arc<Vec<u8>>),
+    /// Flush and close the socket.
+    Shutdown,
+}
+
+/// Transmit thread: writes queued frames, flushing once the queue is empty.
+pub fn tx_loop(qp: Arc<Qp>, stream: Stream, rx: Receiver<TxItem>) {
+    let mut w = BufWriter::with_capacity(256 << 10, stream);
+    'outer: while let Ok(mut item) = rx.recv() {
+        loop {
+            match item {
+                TxItem::Frame(f) => {
+                    if let Err(e) = w.write_all(&f) {
+                        qp.to_error(DisconnectReason::Transport(e.to_string()));
+                        break 'outer;
+                    }
+                }
+                TxItem::Shutdown => {
+                    let _ = w.flush();
+                    w.get_ref().shutdown();
+                    break 'outer;
+                }
+            }
+            match rx.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.flush() {
+            qp.to_error(DisconnectReason::Transport(e.to_string()));
+            break;
+        }
+    }
+    w.get_ref().shutdown();
+}
+
+/// Receive thread: reads and checks frames until the connection ends.
+pub fn rx_loop(
+    hca: Arc<Hca>,
+    qp: Arc<Qp>,
+    mut stream: Stream,
+    tx: Sender<TxItem>,
+    req: Sender<ReqEvent>,
+) {
+    let mut payload = Vec::new();
+    let mut resp = crate::responder::Responder::new();
+    loop {
+        let h = match frame::read_frame(&mut stream, &mut payload) {
+            Ok(h) => h,
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                qp.to_error(DisconnectReason::Remote);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(qpn = qp.qpn, error = %e, "transport error");
+                qp.to_error(DisconnectReason::Transport(e.to_string()));
+                return;
+            }
+        };
+        match h.op {
+            Op::Send | Op::SendInv | Op::Write | Op::ReadReq => {
+                resp.handle(&hca, &qp, &h, &mut payload, &tx)
+            }
+            Op::Ack | Op::Nak | Op::ReadResp => {
+                crate::completer::handle(&hca, &qp, &h, &mut payload, &req)
+            }
+            Op::Dreq => {
+                qp.to_error(DisconnectReason::Remote);
+                return;
+            }
+            Op::CmReq | Op::CmRep | Op::CmRej => {
+                qp.to_error(DisconnectReason::Transport(format!(
+                    "unexpected {:?} on a connected QP",
+                    h.op
+                )));
+                return;
+            }
+        }
+    }
+}
