@@ -1,0 +1,587 @@
+//! The logical unit: state (mode parameters, reservations, unit attentions,
+//! counters) and the command life cycle `prepare` -> `execute`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use scsi::asc::{self, AscPair};
+use scsi::{opcode, Cdb, SenseFormat};
+use t10pi::{DifType, PiErrorKind};
+use thiserror::Error;
+
+use super::backend::{Backend, BackendError, FileBackend, FileOptions, RamBackend};
+use super::pr::{Access, ItKey, PrState};
+use super::prot::{ProtDir, ProtPlan};
+use super::reason::SenseReason;
+use super::wire::{self, Dix, PiFailure};
+use super::{Backing, LunDesc, Nexus};
+
+/// Why a LUN could not be opened.
+#[derive(Debug, Error)]
+pub enum LunError {
+    /// The description is inconsistent.
+    #[error("LUN {id}: {what}")]
+    Invalid {
+        /// LUN id.
+        id: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The backing store failed to open.
+    #[error("LUN {id}: {source}")]
+    Backend {
+        /// LUN id.
+        id: u64,
+        /// Cause.
+        #[source]
+        source: BackendError,
+    },
+}
+
+/// Which way data moves for a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// No data phase.
+    None,
+    /// Target to initiator (READ, INQUIRY, ...).
+    DataIn,
+    /// Initiator to target (WRITE, MODE SELECT, ...).
+    DataOut,
+}
+
+/// A prepared command: parsed once, checked, with its data and protection plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandPlan {
+    /// The parsed CDB.
+    pub cdb: Cdb,
+    /// Data direction.
+    pub direction: Direction,
+    /// Bytes on the wire: exactly this much data-out is expected; data-in is at
+    /// most this long (allocation length, or the blocks with their PI).
+    pub transfer_len: usize,
+    /// True when the data are logical blocks the protection plan applies to
+    /// (false for parameter lists and parameter data).
+    pub blocks_on_wire: bool,
+    /// The protection plan (a no-PI plan for commands without blocks on the wire).
+    pub prot: ProtPlan,
+}
+
+/// Data-out handed to [`Lun::execute`].
+#[derive(Debug, Clone, Copy)]
+pub enum DataOut<'a> {
+    /// No data-out.
+    None,
+    /// Plain bytes: a parameter list, or blocks of a LUN without PI (on a PI LUN
+    /// with an INSERT plan the device server generates the PI).
+    Bytes(&'a [u8]),
+    /// Blocks in DIX form: data and one 8-byte tuple per block (memory domain).
+    Dix {
+        /// Data blocks.
+        data: &'a [u8],
+        /// Tuples.
+        pi: &'a [u8],
+    },
+}
+
+/// Mode parameters that can change.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ModeState {
+    pub wce: bool,
+    pub d_sense: bool,
+}
+
+#[derive(Debug, Default)]
+struct UaState {
+    /// Live nexuses and their PR identity.
+    nexus: HashMap<u64, ItKey>,
+    pending: HashMap<u64, VecDeque<AscPair>>,
+}
+
+/// Maximum queued unit attentions per nexus (older ones are dropped first).
+const MAX_UA: usize = 16;
+
+impl UaState {
+    fn push(&mut self, id: u64, pair: AscPair) {
+        let q = self.pending.entry(id).or_default();
+        if !q.contains(&pair) {
+            if q.len() >= MAX_UA {
+                q.pop_front();
+            }
+            q.push_back(pair);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    pi_guard: AtomicU64,
+    pi_app: AtomicU64,
+    pi_ref: AtomicU64,
+}
+
+/// Counters of one LUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterSnapshot {
+    /// Read commands completed.
+    pub reads: u64,
+    /// Write commands completed.
+    pub writes: u64,
+    /// Data bytes read (without PI).
+    pub bytes_read: u64,
+    /// Data bytes written (without PI).
+    pub bytes_written: u64,
+    /// Guard check failures.
+    pub pi_guard_errors: u64,
+    /// Application tag check failures.
+    pub pi_app_errors: u64,
+    /// Reference tag check failures.
+    pub pi_ref_errors: u64,
+}
+
+/// One logical unit and its device server.
+#[derive(Debug)]
+pub struct Lun {
+    pub(super) desc: LunDesc,
+    pub(super) pi: Option<DifType>,
+    pub(super) backend: Box<dyn Backend>,
+    /// Shared by medium access, exclusive for COMPARE AND WRITE.
+    pub(super) io: RwLock<()>,
+    pub(super) mode: Mutex<ModeState>,
+    pub(super) pr: Mutex<PrState>,
+    ua: Mutex<UaState>,
+    counters: Counters,
+}
+
+fn dif_type(id: u64, t: u8) -> Result<Option<DifType>, LunError> {
+    Ok(match t {
+        0 => None,
+        1 => Some(DifType::Type1),
+        2 => Some(DifType::Type2),
+        3 => Some(DifType::Type3),
+        other => {
+            return Err(LunError::Invalid {
+                id,
+                what: format!("protection type {other}"),
+            })
+        }
+    })
+}
+
+impl Lun {
+    /// Opens the backing store described by `desc`.
+    pub fn open(desc: LunDesc) -> Result<Lun, LunError> {
+        let id = desc.id;
+        let pi = dif_type(id, desc.protection.pi_type)?.is_some();
+        let backend: Box<dyn Backend> = match &desc.backing {
+            Backing::Ram { size } => Box::new(
+                RamBackend::new(
+                    desc.block_size,
+                    size / u64::from(desc.block_size.max(1)),
+                    pi,
+                )
+                .map_err(|source| LunError::Backend { id, source })?,
+            ),
+            Backing::File { path, size, create } => {
+                let opts = FileOptions {
+                    block_size: desc.block_size,
+                    size: *size,
+                    create: *create,
+                    pi,
+                    read_only: desc.read_only,
+                };
+                Box::new(
+                    FileBackend::open(path, &opts)
+                        .map_err(|source| LunError::Backend { id, source })?,
+                )
+            }
+        };
+        Lun::with_backend(desc, backend)
+    }
+
+    /// A LUN over an already opened backend (whose geometry must match `desc`).
+    pub fn with_backend(desc: LunDesc, backend: Box<dyn Backend>) -> Result<Lun, LunError> {
+        let id = desc.id;
+        let pi = dif_type(id, desc.protection.pi_type)?;
+        if !matches!(desc.block_size, 512 | 4096) {
+            return Err(LunError::Invalid {
+                id,
+                what: format!("block size {} (512 or 4096)", desc.block_size),
+            });
+        }
+        if backend.block_size() != desc.block_size || backend.has_pi() != pi.is_some() {
+            return Err(LunError::Invalid {
+                id,
+                what: "backend geometry differs from the description".into(),
+            });
+        }
+        if backend.blocks() == 0 {
+            return Err(LunError::Invalid {
+                id,
+                what: "no blocks".into(),
+            });
+        }
+        Ok(Lun {
+            mode: Mutex::new(ModeState {
+                wce: desc.write_cache,
+                d_sense: false,
+            }),
+            desc,
+            pi,
+            backend,
+            io: RwLock::new(()),
+            pr: Mutex::new(PrState::default()),
+            ua: Mutex::new(UaState::default()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The LUN's description.
+    pub fn desc(&self) -> &LunDesc {
+        &self.desc
+    }
+
+    /// Number of logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.backend.blocks()
+    }
+
+    /// Logical block size.
+    pub fn block_size(&self) -> u32 {
+        self.desc.block_size
+    }
+
+    /// Protection type (`None`: no PI).
+    pub fn pi_type(&self) -> Option<DifType> {
+        self.pi
+    }
+
+    /// Snapshot of the counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            reads: l(&c.reads),
+            writes: l(&c.writes),
+            bytes_read: l(&c.bytes_read),
+            bytes_written: l(&c.bytes_written),
+            pi_guard_errors: l(&c.pi_guard),
+            pi_app_errors: l(&c.pi_app),
+            pi_ref_errors: l(&c.pi_ref),
+        }
+    }
+
+    /// Sense format for this LUN: descriptor when D_SENSE is set in the control
+    /// mode page or when the LUN has more than 2^32 blocks (LBAs need 8 bytes).
+    pub fn sense_format(&self) -> SenseFormat {
+        if self.mode.lock().d_sense || self.blocks() > 1u64 << 32 {
+            SenseFormat::Descriptor
+        } else {
+            SenseFormat::Fixed
+        }
+    }
+
+    /// Sense bytes for a failed command (`None` for RESERVATION CONFLICT).
+    pub fn sense_bytes(&self, reason: &SenseReason) -> Option<Vec<u8>> {
+        reason.sense().map(|s| s.to_bytes(self.sense_format()))
+    }
+
+    /// Records a PI check failure (detected by the transport's signature engine or
+    /// by the software wire helpers) and returns its sense reason.
+    pub fn pi_failure(&self, f: &PiFailure) -> SenseReason {
+        let c = match f.kind {
+            PiErrorKind::Guard => &self.counters.pi_guard,
+            PiErrorKind::AppTag => &self.counters.pi_app,
+            PiErrorKind::RefTag => &self.counters.pi_ref,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(lun = self.desc.id, lba = f.lba, kind = %f.kind, expected = f.expected, actual = f.actual, "PI check failed");
+        f.reason()
+    }
+
+    pub(super) fn count_read(&self, bytes: usize) {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_read
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_write(&self, bytes: usize) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn wire_err(&self, e: wire::WireError) -> SenseReason {
+        match e {
+            wire::WireError::Pi(f) => self.pi_failure(&f),
+            other => other.reason(),
+        }
+    }
+
+    // ---- unit attentions -------------------------------------------------
+
+    /// Registers the nexus on first sight (queuing POWER ON, RESET) and pops its
+    /// oldest unit attention.
+    fn ua_pop(&self, nexus: &Nexus, take: bool) -> Option<AscPair> {
+        let mut ua = self.ua.lock();
+        if !ua.nexus.contains_key(&nexus.id) {
+            ua.nexus.insert(nexus.id, ItKey::of(nexus));
+            ua.push(nexus.id, asc::POWER_ON_RESET);
+        }
+        let q = ua.pending.get_mut(&nexus.id)?;
+        if take {
+            q.pop_front()
+        } else {
+            q.front().copied()
+        }
+    }
+
+    /// Queues a unit attention for every known nexus except `except`.
+    pub(super) fn ua_others(&self, except: Option<u64>, pair: AscPair) {
+        let mut ua = self.ua.lock();
+        let ids: Vec<u64> = ua
+            .nexus
+            .keys()
+            .copied()
+            .filter(|id| Some(*id) != except)
+            .collect();
+        for id in ids {
+            ua.push(id, pair);
+        }
+    }
+
+    /// Queues a unit attention for every nexus of the given PR identities.
+    pub(super) fn ua_for_keys(&self, keys: &[ItKey], pair: AscPair) {
+        let mut ua = self.ua.lock();
+        let ids: Vec<u64> = ua
+            .nexus
+            .iter()
+            .filter(|(_, k)| keys.contains(k))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            ua.push(id, pair);
+        }
+    }
+
+    /// LUN RESET (task management): releases an SPC-2 reservation (persistent
+    /// reservations survive, per SPC-4) and queues BUS DEVICE RESET FUNCTION
+    /// OCCURRED for every nexus. Aborting the tasks is the transport's job.
+    pub fn lun_reset(&self) {
+        self.pr.lock().spc2_holder = None;
+        let mut ua = self.ua.lock();
+        let ids: Vec<u64> = ua.nexus.keys().copied().collect();
+        for id in ids {
+            ua.pending.entry(id).or_default().clear();
+            ua.push(id, asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+        }
+    }
+
+    /// The I_T nexus is gone (logout or connection loss): forgets its unit
+    /// attentions and releases its SPC-2 reservation. PR registrations persist.
+    pub fn nexus_lost(&self, nexus_id: u64) {
+        {
+            let mut pr = self.pr.lock();
+            if pr.spc2_holder == Some(nexus_id) {
+                pr.spc2_holder = None;
+            }
+        }
+        let mut ua = self.ua.lock();
+        ua.nexus.remove(&nexus_id);
+        ua.pending.remove(&nexus_id);
+    }
+
+    /// Queues CAPACITY DATA HAS CHANGED for every nexus (after the daemon resized
+    /// the backing store and reopened the LUN, or grew it underneath).
+    pub fn capacity_changed(&self) {
+        self.ua_others(None, asc::CAPACITY_DATA_HAS_CHANGED);
+    }
+
+    // ---- life cycle ------------------------------------------------------
+
+    /// Parses and checks a command. `fabric_pi_capable` says whether the transport
+    /// can carry PI on the wire (PROTECT != 0 is refused otherwise).
+    pub fn prepare(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        fabric_pi_capable: bool,
+    ) -> Result<CommandPlan, SenseReason> {
+        let op = cdb.first().copied().unwrap_or(0xFF);
+        let parsed = Cdb::parse(cdb);
+        // Unit attentions come first, except for the commands that never report them.
+        let ua_exempt = matches!(
+            op,
+            opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE
+        );
+        if let Some(pair) = self.ua_pop(nexus, !ua_exempt) {
+            if !ua_exempt {
+                return Err(SenseReason::UnitAttention(pair));
+            }
+        }
+        let cdb = parsed?;
+        self.check_reservation(nexus, &cdb)?;
+        if self.desc.read_only
+            && super::pr::access_of(&cdb) == Access::Write
+            && modifies_medium(&cdb)
+        {
+            return Err(SenseReason::WriteProtected);
+        }
+        let bs = self.desc.block_size;
+        let none = |direction, transfer_len: usize| CommandPlan {
+            cdb,
+            direction,
+            transfer_len,
+            blocks_on_wire: false,
+            prot: ProtPlan::none(ProtDir::Read, bs, 0, 0),
+        };
+        let plan = match cdb {
+            Cdb::ReadWrite(_)
+            | Cdb::WriteSame(_)
+            | Cdb::CompareAndWrite(_)
+            | Cdb::SynchronizeCache(_)
+            | Cdb::PreFetch(_)
+            | Cdb::Unmap { .. }
+            | Cdb::GetLbaStatus { .. }
+            | Cdb::ReadCapacity10 { .. }
+            | Cdb::ReadCapacity16 { .. }
+            | Cdb::StartStopUnit(_)
+            | Cdb::PreventAllowMediumRemoval { .. } => self.sbc_prepare(&cdb, fabric_pi_capable)?,
+            Cdb::PersistentReserveOut(p) => none(Direction::DataOut, p.param_len as usize),
+            other => {
+                let (dir, len) = self.spc_prepare(&other)?;
+                none(dir, len)
+            }
+        };
+        Ok(plan)
+    }
+
+    /// Executes a prepared command with its data-out; returns the data-in (blocks in
+    /// DIX form for reads, otherwise `data` only), already cut to the allocation length.
+    pub fn execute(
+        &self,
+        nexus: &Nexus,
+        plan: &CommandPlan,
+        out: DataOut<'_>,
+    ) -> Result<Dix, SenseReason> {
+        match plan.cdb {
+            Cdb::ReadWrite(_)
+            | Cdb::WriteSame(_)
+            | Cdb::CompareAndWrite(_)
+            | Cdb::SynchronizeCache(_)
+            | Cdb::PreFetch(_)
+            | Cdb::Unmap { .. }
+            | Cdb::GetLbaStatus { .. }
+            | Cdb::ReadCapacity10 { .. }
+            | Cdb::ReadCapacity16 { .. }
+            | Cdb::StartStopUnit(_)
+            | Cdb::PreventAllowMediumRemoval { .. } => self.sbc_execute(plan, out),
+            Cdb::PersistentReserveIn { action, alloc_len } => {
+                let mut d = self.pr_in(action)?;
+                d.truncate(alloc_len as usize);
+                Ok(Dix { data: d, pi: None })
+            }
+            Cdb::PersistentReserveOut(p) => {
+                let DataOut::Bytes(b) = out else {
+                    return if p.param_len == 0 {
+                        self.pr_out(nexus, &p, &[]).map(|_| Dix::default())
+                    } else {
+                        Err(SenseReason::ParameterListLength)
+                    };
+                };
+                self.pr_out(nexus, &p, b)?;
+                Ok(Dix::default())
+            }
+            Cdb::Reserve(_) => {
+                self.spc2_reserve(nexus)?;
+                Ok(Dix::default())
+            }
+            Cdb::Release(_) => {
+                self.spc2_release(nexus);
+                Ok(Dix::default())
+            }
+            Cdb::RequestSense { desc, alloc_len } => {
+                // The UA (if any) is reported as sense data with GOOD status and cleared.
+                let sense = match self.ua_pop(nexus, true) {
+                    Some(pair) => scsi::Sense::new(scsi::SenseKey::UNIT_ATTENTION, pair),
+                    None => scsi::Sense::new(scsi::SenseKey::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
+                };
+                let fmt = if desc {
+                    SenseFormat::Descriptor
+                } else {
+                    SenseFormat::Fixed
+                };
+                let mut d = sense.to_bytes(fmt);
+                d.truncate(alloc_len as usize);
+                Ok(Dix { data: d, pi: None })
+            }
+            _ => {
+                let bytes = match out {
+                    DataOut::Bytes(b) => b,
+                    DataOut::Dix { data, .. } => data,
+                    DataOut::None => &[],
+                };
+                let data = self.spc_execute(nexus, plan, bytes)?;
+                Ok(Dix { data, pi: None })
+            }
+        }
+    }
+
+    /// The whole command for a transport without a signature engine: prepare was
+    /// done; `wire_out` holds the data-out exactly as received (DIF-interleaved when
+    /// the plan says so); the result is the data-in as it goes on the wire.
+    pub fn execute_wire(
+        &self,
+        nexus: &Nexus,
+        plan: &CommandPlan,
+        wire_out: &[u8],
+    ) -> Result<Vec<u8>, SenseReason> {
+        let dix;
+        let out = if plan.direction == Direction::DataOut && plan.blocks_on_wire {
+            dix = wire::from_wire(&plan.prot, wire_out).map_err(|e| self.wire_err(e))?;
+            match &dix.pi {
+                Some(pi) => DataOut::Dix {
+                    data: &dix.data,
+                    pi,
+                },
+                None => DataOut::Bytes(&dix.data),
+            }
+        } else if plan.direction == Direction::DataOut {
+            DataOut::Bytes(wire_out)
+        } else {
+            DataOut::None
+        };
+        let din = self.execute(nexus, plan, out)?;
+        if plan.direction == Direction::DataIn && plan.blocks_on_wire {
+            wire::to_wire(&plan.prot, &din.data, din.pi.as_deref()).map_err(|e| self.wire_err(e))
+        } else {
+            Ok(din.data)
+        }
+    }
+
+    /// Builds the REPORT LUNS answer for this LUN alone (a target with several
+    /// LUNs answers with [`super::report_luns_payload`] instead).
+    pub fn report_luns_self(
+        &self,
+        select_report: u8,
+        alloc_len: u32,
+    ) -> Result<Vec<u8>, SenseReason> {
+        super::spc::report_luns_payload(&[self.desc.id], select_report, alloc_len)
+    }
+}
+
+/// Whether a write-class command changes the medium (as opposed to SYNCHRONIZE
+/// CACHE, START STOP UNIT and the like, which a write-protected LUN still accepts).
+fn modifies_medium(cdb: &Cdb) -> bool {
+    match cdb {
+        Cdb::ReadWrite(rw) => matches!(rw.kind, scsi::RwKind::Write | scsi::RwKind::WriteAndVerify),
+        Cdb::WriteSame(_) | Cdb::CompareAndWrite(_) | Cdb::Unmap { .. } => true,
+        _ => false,
+    }
+}

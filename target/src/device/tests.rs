@@ -1,0 +1,1 @@
+//! Device server tests: command families against RAM and file LUNs.
