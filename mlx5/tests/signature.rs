@@ -1,0 +1,404 @@
+//! The signature engine end to end: INSERT/STRIP/PASS x Type 1/2/3 x 512/4096 x
+//! DIF/DIX in memory, through RDMA WRITE, RDMA READ and SEND in both directions,
+//! with a bit flipped (fault hook) in data, guard, app tag and ref tag giving the
+//! exact SigErr while the work completion stays successful.
+
+mod common;
+
+use common::{pair, Side};
+use mlx5::{FaultDirection, FaultScope, FaultSpec, FaultTarget};
+use t10pi::{DifType, GuardType, T10DifDomain};
+use verbs::sig::{check_mask, SigAttrs, SigDomain, SigErr, SigErrType};
+use verbs::{AccessFlags, Mr, RecvWr, SendWr, Sge, SigMr, VerbsError, WcStatus};
+
+const RW: AccessFlags = AccessFlags(
+    AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0 | AccessFlags::REMOTE_READ.0,
+);
+const BLOCKS: usize = 4;
+const BAD_BLOCK: u64 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Insert,
+    Strip,
+    Pass,
+}
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Write,
+    Read,
+    Send,
+}
+
+struct Case {
+    attrs: SigAttrs,
+    dix: bool,
+    iv: usize,
+    mem_data: Vec<u8>,
+    mem_pi: Vec<u8>,
+    wire: Vec<u8>,
+}
+
+fn case(mode: Mode, ty: DifType, iv: u32, dix: bool) -> Case {
+    let n = BLOCKS;
+    let data: Vec<u8> = (0..n * iv as usize).map(|i| (i * 7 + 3) as u8).collect();
+    let memg = if dix { GuardType::Csum } else { GuardType::Crc };
+    let mem = T10DifDomain::new(ty, memg, iv, 1000).with_app_tag(0x1234, 0xffff);
+    let wire = T10DifDomain::new(ty, GuardType::Crc, iv, 1000).with_app_tag(0x1234, 0xffff);
+    let ivu = iv as usize;
+    let mut wire_dif = vec![0; n * (ivu + 8)];
+    t10pi::insert(&wire, &data, &mut wire_dif, 0).unwrap();
+    let (mem_data, mem_pi) = if dix {
+        let mut pi = vec![0; n * 8];
+        t10pi::generate(&mem, &data, &mut pi, 0).unwrap();
+        (data.clone(), pi)
+    } else {
+        let mut d = vec![0; n * (ivu + 8)];
+        t10pi::insert(&mem, &data, &mut d, 0).unwrap();
+        (d, Vec::new())
+    };
+    let (m, w) = (SigDomain::T10Dif(mem), SigDomain::T10Dif(wire));
+    let attrs = |mem, wire| SigAttrs {
+        check_mask: check_mask::ALL,
+        mem,
+        wire,
+    };
+    match mode {
+        Mode::Insert => Case {
+            attrs: attrs(SigDomain::None, w),
+            dix: false,
+            iv: ivu,
+            mem_data: data,
+            mem_pi: Vec::new(),
+            wire: wire_dif,
+        },
+        Mode::Strip => Case {
+            attrs: attrs(m, SigDomain::None),
+            dix,
+            iv: ivu,
+            mem_data,
+            mem_pi,
+            wire: data,
+        },
+        Mode::Pass => Case {
+            attrs: attrs(m, w),
+            dix,
+            iv: ivu,
+            mem_data,
+            mem_pi,
+            wire: wire_dif,
+        },
+    }
+}
+
+/// The SigErr the HCA must report when `t` is flipped in block BAD_BLOCK of the
+/// checked view: computed independently by flipping a copy and verifying.
+fn expected_err(c: &Case, outbound: bool, t: FaultTarget, key: u32) -> SigErr {
+    let flip_dif = |buf: &mut Vec<u8>| {
+        let at = BAD_BLOCK as usize * (c.iv + 8);
+        match t {
+            FaultTarget::Data { byte, bit } => buf[at + byte as usize] ^= 1 << bit,
+            FaultTarget::Guard { bit } => buf[at + c.iv + 1 - bit as usize / 8] ^= 1 << (bit % 8),
+            FaultTarget::AppTag { bit } => buf[at + c.iv + 3 - bit as usize / 8] ^= 1 << (bit % 8),
+            FaultTarget::RefTag { bit } => buf[at + c.iv + 7 - bit as usize / 8] ^= 1 << (bit % 8),
+        }
+    };
+    let e = if outbound {
+        let dom = c.attrs.mem.dif().unwrap();
+        if c.dix {
+            let mut d = c.mem_data.clone();
+            let mut pi = c.mem_pi.clone();
+            let at = BAD_BLOCK as usize * 8;
+            match t {
+                FaultTarget::Data { byte, bit } => {
+                    d[BAD_BLOCK as usize * c.iv + byte as usize] ^= 1 << bit
+                }
+                FaultTarget::Guard { bit } => pi[at + 1 - bit as usize / 8] ^= 1 << (bit % 8),
+                FaultTarget::AppTag { bit } => pi[at + 3 - bit as usize / 8] ^= 1 << (bit % 8),
+                FaultTarget::RefTag { bit } => pi[at + 7 - bit as usize / 8] ^= 1 << (bit % 8),
+            }
+            t10pi::verify(dom, check_mask::ALL, &d, &pi, 0).unwrap_err()
+        } else {
+            let mut d = c.mem_data.clone();
+            flip_dif(&mut d);
+            t10pi::verify_dif(dom, check_mask::ALL, &d, 0).unwrap_err()
+        }
+    } else {
+        let mut w = c.wire.clone();
+        flip_dif(&mut w);
+        t10pi::verify_dif(c.attrs.wire.dif().unwrap(), check_mask::ALL, &w, 0).unwrap_err()
+    };
+    let e = *e.pi().unwrap();
+    let err_type = match e.kind {
+        t10pi::PiErrorKind::Guard => SigErrType::BadGuard,
+        t10pi::PiErrorKind::AppTag => SigErrType::BadAppTag,
+        t10pi::PiErrorKind::RefTag => SigErrType::BadRefTag,
+    };
+    let want_type = match t {
+        FaultTarget::Data { .. } | FaultTarget::Guard { .. } => SigErrType::BadGuard,
+        FaultTarget::AppTag { .. } => SigErrType::BadAppTag,
+        FaultTarget::RefTag { .. } => SigErrType::BadRefTag,
+    };
+    assert_eq!(err_type, want_type);
+    assert_eq!(e.wire_offset, BAD_BLOCK * (c.iv as u64 + 8));
+    SigErr {
+        err_type,
+        expected: e.expected,
+        actual: e.actual,
+        sig_err_offset: e.wire_offset,
+        key,
+    }
+}
+
+struct Bound {
+    sig: SigMr,
+    data: Mr,
+    pi: Option<Mr>,
+    wire_len: u32,
+}
+
+fn register(a: &Side, c: &Case, sig: SigMr) -> Bound {
+    let data = a.pd.reg_mr(c.mem_data.len(), RW).unwrap();
+    data.write_at(0, &c.mem_data).unwrap();
+    let pi = c.dix.then(|| {
+        let m = a.pd.reg_mr(c.mem_pi.len(), RW).unwrap();
+        m.write_at(0, &c.mem_pi).unwrap();
+        m
+    });
+    let wr = SendWr::reg_mr_integrity(
+        100,
+        sig.lkey(),
+        data.sge_all(),
+        pi.as_ref().map(Mr::sge_all),
+        c.attrs,
+        RW,
+    );
+    a.qp.post_send_one(wr).unwrap();
+    let wc = a.wait();
+    assert_eq!(wc.status, WcStatus::Success, "registration");
+    Bound {
+        sig,
+        data,
+        pi,
+        wire_len: c.wire.len() as u32,
+    }
+}
+
+/// Runs one transfer; returns the bytes that ended where they were going.
+fn transfer(a: &Side, b: &Side, bd: &Bound, op: Op, outbound: bool, wire_mr: &Mr) {
+    let sig_sge = Sge {
+        addr: bd.data.addr(),
+        length: bd.wire_len,
+        lkey: bd.sig.lkey(),
+    };
+    let sig_rkey = bd.sig.rkey();
+    match (op, outbound) {
+        (Op::Write, true) => {
+            a.qp.post_send_one(SendWr::rdma_write(
+                1,
+                sig_sge,
+                wire_mr.addr(),
+                wire_mr.rkey(),
+            ))
+            .unwrap();
+            assert_eq!(a.wait().status, WcStatus::Success);
+        }
+        (Op::Send, true) => {
+            b.qp.post_recv_one(RecvWr::new(2, wire_mr.sge_all()))
+                .unwrap();
+            a.qp.post_send_one(SendWr::send(1, sig_sge)).unwrap();
+            assert_eq!(a.wait().status, WcStatus::Success);
+            assert_eq!(b.wait().status, WcStatus::Success);
+        }
+        (Op::Read, true) => {
+            b.qp.post_send_one(SendWr::rdma_read(
+                1,
+                wire_mr.sge_all(),
+                bd.data.addr(),
+                sig_rkey,
+            ))
+            .unwrap();
+            assert_eq!(b.wait().status, WcStatus::Success);
+        }
+        (Op::Write, false) => {
+            b.qp.post_send_one(SendWr::rdma_write(
+                1,
+                wire_mr.sge_all(),
+                bd.data.addr(),
+                sig_rkey,
+            ))
+            .unwrap();
+            assert_eq!(b.wait().status, WcStatus::Success);
+        }
+        (Op::Send, false) => {
+            a.qp.post_recv_one(RecvWr::new(2, sig_sge)).unwrap();
+            b.qp.post_send_one(SendWr::send(1, wire_mr.sge_all()))
+                .unwrap();
+            assert_eq!(b.wait().status, WcStatus::Success);
+            assert_eq!(a.wait().status, WcStatus::Success);
+        }
+        (Op::Read, false) => {
+            a.qp.post_send_one(SendWr::rdma_read(
+                1,
+                sig_sge,
+                wire_mr.addr(),
+                wire_mr.rkey(),
+            ))
+            .unwrap();
+            assert_eq!(a.wait().status, WcStatus::Success);
+        }
+    }
+    // Consume any SIGERR CQE the device wrote for A's signature MR.
+    a.drain_expect_none();
+}
+
+#[test]
+fn insert_strip_pass_matrix_with_faults() {
+    let (a, b) = pair();
+    let mut sig = Some(a.pd.alloc_mr_integrity(1, 1).unwrap());
+    let mut runs = 0;
+    for op in [Op::Write, Op::Read, Op::Send] {
+        for mode in [Mode::Insert, Mode::Strip, Mode::Pass] {
+            for ty in [DifType::Type1, DifType::Type2, DifType::Type3] {
+                for iv in [512u32, 4096] {
+                    for dix in [false, true] {
+                        if mode == Mode::Insert && dix {
+                            continue; // no PI in memory: DIF/DIX does not apply
+                        }
+                        let c = case(mode, ty, iv, dix);
+                        for outbound in [true, false] {
+                            let checks = match mode {
+                                Mode::Insert => !outbound,
+                                Mode::Strip => outbound,
+                                Mode::Pass => true,
+                            };
+                            let faults: &[Option<FaultTarget>] = if checks {
+                                &[
+                                    None,
+                                    Some(FaultTarget::Data { byte: 100, bit: 2 }),
+                                    Some(FaultTarget::Guard { bit: 3 }),
+                                    Some(FaultTarget::AppTag { bit: 9 }),
+                                    Some(FaultTarget::RefTag { bit: 0 }),
+                                ]
+                            } else {
+                                &[None]
+                            };
+                            for fault in faults {
+                                let label = format!("{op:?} {mode:?} {ty:?} {iv} dix={dix} out={outbound} fault={fault:?}");
+                                let bd = register(&a, &c, sig.take().unwrap());
+                                let wire_mr = b.pd.reg_mr(c.wire.len(), RW).unwrap();
+                                if !outbound {
+                                    wire_mr.write_at(0, &c.wire).unwrap();
+                                    bd.data.with_mut(|d| d.fill(0));
+                                    if let Some(p) = &bd.pi {
+                                        p.with_mut(|d| d.fill(0));
+                                    }
+                                }
+                                if let Some(t) = fault {
+                                    a.dev.inject_fault(FaultSpec {
+                                        scope: FaultScope::Mkey(bd.sig.lkey()),
+                                        direction: if outbound {
+                                            FaultDirection::Outbound
+                                        } else {
+                                            FaultDirection::Inbound
+                                        },
+                                        block: BAD_BLOCK,
+                                        target: *t,
+                                        once: true,
+                                    });
+                                }
+                                transfer(&a, &b, &bd, op, outbound, &wire_mr);
+                                let st = bd.sig.check_status().unwrap();
+                                match fault {
+                                    None => {
+                                        assert_eq!(st, None, "{label}");
+                                        if outbound {
+                                            assert_eq!(
+                                                wire_mr.to_vec(0, c.wire.len()).unwrap(),
+                                                c.wire,
+                                                "{label}"
+                                            );
+                                        } else {
+                                            assert_eq!(
+                                                bd.data.to_vec(0, c.mem_data.len()).unwrap(),
+                                                c.mem_data,
+                                                "{label}"
+                                            );
+                                            if let Some(p) = &bd.pi {
+                                                assert_eq!(
+                                                    p.to_vec(0, c.mem_pi.len()).unwrap(),
+                                                    c.mem_pi,
+                                                    "{label}"
+                                                );
+                                            }
+                                        }
+                                    }
+                                    Some(t) => {
+                                        let want = expected_err(&c, outbound, *t, bd.sig.lkey());
+                                        assert_eq!(st, Some(want), "{label}");
+                                        assert!(
+                                            a.dev.armed_faults().is_empty(),
+                                            "{label}: fault did not fire"
+                                        );
+                                    }
+                                }
+                                // Reported once, then cleared.
+                                assert_eq!(bd.sig.check_status().unwrap(), None);
+                                sig = Some(bd.sig);
+                                runs += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(runs > 300, "{runs}");
+}
+
+#[test]
+fn reregistration_before_status_check_is_refused() {
+    let (a, _b) = pair();
+    let c = case(Mode::Insert, DifType::Type1, 512, false);
+    let sig = a.pd.alloc_mr_integrity(1, 1).unwrap();
+    let bd = register(&a, &c, sig);
+    let again = SendWr::reg_mr_integrity(5, bd.sig.lkey(), bd.data.sge_all(), None, c.attrs, RW);
+    assert!(matches!(
+        a.qp.post_send_one(again.clone()),
+        Err(VerbsError::SigStatusNotChecked { .. })
+    ));
+    assert_eq!(bd.sig.check_status().unwrap(), None);
+    a.qp.post_send_one(again).unwrap();
+    assert_eq!(a.wait().status, WcStatus::Success);
+}
+
+#[test]
+fn block_aligned_sub_range_write_uses_block_ref_tags() {
+    let (a, b) = pair();
+    let c = case(Mode::Insert, DifType::Type1, 512, false);
+    let bd = register(&a, &c, a.pd.alloc_mr_integrity(1, 1).unwrap());
+    // B writes blocks 1..3 of the wire view into A's sig MR (STRIP on arrival).
+    let wire_mr = b.pd.reg_mr(2 * 520, RW).unwrap();
+    wire_mr.write_at(0, &c.wire[520..3 * 520]).unwrap();
+    bd.data.with_mut(|d| d.fill(0));
+    b.qp.post_send_one(SendWr::rdma_write(
+        1,
+        wire_mr.sge_all(),
+        bd.data.addr() + 520,
+        bd.sig.rkey(),
+    ))
+    .unwrap();
+    assert_eq!(b.wait().status, WcStatus::Success);
+    a.drain_expect_none();
+    assert_eq!(bd.sig.check_status().unwrap(), None);
+    assert_eq!(bd.data.to_vec(512, 1024).unwrap(), c.mem_data[512..1536]);
+    // Off block boundaries is refused.
+    b.qp.post_send_one(SendWr::rdma_write(
+        2,
+        wire_mr.sge(0, 100),
+        bd.data.addr() + 8,
+        bd.sig.rkey(),
+    ))
+    .unwrap();
+    assert_eq!(b.wait().status, WcStatus::RemoteAccessErr);
+}
