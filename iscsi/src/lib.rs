@@ -10,6 +10,7 @@
 pub mod chap;
 pub mod codec;
 pub mod digest;
+pub mod discovery;
 pub mod framer;
 pub mod iser;
 pub mod login;
