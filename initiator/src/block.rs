@@ -1,0 +1,302 @@
+//! A LUN as a block device: probe its capabilities at login (TEST UNIT READY, INQUIRY,
+//! READ CAPACITY(16)), check the protection policy against them, then READ, WRITE and
+//! SYNCHRONIZE CACHE with per-command protection. A PI check that fails at the
+//! initiator overrides the target's GOOD status with CHECK CONDITION and the
+//! initiator's sense; sense from the target is passed through unchanged.
+
+use conf::protection::ProtectionPolicy;
+use iscsi::pdu::Residual;
+use scsi::{Cdb, ExpectedTags, Form, ReadWrite, RwKind, Sense, SenseKey, Status};
+use serde::Serialize;
+
+use crate::command::Completion;
+use crate::error::Error;
+use crate::lun::{encode_lun, parse_capacity10, parse_capacity16, parse_inquiry, parse_report_luns, LunInfo};
+use crate::protection::{CommandProtection, Direction};
+use crate::session::{DataDir, Session};
+
+/// Who produced the sense data of an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenseOrigin {
+    /// The target sent it.
+    Target,
+    /// The initiator built it (a PI check on data it handled).
+    Initiator,
+}
+
+/// The result of one block command.
+#[derive(Debug, Clone)]
+pub struct IoOutcome {
+    /// SCSI status.
+    pub status: Status,
+    /// Decoded sense, when present and parseable.
+    pub sense: Option<Sense>,
+    /// Raw sense bytes.
+    pub sense_bytes: Vec<u8>,
+    /// Who produced the sense.
+    pub origin: Option<SenseOrigin>,
+    /// Host data (reads).
+    pub data: Vec<u8>,
+    /// Host DIX PI (reads in pass mode, and strip mode's generated PI).
+    pub pi: Option<Vec<u8>>,
+    /// The residual the target reported.
+    pub residual: Residual,
+}
+
+impl IoOutcome {
+    /// True for GOOD status.
+    pub fn is_good(&self) -> bool {
+        self.status == Status::GOOD
+    }
+
+    fn from_target(c: Completion) -> Self {
+        let sense = (!c.sense.is_empty()).then(|| Sense::parse(&c.sense).ok()).flatten();
+        IoOutcome {
+            status: Status(c.status),
+            origin: (!c.sense.is_empty()).then_some(SenseOrigin::Target),
+            sense,
+            sense_bytes: c.sense,
+            data: c.data,
+            pi: None,
+            residual: c.residual,
+        }
+    }
+
+    fn local_check_condition(sense: Sense) -> Self {
+        IoOutcome {
+            status: Status::CHECK_CONDITION,
+            sense_bytes: sense.to_descriptor(),
+            sense: Some(sense),
+            origin: Some(SenseOrigin::Initiator),
+            data: Vec::new(),
+            pi: None,
+            residual: Residual::None,
+        }
+    }
+}
+
+/// Run a command, retrying (at most 3 times) while the target reports UNIT ATTENTION.
+pub async fn command(session: &Session, lun: u16, cdb: &Cdb, dir: DataDir) -> Result<IoOutcome, Error> {
+    let bytes = cdb.to_bytes().map_err(|e| Error::Invalid(format!("CDB: {e}")))?;
+    let mut last = None;
+    for _ in 0..4 {
+        let c = session.execute(encode_lun(lun), &bytes, dir.clone()).await?;
+        let out = IoOutcome::from_target(c);
+        let ua = out.status == Status::CHECK_CONDITION && out.sense.as_ref().is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION);
+        if !ua {
+            return Ok(out);
+        }
+        last = Some(out);
+    }
+    last.ok_or_else(|| Error::Protocol("no outcome".into()))
+}
+
+fn need_good(what: &str, lun: u16, out: &IoOutcome) -> Result<(), Error> {
+    if out.is_good() {
+        return Ok(());
+    }
+    let sense = out.sense.as_ref().map(|s| format!(": {s}")).unwrap_or_default();
+    Err(Error::Invalid(format!("{what} on LUN {lun} failed with status {}{sense}", status_name(out.status))))
+}
+
+/// The name of a SCSI status.
+pub fn status_name(s: Status) -> String {
+    match s.name() {
+        Some(n) => format!("{n} ({:02X}h)", s.0),
+        None => format!("{:02X}h", s.0),
+    }
+}
+
+/// LUN numbers the target reports.
+pub async fn report_luns(session: &Session) -> Result<Vec<u16>, Error> {
+    let alloc = 8 + 8 * 256;
+    let out = command(session, 0, &Cdb::ReportLuns { select_report: 0, alloc_len: alloc }, DataDir::Read(alloc)).await?;
+    need_good("REPORT LUNS", 0, &out)?;
+    Ok(parse_report_luns(&out.data))
+}
+
+/// Probe one LUN: TEST UNIT READY, INQUIRY, READ CAPACITY(16) (10 as a fallback).
+pub async fn probe(session: &Session, lun: u16) -> Result<LunInfo, Error> {
+    let tur = command(session, lun, &Cdb::TestUnitReady, DataDir::None).await?;
+    need_good("TEST UNIT READY", lun, &tur)?;
+    let inq = command(session, lun, &Cdb::Inquiry { evpd: false, page: 0, alloc_len: 96 }, DataDir::Read(96)).await?;
+    need_good("INQUIRY", lun, &inq)?;
+    let inquiry = parse_inquiry(&inq.data).ok_or_else(|| Error::Protocol(format!("LUN {lun}: short INQUIRY data")))?;
+    if inquiry.qualifier != 0 || inquiry.device_type != 0 {
+        return Err(Error::Invalid(format!(
+            "LUN {lun} is not a connected block device (peripheral qualifier {}, device type {:#x})",
+            inquiry.qualifier, inquiry.device_type
+        )));
+    }
+    let rc16 = command(session, lun, &Cdb::ReadCapacity16 { lba: 0, alloc_len: 32, pmi: false }, DataDir::Read(32)).await?;
+    let (blocks, block_size, pi_type) = match parse_capacity16(&rc16.data).filter(|_| rc16.is_good()) {
+        Some(c) => (c.blocks, c.block_size, c.pi_type),
+        None => {
+            let rc10 = command(session, lun, &Cdb::ReadCapacity10 { lba: 0, pmi: false }, DataDir::Read(8)).await?;
+            need_good("READ CAPACITY(10)", lun, &rc10)?;
+            let (b, s) = parse_capacity10(&rc10.data).ok_or_else(|| Error::Protocol("short READ CAPACITY(10) data".into()))?;
+            (b, s, None)
+        }
+    };
+    if !(512..=4096).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(Error::Invalid(format!("LUN {lun} has an unsupported block size of {block_size} bytes")));
+    }
+    Ok(LunInfo { lun, block_size, blocks, pi_type, protect: inquiry.protect, vendor: inquiry.vendor, product: inquiry.product })
+}
+
+/// One LUN of a session under a protection policy.
+#[derive(Debug, Clone)]
+pub struct BlockDevice {
+    session: Session,
+    info: LunInfo,
+    policy: ProtectionPolicy,
+}
+
+/// Largest number of blocks [`BlockDevice::read_range`] and
+/// [`BlockDevice::write_range`] put in one command.
+pub const MAX_BLOCKS_PER_COMMAND: u32 = 2048;
+
+impl BlockDevice {
+    /// Probe `lun` and check `policy` against it (a mismatch names the LUN and what it
+    /// supports).
+    pub async fn open(session: Session, lun: u16, policy: ProtectionPolicy) -> Result<Self, Error> {
+        let info = probe(&session, lun).await?;
+        policy.check_against(info.caps()).map_err(|source| Error::Policy { lun, source, caps: info.to_string() })?;
+        Ok(BlockDevice { session, info, policy })
+    }
+
+    /// What the LUN reported.
+    pub fn info(&self) -> &LunInfo {
+        &self.info
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &ProtectionPolicy {
+        &self.policy
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Reject empty and overflowing ranges; a range past the end is left to the target,
+    /// whose LOGICAL BLOCK ADDRESS OUT OF RANGE sense is what an operator expects.
+    fn check_range(&self, lba: u64, blocks: u32) -> Result<(), Error> {
+        if blocks == 0 {
+            return Err(Error::Invalid("transfer of 0 blocks".into()));
+        }
+        if lba.checked_add(u64::from(blocks)).is_none() {
+            return Err(Error::Invalid(format!("LBA {lba} + {blocks} blocks overflows")));
+        }
+        Ok(())
+    }
+
+    fn cdb(&self, p: &CommandProtection, kind: RwKind, lba: u64, blocks: u32) -> Cdb {
+        let mut rw = ReadWrite::new(kind, p.form, lba, blocks).with_protect(p.protect);
+        if p.form == Form::ThirtyTwo {
+            let app = p.check_mask & t10pi::check_mask::APPTAG != 0;
+            rw.tags = Some(ExpectedTags { ref_tag: lba as u32, app_tag: p.app_tag, app_tag_mask: if app { 0xFFFF } else { 0 } });
+        }
+        Cdb::ReadWrite(rw)
+    }
+
+    /// READ `blocks` blocks at `lba`; the outcome carries host data (and DIX PI in pass
+    /// and strip modes).
+    pub async fn read(&self, lba: u64, blocks: u32) -> Result<IoOutcome, Error> {
+        self.check_range(lba, blocks)?;
+        let p = CommandProtection::select(&self.policy, &self.info, Direction::Read, lba, blocks);
+        let edtl = u64::from(blocks) * u64::from(p.wire_block());
+        let edtl = u32::try_from(edtl).map_err(|_| Error::Invalid("read larger than 4 GiB".into()))?;
+        let mut out = command(&self.session, self.info.lun, &self.cdb(&p, RwKind::Read, lba, blocks), DataDir::Read(edtl)).await?;
+        if !out.is_good() {
+            return Ok(out);
+        }
+        if out.data.len() != edtl as usize {
+            return Err(Error::Protocol(format!("READ returned {} of {edtl} bytes with GOOD status", out.data.len())));
+        }
+        match p.finish_read(lba, &out.data)? {
+            Ok(host) => {
+                out.data = host.data;
+                out.pi = host.pi;
+                Ok(out)
+            }
+            Err(sense) => {
+                tracing::warn!(lun = self.info.lun, lba, %sense, "PI check failed on data received from the target");
+                Ok(IoOutcome::local_check_condition(sense))
+            }
+        }
+    }
+
+    /// WRITE `data` at `lba`; `pi` is the host's DIX PI (pass and strip modes; when
+    /// absent in those modes the initiator generates it, as for an export without PI).
+    pub async fn write(&self, lba: u64, data: &[u8], pi: Option<&[u8]>) -> Result<IoOutcome, Error> {
+        let bs = self.info.block_size as usize;
+        if data.is_empty() || data.len() % bs != 0 {
+            return Err(Error::Invalid(format!("write of {} bytes is not a whole number of {bs}-byte blocks", data.len())));
+        }
+        let blocks = u32::try_from(data.len() / bs).map_err(|_| Error::Invalid("write too large".into()))?;
+        self.check_range(lba, blocks)?;
+        let p = CommandProtection::select(&self.policy, &self.info, Direction::Write, lba, blocks);
+        let generated;
+        let pi = match pi {
+            Some(pi) => Some(pi),
+            None if p.op.pi_in_memory() => {
+                generated = p.host_pi(lba, data)?;
+                Some(generated.as_slice())
+            }
+            None => None,
+        };
+        let wire = match p.build_write(lba, data, pi)? {
+            Ok(w) => w,
+            Err(sense) => return Ok(IoOutcome::local_check_condition(sense)),
+        };
+        command(&self.session, self.info.lun, &self.cdb(&p, RwKind::Write, lba, blocks), DataDir::Write(wire)).await
+    }
+
+    /// SYNCHRONIZE CACHE over the whole LUN.
+    pub async fn flush(&self) -> Result<IoOutcome, Error> {
+        let form = if self.info.blocks > u64::from(u32::MAX) { Form::Sixteen } else { Form::Ten };
+        let cdb = Cdb::SynchronizeCache(scsi::CacheRange { form, immed: false, lba: 0, blocks: 0, group: 0 });
+        command(&self.session, self.info.lun, &cdb, DataDir::None).await
+    }
+
+    /// Read any number of blocks in commands of at most [`MAX_BLOCKS_PER_COMMAND`];
+    /// stops at the first non-GOOD outcome and returns it.
+    pub async fn read_range(&self, lba: u64, blocks: u64) -> Result<IoOutcome, Error> {
+        let mut data = Vec::new();
+        let mut pi: Option<Vec<u8>> = None;
+        let mut done = 0u64;
+        while done < blocks {
+            let n = (blocks - done).min(u64::from(MAX_BLOCKS_PER_COMMAND)) as u32;
+            let out = self.read(lba + done, n).await?;
+            if !out.is_good() {
+                return Ok(out);
+            }
+            data.extend_from_slice(&out.data);
+            if let Some(p) = out.pi {
+                pi.get_or_insert_with(Vec::new).extend_from_slice(&p);
+            }
+            done += u64::from(n);
+        }
+        Ok(IoOutcome { status: Status::GOOD, sense: None, sense_bytes: Vec::new(), origin: None, data, pi, residual: Residual::None })
+    }
+
+    /// Write whole blocks in commands of at most [`MAX_BLOCKS_PER_COMMAND`].
+    pub async fn write_range(&self, lba: u64, data: &[u8], pi: Option<&[u8]>) -> Result<IoOutcome, Error> {
+        let bs = self.info.block_size as usize;
+        let chunk = MAX_BLOCKS_PER_COMMAND as usize * bs;
+        let mut last = None;
+        for (i, part) in data.chunks(chunk).enumerate() {
+            let first = i * MAX_BLOCKS_PER_COMMAND as usize;
+            let part_pi = pi.map(|p| p.get(first * 8..(first + part.len() / bs) * 8).unwrap_or_default());
+            let out = self.write(lba + first as u64, part, part_pi).await?;
+            if !out.is_good() {
+                return Ok(out);
+            }
+            last = Some(out);
+        }
+        last.ok_or_else(|| Error::Invalid("write of 0 bytes".into()))
+    }
+}

@@ -25,5 +25,6 @@ pub mod protection;
 pub mod session;
 
 
+pub use block::{BlockDevice, IoOutcome};
 pub use error::{Error, LoginError};
 pub use session::{Session, SessionConfig};

@@ -98,7 +98,9 @@ impl SessionConfig {
     }
 
     fn local_params(&self) -> LocalParams {
-        let digest = |on: bool| if on { vec![DigestKind::Crc32c] } else { vec![DigestKind::None] };
+        // CRC32C is preferred when asked for; None stays acceptable so that a target
+        // without digests still logs in (the result is in `params()`).
+        let digest = |on: bool| if on { vec![DigestKind::Crc32c, DigestKind::None] } else { vec![DigestKind::None] };
         LocalParams {
             header_digest: digest(self.header_digest),
             data_digest: digest(self.data_digest),
