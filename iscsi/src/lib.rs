@@ -12,6 +12,8 @@ pub mod codec;
 pub mod digest;
 pub mod discovery;
 pub mod framer;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod iser;
 pub mod login;
 pub mod negotiate;

@@ -342,6 +342,8 @@ impl Header {
             }
             _ if is_vendor_opcode(op) => {
                 let mut bhs = *b;
+                // Keep only the I bit and opcode of byte 0 (bit 7 is reserved).
+                bhs[0] &= 0x7f;
                 bhs[4..8].fill(0);
                 return Ok(Header::Vendor { immediate, bhs });
             }
