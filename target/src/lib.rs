@@ -4,4 +4,11 @@
 //! decisions, persistent reservations, unit attentions) over a pluggable backing
 //! store; the transports move bytes and apply the protection plan it returns.
 
+pub mod control;
+pub mod daemon;
 pub mod device;
+pub mod iscsi_tcp;
+pub mod luns;
+pub mod registry;
+pub mod service;
+pub mod stats;

@@ -1,0 +1,135 @@
+//! The boundary between a transport and the SCSI device server: what a transport asks
+//! of the logical units of one target (how many bytes a command moves, run it, task
+//! management, flush) in wire terms, so that iSCSI/TCP and iSER drive the same LUNs.
+//!
+//! Data on this boundary is in the *wire form*: when the device server's protection
+//! plan puts PI on the wire, Data-Out and Data-In bytes carry the 8-byte tuples
+//! interleaved after each block, exactly as the initiator sends and receives them.
+
+use std::fmt;
+
+/// The I_T nexus a command arrives on (for unit attentions and reservations).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nexus {
+    /// The initiator's iSCSI name.
+    pub initiator: String,
+    /// The Initiator Session ID.
+    pub isid: [u8; 6],
+    /// The Target Session Identifying Handle.
+    pub tsih: u16,
+}
+
+impl Nexus {
+    /// The SCSI initiator port name, as RFC 7143 builds it: `name,i,0x<ISID>`.
+    pub fn port_name(&self) -> String {
+        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{},i,0x{isid}", self.initiator)
+    }
+}
+
+/// Data direction a CDB implies, with its length in wire bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// No data phase.
+    None,
+    /// The initiator sends this many bytes (Data-Out).
+    Out(u32),
+    /// The target returns up to this many bytes (Data-In).
+    In(u32),
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// SCSI status byte.
+    pub status: u8,
+    /// Sense data (fixed or descriptor format), empty when there is none.
+    pub sense: Vec<u8>,
+    /// Data-In bytes in wire form (possibly longer than the initiator expects; the
+    /// transport truncates and reports the overflow).
+    pub data_in: Vec<u8>,
+}
+
+impl Completion {
+    /// GOOD status with `data_in`.
+    pub fn good(data_in: Vec<u8>) -> Self {
+        Completion {
+            status: 0,
+            sense: Vec::new(),
+            data_in,
+        }
+    }
+
+    /// CHECK CONDITION with `sense`.
+    pub fn check_condition(sense: Vec<u8>) -> Self {
+        Completion {
+            status: 0x02,
+            sense,
+            data_in: Vec::new(),
+        }
+    }
+}
+
+/// The scope of a task management function, as the device server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetScope {
+    /// ABORT TASK SET / CLEAR TASK SET on one LUN: tasks were aborted (the device
+    /// server sets COMMANDS CLEARED BY ANOTHER INITIATOR where it applies).
+    TaskSet {
+        /// LUN number.
+        lun: u64,
+        /// True for CLEAR TASK SET (affects every nexus).
+        clear: bool,
+    },
+    /// LOGICAL UNIT RESET.
+    LogicalUnit(u64),
+    /// TARGET WARM RESET (every LUN of the target).
+    Target,
+}
+
+/// One logical unit as the admin view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LunSummary {
+    /// LUN number.
+    pub lun: u64,
+    /// Capacity in logical blocks.
+    pub blocks: u64,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// T10 protection type (0 = none).
+    pub pi_type: u8,
+    /// Backing store, as configured.
+    pub backing: String,
+}
+
+/// The logical units of one target, as a transport drives them. Implementations are
+/// shared between connections and called from blocking worker threads.
+pub trait ScsiService: Send + Sync + fmt::Debug {
+    /// Whether `lun` exists.
+    fn has_lun(&self, lun: u64) -> bool;
+
+    /// The data transfer `cdb` describes for `lun` (Data-Out length including PI bytes
+    /// when the protection plan puts PI on the wire). Malformed CDBs report
+    /// [`Transfer::None`]; [`ScsiService::execute`] then answers with the sense.
+    fn transfer(&self, lun: u64, cdb: &[u8]) -> Transfer;
+
+    /// Runs one command to completion. `data_out` holds the Data-Out bytes received
+    /// (at most what [`ScsiService::transfer`] asked for; fewer if the initiator's
+    /// Expected Data Transfer Length was shorter).
+    fn execute(&self, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: &[u8]) -> Completion;
+
+    /// Tells the device server about a reset or task-set abort (unit attentions).
+    fn reset(&self, nexus: &Nexus, scope: ResetScope);
+
+    /// The I_T nexus ended (logout or connection loss): forget its unit attentions
+    /// and SPC-2 reservation.
+    fn nexus_lost(&self, nexus: &Nexus) {
+        let _ = nexus;
+    }
+
+    /// Flushes every LUN's backing store to stable storage.
+    fn sync_all(&self) -> std::io::Result<()>;
+
+    /// The LUNs for the admin view, in LUN order.
+    fn luns(&self) -> Vec<LunSummary>;
+}
