@@ -293,6 +293,9 @@ const R16_REDUCE: [(u64, u64); 16] = {
     a
 };
 
+/// Distance of the 512-bit kernel's software prefetch.
+const L1_PREFETCH_AHEAD: usize = 2048;
+
 /// GF2P8AFFINEQB matrix that mirrors the bits of every byte.
 const BIT_REVERSE_MATRIX: i64 = 0x8040_2010_0804_0201_u64 as i64;
 
@@ -320,8 +323,15 @@ unsafe fn body512<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len
         _mm512_gf2p8affine_epi64_epi8::<0>(v, mirror)
     };
     let pair = |k: (u64, u64)| _mm_set_epi64x(k.1 as i64, k.0 as i64);
+    // Software prefetch into L1 a fixed distance ahead: from L2 the hardware
+    // prefetchers alone leave the loop waiting on loads (pibench: 1 MiB CRC
+    // from about 85 to about 100 GB/s). A prefetch never faults, so the
+    // address may lie past the buffer (wrapping_add: no pointer arithmetic UB).
+    let prefetch =
+        |off: usize| _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(off + L1_PREFETCH_AHEAD).cast());
     let mut z = [_mm512_setzero_si512(); 4];
     for (i, zi) in z.iter_mut().enumerate() {
+        prefetch(64 * i);
         *zi = take(64 * i);
     }
     // The seed goes into the first 16 message bits: the low bits once mirrored.
@@ -333,6 +343,7 @@ unsafe fn body512<const COPY: bool>(seed: u16, src: *const u8, dst: *mut u8, len
     let mut off = 256;
     while off + 256 <= len {
         for (i, zi) in z.iter_mut().enumerate() {
+            prefetch(off + 64 * i);
             let a = _mm512_clmulepi64_epi128::<0x00>(*zi, k);
             let b = _mm512_clmulepi64_epi128::<0x11>(*zi, k);
             *zi = _mm512_ternarylogic_epi64::<0x96>(a, b, take(off + 64 * i));
