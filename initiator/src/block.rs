@@ -300,3 +300,120 @@ impl BlockDevice {
         last.ok_or_else(|| Error::Invalid("write of 0 bytes".into()))
     }
 }
+
+/// A LUN shared by exports across reconnects: the daemon publishes the current
+/// [`BlockDevice`] (or `None` while reconnecting) and each request waits for one.
+#[derive(Debug)]
+pub struct SharedLun {
+    info: LunInfo,
+    current: tokio::sync::watch::Receiver<Option<BlockDevice>>,
+    wait: std::time::Duration,
+    rmw: tokio::sync::Mutex<()>,
+}
+
+fn outcome_ok(what: &str, lba: u64, out: &IoOutcome) -> Result<(), Error> {
+    if out.is_good() {
+        return Ok(());
+    }
+    let sense = out.sense.as_ref().map(|s| format!(": {s}")).unwrap_or_default();
+    Err(Error::Status(format!("{what} at LBA {lba}: {}{sense}", status_name(out.status))))
+}
+
+impl SharedLun {
+    /// A shared LUN fed by `current`; requests wait up to `wait` for a device.
+    pub fn new(info: LunInfo, current: tokio::sync::watch::Receiver<Option<BlockDevice>>, wait: std::time::Duration) -> Self {
+        SharedLun { info, current, wait, rmw: tokio::sync::Mutex::new(()) }
+    }
+
+    /// A shared LUN over one device that never changes.
+    pub fn fixed(dev: BlockDevice) -> Self {
+        let info = dev.info().clone();
+        let (tx, rx) = tokio::sync::watch::channel(Some(dev));
+        // The receiver keeps the value after the sender is gone.
+        drop(tx);
+        SharedLun::new(info, rx, std::time::Duration::from_secs(1))
+    }
+
+    /// The LUN's geometry.
+    pub fn info(&self) -> &LunInfo {
+        &self.info
+    }
+
+    async fn device(&self) -> Result<BlockDevice, Error> {
+        let mut rx = self.current.clone();
+        let wait = async {
+            // Bounded by the timeout around it.
+            loop {
+                if let Some(d) = rx.borrow_and_update().clone() {
+                    if d.session().closed_reason().is_none() {
+                        return Ok(d);
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    let d = rx.borrow().clone();
+                    return d.ok_or_else(|| Error::ConnectionLost("the session is gone".into()));
+                }
+            }
+        };
+        tokio::time::timeout(self.wait, wait)
+            .await
+            .map_err(|_| Error::ConnectionLost(format!("no session for LUN {} within {:?}", self.info.lun, self.wait)))?
+    }
+
+    async fn with_retry<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(BlockDevice) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let r = f(self.device().await?).await;
+        match r {
+            Err(e) if e.is_connection_loss() => f(self.device().await?).await,
+            other => other,
+        }
+    }
+
+    fn span(&self, offset: u64, len: u64) -> (u64, u64, usize) {
+        let bs = u64::from(self.info.block_size);
+        let first = offset / bs;
+        let end = (offset + len).div_ceil(bs);
+        (first, end - first, (offset - first * bs) as usize)
+    }
+
+    /// Read `len` bytes at byte `offset`.
+    pub async fn read_bytes(&self, offset: u64, len: u32) -> Result<Vec<u8>, Error> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (lba, blocks, skip) = self.span(offset, u64::from(len));
+        let out = self.with_retry(|d| async move { d.read_range(lba, blocks).await }).await?;
+        outcome_ok("READ", lba, &out)?;
+        out.data.get(skip..skip + len as usize).map(<[u8]>::to_vec).ok_or_else(|| Error::Protocol("short read".into()))
+    }
+
+    /// Write `data` at byte `offset` (partial blocks are read, patched and written).
+    pub async fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let bs = u64::from(self.info.block_size);
+        let (lba, blocks, skip) = self.span(offset, data.len() as u64);
+        if offset % bs == 0 && data.len() as u64 % bs == 0 {
+            let out = self.with_retry(|d| async move { d.write_range(lba, data, None).await }).await?;
+            return outcome_ok("WRITE", lba, &out);
+        }
+        let _guard = self.rmw.lock().await;
+        let old = self.with_retry(|d| async move { d.read_range(lba, blocks).await }).await?;
+        outcome_ok("READ (read-modify-write)", lba, &old)?;
+        let mut buf = old.data;
+        buf.get_mut(skip..skip + data.len()).ok_or_else(|| Error::Protocol("short read".into()))?.copy_from_slice(data);
+        let buf = &buf;
+        let out = self.with_retry(|d| async move { d.write_range(lba, buf, None).await }).await?;
+        outcome_ok("WRITE", lba, &out)
+    }
+
+    /// SYNCHRONIZE CACHE.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let out = self.with_retry(|d| async move { d.flush().await }).await?;
+        outcome_ok("SYNCHRONIZE CACHE", 0, &out)
+    }
+}

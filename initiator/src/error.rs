@@ -114,6 +114,10 @@ pub enum Error {
     /// A PI buffer layout error (lengths that do not fit the geometry).
     #[error("PI layout: {0}")]
     Layout(#[from] t10pi::LayoutError),
+    /// A block command ended with a status other than GOOD (for exports, which can only
+    /// report an errno).
+    #[error("{0}")]
+    Status(String),
     /// No target answered discovery, or the named target was not found.
     #[error("{0}")]
     NotFound(String),
