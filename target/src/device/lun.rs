@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use scsi::asc::{self, AscPair};
-use scsi::{opcode, Cdb, SenseFormat};
+use scsi::{opcode, Cdb, SenseFormat, Status};
 use t10pi::{DifType, PiErrorKind};
 use thiserror::Error;
 
@@ -82,6 +82,17 @@ pub enum DataOut<'a> {
         /// Tuples.
         pi: &'a [u8],
     },
+}
+
+/// What a SCSI Response carries for one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status byte.
+    pub status: Status,
+    /// Sense data in the LUN's format (CHECK CONDITION only).
+    pub sense: Option<Vec<u8>>,
+    /// Data-in in wire form (already cut to the allocation length).
+    pub data: Vec<u8>,
 }
 
 /// Mode parameters that can change.
@@ -330,8 +341,8 @@ impl Lun {
     /// oldest unit attention.
     fn ua_pop(&self, nexus: &Nexus, take: bool) -> Option<AscPair> {
         let mut ua = self.ua.lock();
-        if !ua.nexus.contains_key(&nexus.id) {
-            ua.nexus.insert(nexus.id, ItKey::of(nexus));
+        if let std::collections::hash_map::Entry::Vacant(e) = ua.nexus.entry(nexus.id) {
+            e.insert(ItKey::of(nexus));
             ua.push(nexus.id, asc::POWER_ON_RESET);
         }
         let q = ua.pending.get_mut(&nexus.id)?;
@@ -562,6 +573,71 @@ impl Lun {
             wire::to_wire(&plan.prot, &din.data, din.pi.as_deref()).map_err(|e| self.wire_err(e))
         } else {
             Ok(din.data)
+        }
+    }
+
+    /// Makes every completed write durable (the daemon's flush at shutdown).
+    pub fn flush(&self) -> Result<(), BackendError> {
+        self.backend.sync()
+    }
+
+    /// The data phase `cdb` implies, without side effects (no unit attention is
+    /// consumed, reservations are not consulted): for transports that size buffers
+    /// before running the command. Errors are reported again by [`Lun::prepare`].
+    pub fn transfer(
+        &self,
+        cdb: &[u8],
+        fabric_pi_capable: bool,
+    ) -> Result<(Direction, usize), SenseReason> {
+        let cdb = Cdb::parse(cdb)?;
+        Ok(match cdb {
+            Cdb::ReadWrite(_)
+            | Cdb::WriteSame(_)
+            | Cdb::CompareAndWrite(_)
+            | Cdb::SynchronizeCache(_)
+            | Cdb::PreFetch(_)
+            | Cdb::Unmap { .. }
+            | Cdb::GetLbaStatus { .. }
+            | Cdb::ReadCapacity10 { .. }
+            | Cdb::ReadCapacity16 { .. }
+            | Cdb::StartStopUnit(_)
+            | Cdb::PreventAllowMediumRemoval { .. } => {
+                let p = self.sbc_prepare(&cdb, fabric_pi_capable)?;
+                (p.direction, p.transfer_len)
+            }
+            Cdb::PersistentReserveOut(p) => (Direction::DataOut, p.param_len as usize),
+            Cdb::PersistentReserveIn { alloc_len, .. } => (Direction::DataIn, alloc_len as usize),
+            Cdb::RequestSense { alloc_len, .. } => (Direction::DataIn, alloc_len as usize),
+            other => self.spc_prepare(&other)?,
+        })
+    }
+
+    /// Prepares and executes one command with wire-form data (see
+    /// [`Lun::execute_wire`]) and returns what the SCSI Response carries.
+    pub fn run_wire(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        fabric_pi_capable: bool,
+        wire_out: &[u8],
+    ) -> Response {
+        let result = self
+            .prepare(nexus, cdb, fabric_pi_capable)
+            .and_then(|plan| self.execute_wire(nexus, &plan, wire_out));
+        match result {
+            Ok(data) => Response {
+                status: Status::GOOD,
+                sense: None,
+                data,
+            },
+            Err(reason) => {
+                tracing::debug!(lun = self.desc.id, cdb = ?cdb.get(..cdb.len().min(16)), %reason, "command failed");
+                Response {
+                    status: reason.status(),
+                    sense: self.sense_bytes(&reason),
+                    data: Vec::new(),
+                }
+            }
         }
     }
 

@@ -40,7 +40,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use lun::{CommandPlan, CounterSnapshot, DataOut, Direction, Lun, LunError};
+pub use lun::{CommandPlan, CounterSnapshot, DataOut, Direction, Lun, LunError, Response};
 pub use prot::{check_prot, ProtDecision, ProtDir, ProtOp, ProtPlan};
 pub use reason::{pi_sense, SenseReason};
 pub use spc::{decode_lun, encode_lun, inquiry_no_lun, report_luns_payload};

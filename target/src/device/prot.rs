@@ -255,7 +255,8 @@ mod tests {
         let bad1 = Err(SenseReason::cdb(1, Some(7)));
         let bad10 = Err(SenseReason::cdb(10, Some(7)));
         #[rustfmt::skip]
-        let table: &[(u8, ProtDir, Option<DifType>, bool, usize, Result<ProtDecision, SenseReason>)] = &[
+        type Row = (u8, ProtDir, Option<DifType>, bool, usize, Result<ProtDecision, SenseReason>);
+        let table: &[Row] = &[
             // LUN without PI
             (0, Write, None, true, 10, ok(Op::None, 0)),
             (0, Read, None, true, 16, ok(Op::None, 0)),
@@ -289,7 +290,14 @@ mod tests {
             (2, Read, Some(Type3), true, 16, ok(Op::Pass, 0)),
             (3, Read, Some(Type3), true, 16, ok(Op::Pass, 0)),
             (5, Read, Some(Type3), true, 16, ok(Op::Pass, G)),
-            (1, Read, Some(Type3), true, 32, Err(SenseReason::InvalidOpcode)),
+            (
+                1,
+                Read,
+                Some(Type3),
+                true,
+                32,
+                Err(SenseReason::InvalidOpcode),
+            ),
             // Type 2: PROTECT only on 32-byte CDBs
             (1, Write, Some(Type2), true, 10, bad1),
             (1, Read, Some(Type2), true, 16, bad1),

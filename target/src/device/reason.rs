@@ -63,6 +63,10 @@ pub enum SenseReason {
         /// Offset of the first differing byte from the start of the compared data.
         offset: u64,
     },
+    /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h): for a LUN the target
+    /// does not have (INQUIRY answers with [`super::inquiry_no_lun`] instead).
+    #[error("logical unit not supported")]
+    LunNotSupported,
     /// ILLEGAL REQUEST, INVALID RELEASE OF PERSISTENT RESERVATION (26h/04h).
     #[error("invalid release of persistent reservation")]
     InvalidRelease,
@@ -129,6 +133,9 @@ impl SenseReason {
             SenseReason::Miscompare { offset } => {
                 Sense::new(K::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(offset)
             }
+            SenseReason::LunNotSupported => {
+                Sense::new(K::ILLEGAL_REQUEST, asc::LOGICAL_UNIT_NOT_SUPPORTED)
+            }
             SenseReason::InvalidRelease => Sense::new(
                 K::ILLEGAL_REQUEST,
                 asc::INVALID_RELEASE_OF_PERSISTENT_RESERVATION,
@@ -194,6 +201,8 @@ mod tests {
             (SenseReason::PiCheck { kind: PiErrorKind::RefTag, lba: 9 }, "ABORTED COMMAND, LOGICAL BLOCK REFERENCE TAG CHECK FAILED (10h/03h), INFORMATION=0x9"),
             (SenseReason::Miscompare { offset: 3 }, "MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION (1Dh/00h), INFORMATION=0x3"),
             (SenseReason::UnitAttention(asc::POWER_ON_RESET), "UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h)"),
+            (SenseReason::LunNotSupported, "ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h)"),
+            (SenseReason::LunNotSupported, "ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h)"),
             (SenseReason::InvalidRelease, "ILLEGAL REQUEST, INVALID RELEASE OF PERSISTENT RESERVATION (26h/04h)"),
         ];
         for (r, text) in cases {

@@ -17,6 +17,9 @@ use super::spc::{
 };
 use super::wire::{self, Dix};
 
+/// Data-out blocks in DIX form: data, and PI on a PI LUN.
+type BlockData<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
+
 /// Byte of the TRANSFER LENGTH / NUMBER OF LOGICAL BLOCKS field per CDB form.
 fn len_byte(form: Form) -> u16 {
     match form {
@@ -229,7 +232,7 @@ impl Lun {
         &self,
         plan: &ProtPlan,
         out: DataOut<'a>,
-    ) -> Result<(Cow<'a, [u8]>, Option<Cow<'a, [u8]>>), SenseReason> {
+    ) -> Result<BlockData<'a>, SenseReason> {
         let want = plan.data_len();
         match out {
             DataOut::Dix { data, pi } if data.len() == want => {
@@ -411,7 +414,7 @@ impl Lun {
         out: DataOut<'_>,
     ) -> Result<Dix, SenseReason> {
         let bs = self.desc.block_size as usize;
-        let (block, pi): (Cow<'_, [u8]>, Option<Cow<'_, [u8]>>) = if ndob {
+        let (block, pi): BlockData<'_> = if ndob {
             (Cow::Owned(vec![0u8; bs]), None)
         } else {
             self.block_data(&plan.prot, out)?
