@@ -442,9 +442,9 @@ impl LocalParams {
                 v.extend_from_slice(ISER_KEYS);
             }
         }
-        if !self.rdma_extensions {
-            v.push("MaxRecvDataSegmentLength");
-        }
+        // Declared even when iSER is wanted: should RDMAExtensions end up No, both
+        // sides still need it.
+        v.push("MaxRecvDataSegmentLength");
         v
     }
 }
@@ -611,12 +611,21 @@ impl Negotiation {
         parse_bool(&self.current(key)).unwrap_or(false)
     }
 
+    /// The value a key will have if our outstanding offer is accepted: the result if
+    /// negotiated, else our offer, else the default.
+    fn prospective_bool(&self, key: &str) -> bool {
+        match (self.results.get(key), self.offered.get(key)) {
+            (Some(v), _) | (None, Some(v)) => parse_bool(v).unwrap_or(false),
+            (None, None) => self.current_bool(key),
+        }
+    }
+
     fn irrelevant(&self, key: &str) -> bool {
         if ISER_KEYS.contains(&key) {
-            return !self.current_bool("RDMAExtensions");
+            return !self.prospective_bool("RDMAExtensions");
         }
         if key == "FirstBurstLength" {
-            return self.current_bool("InitialR2T") && !self.current_bool("ImmediateData");
+            return self.prospective_bool("InitialR2T") && !self.prospective_bool("ImmediateData");
         }
         false
     }
@@ -835,9 +844,15 @@ impl Negotiation {
             .and_then(parse_number)
             .map(|n| n as u32)
             .unwrap_or(8192);
+        // Our own value counts only once declared; undeclared means the default.
+        let own_mrdsl = self
+            .result("MaxRecvDataSegmentLength")
+            .and_then(parse_number)
+            .map(|n| n as u32)
+            .unwrap_or(8192);
         let (initiator_mrdsl, target_mrdsl) = match self.role {
-            Role::Initiator => (self.local.max_recv_data_segment_length, peer_mrdsl),
-            Role::Target => (peer_mrdsl, self.local.max_recv_data_segment_length),
+            Role::Initiator => (own_mrdsl, peer_mrdsl),
+            Role::Target => (peer_mrdsl, own_mrdsl),
         };
         let declared = |k: &str| {
             self.peer_declared(k)
