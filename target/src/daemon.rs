@@ -212,19 +212,29 @@ impl Daemon {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn termination() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM watchers, installed before the portals open so that a signal
+/// arriving at any later moment starts an orderly shutdown.
+#[derive(Debug)]
+pub struct Termination {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    /// Install the handlers (inside a tokio runtime).
+    pub fn install() -> std::io::Result<Termination> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Termination {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }

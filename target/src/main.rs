@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use target::control;
-use target::daemon::{termination, Daemon};
+use target::daemon::{Daemon, Termination};
 
 /// iSCSI target with end-to-end T10 protection information.
 #[derive(Debug, Parser)]
@@ -107,11 +107,12 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the I/O runtime")?;
     runtime.block_on(async {
+        let stop = Termination::install().context("cannot install the SIGINT/SIGTERM handlers")?;
         let daemon = Daemon::bind(&cfg, Some(cli.control_socket.clone())).await?;
         // Tests and scripts read this line to learn the bound portals.
         for p in &daemon.portals {
             println!("listening {p}");
         }
-        daemon.run(termination()).await
+        daemon.run(stop.wait()).await
     })
 }
