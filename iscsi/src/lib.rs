@@ -20,6 +20,7 @@ pub mod negotiate;
 pub mod pdu;
 pub mod seq;
 pub mod text;
+pub mod transfer;
 
 pub use codec::{Action, Codec, DecodeError, Reader};
 pub use digest::Digests;
