@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::command::Completion;
 use crate::error::Error;
-use crate::lun::{encode_lun, parse_capacity10, parse_capacity16, parse_inquiry, parse_report_luns, LunInfo};
+use crate::lun::{
+    encode_lun, parse_capacity10, parse_capacity16, parse_inquiry, parse_report_luns, LunInfo,
+};
 use crate::protection::{CommandProtection, Direction};
 use crate::session::{DataDir, Session};
 
@@ -51,7 +53,9 @@ impl IoOutcome {
     }
 
     fn from_target(c: Completion) -> Self {
-        let sense = (!c.sense.is_empty()).then(|| Sense::parse(&c.sense).ok()).flatten();
+        let sense = (!c.sense.is_empty())
+            .then(|| Sense::parse(&c.sense).ok())
+            .flatten();
         IoOutcome {
             status: Status(c.status),
             origin: (!c.sense.is_empty()).then_some(SenseOrigin::Target),
@@ -77,13 +81,26 @@ impl IoOutcome {
 }
 
 /// Run a command, retrying (at most 3 times) while the target reports UNIT ATTENTION.
-pub async fn command(session: &Session, lun: u16, cdb: &Cdb, dir: DataDir) -> Result<IoOutcome, Error> {
-    let bytes = cdb.to_bytes().map_err(|e| Error::Invalid(format!("CDB: {e}")))?;
+pub async fn command(
+    session: &Session,
+    lun: u16,
+    cdb: &Cdb,
+    dir: DataDir,
+) -> Result<IoOutcome, Error> {
+    let bytes = cdb
+        .to_bytes()
+        .map_err(|e| Error::Invalid(format!("CDB: {e}")))?;
     let mut last = None;
     for _ in 0..4 {
-        let c = session.execute(encode_lun(lun), &bytes, dir.clone()).await?;
+        let c = session
+            .execute(encode_lun(lun), &bytes, dir.clone())
+            .await?;
         let out = IoOutcome::from_target(c);
-        let ua = out.status == Status::CHECK_CONDITION && out.sense.as_ref().is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION);
+        let ua = out.status == Status::CHECK_CONDITION
+            && out
+                .sense
+                .as_ref()
+                .is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION);
         if !ua {
             return Ok(out);
         }
@@ -96,8 +113,15 @@ fn need_good(what: &str, lun: u16, out: &IoOutcome) -> Result<(), Error> {
     if out.is_good() {
         return Ok(());
     }
-    let sense = out.sense.as_ref().map(|s| format!(": {s}")).unwrap_or_default();
-    Err(Error::Invalid(format!("{what} on LUN {lun} failed with status {}{sense}", status_name(out.status))))
+    let sense = out
+        .sense
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    Err(Error::Invalid(format!(
+        "{what} on LUN {lun} failed with status {}{sense}",
+        status_name(out.status)
+    )))
 }
 
 /// The name of a SCSI status.
@@ -111,7 +135,16 @@ pub fn status_name(s: Status) -> String {
 /// LUN numbers the target reports.
 pub async fn report_luns(session: &Session) -> Result<Vec<u16>, Error> {
     let alloc = 8 + 8 * 256;
-    let out = command(session, 0, &Cdb::ReportLuns { select_report: 0, alloc_len: alloc }, DataDir::Read(alloc)).await?;
+    let out = command(
+        session,
+        0,
+        &Cdb::ReportLuns {
+            select_report: 0,
+            alloc_len: alloc,
+        },
+        DataDir::Read(alloc),
+    )
+    .await?;
     need_good("REPORT LUNS", 0, &out)?;
     Ok(parse_report_luns(&out.data))
 }
@@ -120,29 +153,68 @@ pub async fn report_luns(session: &Session) -> Result<Vec<u16>, Error> {
 pub async fn probe(session: &Session, lun: u16) -> Result<LunInfo, Error> {
     let tur = command(session, lun, &Cdb::TestUnitReady, DataDir::None).await?;
     need_good("TEST UNIT READY", lun, &tur)?;
-    let inq = command(session, lun, &Cdb::Inquiry { evpd: false, page: 0, alloc_len: 96 }, DataDir::Read(96)).await?;
+    let inq = command(
+        session,
+        lun,
+        &Cdb::Inquiry {
+            evpd: false,
+            page: 0,
+            alloc_len: 96,
+        },
+        DataDir::Read(96),
+    )
+    .await?;
     need_good("INQUIRY", lun, &inq)?;
-    let inquiry = parse_inquiry(&inq.data).ok_or_else(|| Error::Protocol(format!("LUN {lun}: short INQUIRY data")))?;
+    let inquiry = parse_inquiry(&inq.data)
+        .ok_or_else(|| Error::Protocol(format!("LUN {lun}: short INQUIRY data")))?;
     if inquiry.qualifier != 0 || inquiry.device_type != 0 {
         return Err(Error::Invalid(format!(
             "LUN {lun} is not a connected block device (peripheral qualifier {}, device type {:#x})",
             inquiry.qualifier, inquiry.device_type
         )));
     }
-    let rc16 = command(session, lun, &Cdb::ReadCapacity16 { lba: 0, alloc_len: 32, pmi: false }, DataDir::Read(32)).await?;
-    let (blocks, block_size, pi_type) = match parse_capacity16(&rc16.data).filter(|_| rc16.is_good()) {
-        Some(c) => (c.blocks, c.block_size, c.pi_type),
-        None => {
-            let rc10 = command(session, lun, &Cdb::ReadCapacity10 { lba: 0, pmi: false }, DataDir::Read(8)).await?;
-            need_good("READ CAPACITY(10)", lun, &rc10)?;
-            let (b, s) = parse_capacity10(&rc10.data).ok_or_else(|| Error::Protocol("short READ CAPACITY(10) data".into()))?;
-            (b, s, None)
-        }
-    };
+    let rc16 = command(
+        session,
+        lun,
+        &Cdb::ReadCapacity16 {
+            lba: 0,
+            alloc_len: 32,
+            pmi: false,
+        },
+        DataDir::Read(32),
+    )
+    .await?;
+    let (blocks, block_size, pi_type) =
+        match parse_capacity16(&rc16.data).filter(|_| rc16.is_good()) {
+            Some(c) => (c.blocks, c.block_size, c.pi_type),
+            None => {
+                let rc10 = command(
+                    session,
+                    lun,
+                    &Cdb::ReadCapacity10 { lba: 0, pmi: false },
+                    DataDir::Read(8),
+                )
+                .await?;
+                need_good("READ CAPACITY(10)", lun, &rc10)?;
+                let (b, s) = parse_capacity10(&rc10.data)
+                    .ok_or_else(|| Error::Protocol("short READ CAPACITY(10) data".into()))?;
+                (b, s, None)
+            }
+        };
     if !(512..=4096).contains(&block_size) || !block_size.is_power_of_two() {
-        return Err(Error::Invalid(format!("LUN {lun} has an unsupported block size of {block_size} bytes")));
+        return Err(Error::Invalid(format!(
+            "LUN {lun} has an unsupported block size of {block_size} bytes"
+        )));
     }
-    Ok(LunInfo { lun, block_size, blocks, pi_type, protect: inquiry.protect, vendor: inquiry.vendor, product: inquiry.product })
+    Ok(LunInfo {
+        lun,
+        block_size,
+        blocks,
+        pi_type,
+        protect: inquiry.protect,
+        vendor: inquiry.vendor,
+        product: inquiry.product,
+    })
 }
 
 /// One LUN of a session under a protection policy.
@@ -162,8 +234,18 @@ impl BlockDevice {
     /// supports).
     pub async fn open(session: Session, lun: u16, policy: ProtectionPolicy) -> Result<Self, Error> {
         let info = probe(&session, lun).await?;
-        policy.check_against(info.caps()).map_err(|source| Error::Policy { lun, source, caps: info.to_string() })?;
-        Ok(BlockDevice { session, info, policy })
+        policy
+            .check_against(info.caps())
+            .map_err(|source| Error::Policy {
+                lun,
+                source,
+                caps: info.to_string(),
+            })?;
+        Ok(BlockDevice {
+            session,
+            info,
+            policy,
+        })
     }
 
     /// What the LUN reported.
@@ -188,7 +270,9 @@ impl BlockDevice {
             return Err(Error::Invalid("transfer of 0 blocks".into()));
         }
         if lba.checked_add(u64::from(blocks)).is_none() {
-            return Err(Error::Invalid(format!("LBA {lba} + {blocks} blocks overflows")));
+            return Err(Error::Invalid(format!(
+                "LBA {lba} + {blocks} blocks overflows"
+            )));
         }
         Ok(())
     }
@@ -197,7 +281,11 @@ impl BlockDevice {
         let mut rw = ReadWrite::new(kind, p.form, lba, blocks).with_protect(p.protect);
         if p.form == Form::ThirtyTwo {
             let app = p.check_mask & t10pi::check_mask::APPTAG != 0;
-            rw.tags = Some(ExpectedTags { ref_tag: lba as u32, app_tag: p.app_tag, app_tag_mask: if app { 0xFFFF } else { 0 } });
+            rw.tags = Some(ExpectedTags {
+                ref_tag: lba as u32,
+                app_tag: p.app_tag,
+                app_tag_mask: if app { 0xFFFF } else { 0 },
+            });
         }
         Cdb::ReadWrite(rw)
     }
@@ -208,13 +296,23 @@ impl BlockDevice {
         self.check_range(lba, blocks)?;
         let p = CommandProtection::select(&self.policy, &self.info, Direction::Read, lba, blocks);
         let edtl = u64::from(blocks) * u64::from(p.wire_block());
-        let edtl = u32::try_from(edtl).map_err(|_| Error::Invalid("read larger than 4 GiB".into()))?;
-        let mut out = command(&self.session, self.info.lun, &self.cdb(&p, RwKind::Read, lba, blocks), DataDir::Read(edtl)).await?;
+        let edtl =
+            u32::try_from(edtl).map_err(|_| Error::Invalid("read larger than 4 GiB".into()))?;
+        let mut out = command(
+            &self.session,
+            self.info.lun,
+            &self.cdb(&p, RwKind::Read, lba, blocks),
+            DataDir::Read(edtl),
+        )
+        .await?;
         if !out.is_good() {
             return Ok(out);
         }
         if out.data.len() != edtl as usize {
-            return Err(Error::Protocol(format!("READ returned {} of {edtl} bytes with GOOD status", out.data.len())));
+            return Err(Error::Protocol(format!(
+                "READ returned {} of {edtl} bytes with GOOD status",
+                out.data.len()
+            )));
         }
         match p.finish_read(lba, &out.data)? {
             Ok(host) => {
@@ -231,12 +329,21 @@ impl BlockDevice {
 
     /// WRITE `data` at `lba`; `pi` is the host's DIX PI (pass and strip modes; when
     /// absent in those modes the initiator generates it, as for an export without PI).
-    pub async fn write(&self, lba: u64, data: &[u8], pi: Option<&[u8]>) -> Result<IoOutcome, Error> {
+    pub async fn write(
+        &self,
+        lba: u64,
+        data: &[u8],
+        pi: Option<&[u8]>,
+    ) -> Result<IoOutcome, Error> {
         let bs = self.info.block_size as usize;
         if data.is_empty() || data.len() % bs != 0 {
-            return Err(Error::Invalid(format!("write of {} bytes is not a whole number of {bs}-byte blocks", data.len())));
+            return Err(Error::Invalid(format!(
+                "write of {} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
         }
-        let blocks = u32::try_from(data.len() / bs).map_err(|_| Error::Invalid("write too large".into()))?;
+        let blocks =
+            u32::try_from(data.len() / bs).map_err(|_| Error::Invalid("write too large".into()))?;
         self.check_range(lba, blocks)?;
         let p = CommandProtection::select(&self.policy, &self.info, Direction::Write, lba, blocks);
         let generated;
@@ -252,13 +359,29 @@ impl BlockDevice {
             Ok(w) => w,
             Err(sense) => return Ok(IoOutcome::local_check_condition(sense)),
         };
-        command(&self.session, self.info.lun, &self.cdb(&p, RwKind::Write, lba, blocks), DataDir::Write(wire)).await
+        command(
+            &self.session,
+            self.info.lun,
+            &self.cdb(&p, RwKind::Write, lba, blocks),
+            DataDir::Write(wire),
+        )
+        .await
     }
 
     /// SYNCHRONIZE CACHE over the whole LUN.
     pub async fn flush(&self) -> Result<IoOutcome, Error> {
-        let form = if self.info.blocks > u64::from(u32::MAX) { Form::Sixteen } else { Form::Ten };
-        let cdb = Cdb::SynchronizeCache(scsi::CacheRange { form, immed: false, lba: 0, blocks: 0, group: 0 });
+        let form = if self.info.blocks > u64::from(u32::MAX) {
+            Form::Sixteen
+        } else {
+            Form::Ten
+        };
+        let cdb = Cdb::SynchronizeCache(scsi::CacheRange {
+            form,
+            immed: false,
+            lba: 0,
+            blocks: 0,
+            group: 0,
+        });
         command(&self.session, self.info.lun, &cdb, DataDir::None).await
     }
 
@@ -280,17 +403,33 @@ impl BlockDevice {
             }
             done += u64::from(n);
         }
-        Ok(IoOutcome { status: Status::GOOD, sense: None, sense_bytes: Vec::new(), origin: None, data, pi, residual: Residual::None })
+        Ok(IoOutcome {
+            status: Status::GOOD,
+            sense: None,
+            sense_bytes: Vec::new(),
+            origin: None,
+            data,
+            pi,
+            residual: Residual::None,
+        })
     }
 
     /// Write whole blocks in commands of at most [`MAX_BLOCKS_PER_COMMAND`].
-    pub async fn write_range(&self, lba: u64, data: &[u8], pi: Option<&[u8]>) -> Result<IoOutcome, Error> {
+    pub async fn write_range(
+        &self,
+        lba: u64,
+        data: &[u8],
+        pi: Option<&[u8]>,
+    ) -> Result<IoOutcome, Error> {
         let bs = self.info.block_size as usize;
         let chunk = MAX_BLOCKS_PER_COMMAND as usize * bs;
         let mut last = None;
         for (i, part) in data.chunks(chunk).enumerate() {
             let first = i * MAX_BLOCKS_PER_COMMAND as usize;
-            let part_pi = pi.map(|p| p.get(first * 8..(first + part.len() / bs) * 8).unwrap_or_default());
+            let part_pi = pi.map(|p| {
+                p.get(first * 8..(first + part.len() / bs) * 8)
+                    .unwrap_or_default()
+            });
             let out = self.write(lba + first as u64, part, part_pi).await?;
             if !out.is_good() {
                 return Ok(out);
@@ -315,14 +454,30 @@ fn outcome_ok(what: &str, lba: u64, out: &IoOutcome) -> Result<(), Error> {
     if out.is_good() {
         return Ok(());
     }
-    let sense = out.sense.as_ref().map(|s| format!(": {s}")).unwrap_or_default();
-    Err(Error::Status(format!("{what} at LBA {lba}: {}{sense}", status_name(out.status))))
+    let sense = out
+        .sense
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    Err(Error::Status(format!(
+        "{what} at LBA {lba}: {}{sense}",
+        status_name(out.status)
+    )))
 }
 
 impl SharedLun {
     /// A shared LUN fed by `current`; requests wait up to `wait` for a device.
-    pub fn new(info: LunInfo, current: tokio::sync::watch::Receiver<Option<BlockDevice>>, wait: std::time::Duration) -> Self {
-        SharedLun { info, current, wait, rmw: tokio::sync::Mutex::new(()) }
+    pub fn new(
+        info: LunInfo,
+        current: tokio::sync::watch::Receiver<Option<BlockDevice>>,
+        wait: std::time::Duration,
+    ) -> Self {
+        SharedLun {
+            info,
+            current,
+            wait,
+            rmw: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// A shared LUN over one device that never changes.
@@ -355,9 +510,12 @@ impl SharedLun {
                 }
             }
         };
-        tokio::time::timeout(self.wait, wait)
-            .await
-            .map_err(|_| Error::ConnectionLost(format!("no session for LUN {} within {:?}", self.info.lun, self.wait)))?
+        tokio::time::timeout(self.wait, wait).await.map_err(|_| {
+            Error::ConnectionLost(format!(
+                "no session for LUN {} within {:?}",
+                self.info.lun, self.wait
+            ))
+        })?
     }
 
     async fn with_retry<T, F, Fut>(&self, f: F) -> Result<T, Error>
@@ -385,9 +543,14 @@ impl SharedLun {
             return Ok(Vec::new());
         }
         let (lba, blocks, skip) = self.span(offset, u64::from(len));
-        let out = self.with_retry(|d| async move { d.read_range(lba, blocks).await }).await?;
+        let out = self
+            .with_retry(|d| async move { d.read_range(lba, blocks).await })
+            .await?;
         outcome_ok("READ", lba, &out)?;
-        out.data.get(skip..skip + len as usize).map(<[u8]>::to_vec).ok_or_else(|| Error::Protocol("short read".into()))
+        out.data
+            .get(skip..skip + len as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::Protocol("short read".into()))
     }
 
     /// Write `data` at byte `offset` (partial blocks are read, patched and written).
@@ -398,16 +561,24 @@ impl SharedLun {
         let bs = u64::from(self.info.block_size);
         let (lba, blocks, skip) = self.span(offset, data.len() as u64);
         if offset % bs == 0 && data.len() as u64 % bs == 0 {
-            let out = self.with_retry(|d| async move { d.write_range(lba, data, None).await }).await?;
+            let out = self
+                .with_retry(|d| async move { d.write_range(lba, data, None).await })
+                .await?;
             return outcome_ok("WRITE", lba, &out);
         }
         let _guard = self.rmw.lock().await;
-        let old = self.with_retry(|d| async move { d.read_range(lba, blocks).await }).await?;
+        let old = self
+            .with_retry(|d| async move { d.read_range(lba, blocks).await })
+            .await?;
         outcome_ok("READ (read-modify-write)", lba, &old)?;
         let mut buf = old.data;
-        buf.get_mut(skip..skip + data.len()).ok_or_else(|| Error::Protocol("short read".into()))?.copy_from_slice(data);
+        buf.get_mut(skip..skip + data.len())
+            .ok_or_else(|| Error::Protocol("short read".into()))?
+            .copy_from_slice(data);
         let buf = &buf;
-        let out = self.with_retry(|d| async move { d.write_range(lba, buf, None).await }).await?;
+        let out = self
+            .with_retry(|d| async move { d.write_range(lba, buf, None).await })
+            .await?;
         outcome_ok("WRITE", lba, &out)
     }
 

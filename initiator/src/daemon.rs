@@ -38,7 +38,10 @@ pub async fn run(config: InitiatorConfig) -> Result<(), Error> {
     info!("shutting down: logging out");
     stop_tx.send_replace(true);
     let drain = async { while set.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .is_err()
+    {
         warn!("sessions did not log out within 15 s");
     }
     Ok(())
@@ -65,7 +68,11 @@ struct Export {
 }
 
 /// Keep one configured session logged in and its exports served.
-async fn supervise(iqn: conf::Iqn, sc: SessionConf, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+async fn supervise(
+    iqn: conf::Iqn,
+    sc: SessionConf,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
     let target = sc.target.as_str().to_owned();
     if sc.transport == SessionTransport::Iser {
         return Err(Error::Invalid(format!(
@@ -119,7 +126,12 @@ async fn supervise(iqn: conf::Iqn, sc: SessionConf, mut stop: watch::Receiver<bo
     }
 }
 
-async fn attach_luns(session: &Session, sc: &SessionConf, exports: &mut HashMap<u16, Export>, wait: Duration) {
+async fn attach_luns(
+    session: &Session,
+    sc: &SessionConf,
+    exports: &mut HashMap<u16, Export>,
+    wait: Duration,
+) {
     let target = sc.target.as_str();
     for l in &sc.luns {
         let policy = sc.policy_for_lun(l.id);
@@ -168,7 +180,13 @@ async fn attach_luns(session: &Session, sc: &SessionConf, exports: &mut HashMap<
         if l.fuse.is_some() {
             warn!(%target, lun = l.id, "FUSE export is not available in this build; only NBD is served");
         }
-        exports.insert(l.id, Export { tx, _server: server });
+        exports.insert(
+            l.id,
+            Export {
+                tx,
+                _server: server,
+            },
+        );
     }
 }
 

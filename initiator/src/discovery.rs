@@ -46,7 +46,11 @@ pub fn parse_target_address(v: &str) -> Option<Portal> {
     if host.is_empty() {
         return None;
     }
-    Some(Portal { address: host, port, tpgt })
+    Some(Portal {
+        address: host,
+        port,
+        tpgt,
+    })
 }
 
 /// Group SendTargets keys into targets. Addresses before any TargetName, and
@@ -55,7 +59,10 @@ pub fn parse_send_targets(keys: &iscsi::text::TextKeys) -> Vec<DiscoveredTarget>
     let mut out: Vec<DiscoveredTarget> = Vec::new();
     for (k, v) in keys.iter() {
         match k {
-            "TargetName" => out.push(DiscoveredTarget { name: v.to_owned(), portals: Vec::new() }),
+            "TargetName" => out.push(DiscoveredTarget {
+                name: v.to_owned(),
+                portals: Vec::new(),
+            }),
             "TargetAddress" => {
                 if let (Some(t), Some(p)) = (out.last_mut(), parse_target_address(v)) {
                     t.portals.push(p);
@@ -83,12 +90,30 @@ mod tests {
         k.push("TargetAddress", "example:bad,x");
         let t = parse_send_targets(&k);
         assert_eq!(t.len(), 2);
-        assert_eq!(t[0].portals, vec![
-            Portal { address: "127.0.0.1".into(), port: 3261, tpgt: Some(1) },
-            Portal { address: "::1".into(), port: 3262, tpgt: Some(2) },
-        ]);
+        assert_eq!(
+            t[0].portals,
+            vec![
+                Portal {
+                    address: "127.0.0.1".into(),
+                    port: 3261,
+                    tpgt: Some(1)
+                },
+                Portal {
+                    address: "::1".into(),
+                    port: 3262,
+                    tpgt: Some(2)
+                },
+            ]
+        );
         assert!(t[1].portals.is_empty());
-        assert_eq!(parse_target_address("host"), Some(Portal { address: "host".into(), port: 3260, tpgt: None }));
+        assert_eq!(
+            parse_target_address("host"),
+            Some(Portal {
+                address: "host".into(),
+                port: 3260,
+                tpgt: None
+            })
+        );
         assert_eq!(parse_target_address("[::1"), None);
     }
 }

@@ -126,11 +126,17 @@ pub enum Error {
 impl Error {
     /// An I/O error with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// True when the session is gone and a reconnect may help.
     pub fn is_connection_loss(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::ConnectionLost(_) | Error::Framing(_))
+        matches!(
+            self,
+            Error::Io { .. } | Error::ConnectionLost(_) | Error::Framing(_)
+        )
     }
 }

@@ -24,7 +24,6 @@ pub mod nbd;
 pub mod protection;
 pub mod session;
 
-
 pub use block::{BlockDevice, IoOutcome};
 pub use error::{Error, LoginError};
 pub use session::{Session, SessionConfig};

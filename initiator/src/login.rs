@@ -107,7 +107,8 @@ impl Login {
         let chap = match &cfg.chap {
             None => None,
             Some(c) => {
-                let init = ChapInitiator::new(&[ChapAlgorithm::Md5], c.username.clone(), c.secret.clone());
+                let init =
+                    ChapInitiator::new(&[ChapAlgorithm::Md5], c.username.clone(), c.secret.clone());
                 Some(match &c.target_secret {
                     None => init,
                     Some(ts) => {
@@ -140,7 +141,11 @@ impl Login {
             }
             None => keys.push("SessionType", "Discovery"),
         }
-        let methods: &[&str] = if login.chap.is_some() { &["CHAP", "None"] } else { &["None"] };
+        let methods: &[&str] = if login.chap.is_some() {
+            &["CHAP", "None"]
+        } else {
+            &["None"]
+        };
         keys.0.extend(login.neg.offer_auth_method(methods).0);
         let pdu = login.request(Stage::Security, false, Stage::Security, keys);
         Ok((login, pdu))
@@ -182,21 +187,37 @@ impl Login {
     /// Handle one Login Response.
     pub fn handle(&mut self, pdu: &Pdu) -> Result<LoginStep, LoginError> {
         let Header::LoginResponse(rsp) = &pdu.header else {
-            return Err(LoginError::Protocol(format!("expected a Login Response, got opcode {:#x}", pdu.header.opcode_byte())));
+            return Err(LoginError::Protocol(format!(
+                "expected a Login Response, got opcode {:#x}",
+                pdu.header.opcode_byte()
+            )));
         };
         self.rounds += 1;
         if self.rounds > MAX_ROUNDS {
-            return Err(LoginError::Protocol(format!("no full feature phase after {MAX_ROUNDS} exchanges")));
+            return Err(LoginError::Protocol(format!(
+                "no full feature phase after {MAX_ROUNDS} exchanges"
+            )));
         }
         if rsp.itt != self.itt {
-            return Err(LoginError::Protocol(format!("Login Response ITT {:#x}, ours is {:#x}", rsp.itt, self.itt)));
+            return Err(LoginError::Protocol(format!(
+                "Login Response ITT {:#x}, ours is {:#x}",
+                rsp.itt, self.itt
+            )));
         }
         if rsp.status != LoginStatus::SUCCESS {
-            let redirect = TextKeys::parse(&pdu.data).ok().and_then(|k| k.get("TargetAddress").map(str::to_owned));
-            return Err(LoginError::Status { status: rsp.status, redirect });
+            let redirect = TextKeys::parse(&pdu.data)
+                .ok()
+                .and_then(|k| k.get("TargetAddress").map(str::to_owned));
+            return Err(LoginError::Status {
+                status: rsp.status,
+                redirect,
+            });
         }
         if rsp.csg != self.stage {
-            return Err(LoginError::Protocol(format!("Login Response for stage {:?} while in {:?}", rsp.csg, self.stage)));
+            return Err(LoginError::Protocol(format!(
+                "Login Response for stage {:?} while in {:?}",
+                rsp.csg, self.stage
+            )));
         }
         self.exp_stat_sn = Some(rsp.stat_sn.wrapping_add(1));
         if rsp.tsih != 0 {
@@ -204,12 +225,19 @@ impl Login {
         }
         let Some(keys) = self.text.push_keys(&pdu.data, rsp.continue_)? else {
             // More text follows: an empty request with C=0, T=0 asks for it.
-            return Ok(LoginStep::Send(self.request(self.stage, false, self.stage, TextKeys::new())));
+            return Ok(LoginStep::Send(self.request(
+                self.stage,
+                false,
+                self.stage,
+                TextKeys::new(),
+            )));
         };
         match self.stage {
             Stage::Security => self.security(rsp, &keys),
             Stage::Operational => self.operational(rsp, &keys),
-            Stage::FullFeature => Err(LoginError::Protocol("Login Response after full feature phase".into())),
+            Stage::FullFeature => Err(LoginError::Protocol(
+                "Login Response after full feature phase".into(),
+            )),
         }
     }
 
@@ -231,16 +259,27 @@ impl Login {
                         self.auth = Auth::AlgorithmSent;
                         let mut out = answers;
                         out.0.extend(chap.offer().0);
-                        Ok(LoginStep::Send(self.request(Stage::Security, false, Stage::Security, out)))
+                        Ok(LoginStep::Send(self.request(
+                            Stage::Security,
+                            false,
+                            Stage::Security,
+                            out,
+                        )))
                     }
-                    "None" | "Reject" | "NotUnderstood" if self.chap.as_ref().is_some_and(|c| c.is_mutual()) => Err(
-                        LoginError::Protocol(format!("mutual CHAP is configured but the target chose AuthMethod={method}")),
-                    ),
+                    "None" | "Reject" | "NotUnderstood"
+                        if self.chap.as_ref().is_some_and(|c| c.is_mutual()) =>
+                    {
+                        Err(LoginError::Protocol(format!(
+                            "mutual CHAP is configured but the target chose AuthMethod={method}"
+                        )))
+                    }
                     "None" => {
                         self.auth = Auth::Done;
                         self.after_security(rsp, answers)
                     }
-                    other => Err(LoginError::Protocol(format!("target chose AuthMethod={other}"))),
+                    other => Err(LoginError::Protocol(format!(
+                        "target chose AuthMethod={other}"
+                    ))),
                 }
             }
             Auth::AlgorithmSent => {
@@ -248,7 +287,12 @@ impl Login {
                 let mut out = answers;
                 out.0.extend(chap.handle_challenge(keys)?.0);
                 self.auth = Auth::ResponseSent;
-                Ok(LoginStep::Send(self.request(Stage::Security, true, Stage::Operational, out)))
+                Ok(LoginStep::Send(self.request(
+                    Stage::Security,
+                    true,
+                    Stage::Operational,
+                    out,
+                )))
             }
             Auth::ResponseSent => {
                 if let Some(chap) = self.chap.as_mut() {
@@ -263,7 +307,11 @@ impl Login {
         }
     }
 
-    fn after_security(&mut self, rsp: &LoginResponse, answers: TextKeys) -> Result<LoginStep, LoginError> {
+    fn after_security(
+        &mut self,
+        rsp: &LoginResponse,
+        answers: TextKeys,
+    ) -> Result<LoginStep, LoginError> {
         if rsp.transit {
             match rsp.nsg {
                 Stage::Operational => {
@@ -271,28 +319,47 @@ impl Login {
                     Ok(LoginStep::Send(self.operational_request(answers)))
                 }
                 Stage::FullFeature => self.finish(rsp),
-                Stage::Security => Err(LoginError::Protocol("transit to the security stage".into())),
+                Stage::Security => {
+                    Err(LoginError::Protocol("transit to the security stage".into()))
+                }
             }
         } else {
             // Ask to move on; the target decides when.
-            Ok(LoginStep::Send(self.request(Stage::Security, true, Stage::Operational, answers)))
+            Ok(LoginStep::Send(self.request(
+                Stage::Security,
+                true,
+                Stage::Operational,
+                answers,
+            )))
         }
     }
 
-    fn operational(&mut self, rsp: &LoginResponse, keys: &TextKeys) -> Result<LoginStep, LoginError> {
+    fn operational(
+        &mut self,
+        rsp: &LoginResponse,
+        keys: &TextKeys,
+    ) -> Result<LoginStep, LoginError> {
         let answers = self.neg.handle(keys)?;
-        if rsp.transit && rsp.nsg == Stage::FullFeature && answers.is_empty() && self.neg.is_settled() {
+        if rsp.transit
+            && rsp.nsg == Stage::FullFeature
+            && answers.is_empty()
+            && self.neg.is_settled()
+        {
             return self.finish(rsp);
         }
         if rsp.transit && rsp.nsg == Stage::FullFeature && !answers.is_empty() {
-            return Err(LoginError::Protocol("target transited to full feature phase with keys still to answer".into()));
+            return Err(LoginError::Protocol(
+                "target transited to full feature phase with keys still to answer".into(),
+            ));
         }
         Ok(LoginStep::Send(self.operational_request(answers)))
     }
 
     fn finish(&mut self, rsp: &LoginResponse) -> Result<LoginStep, LoginError> {
         if self.auth != Auth::Done {
-            return Err(LoginError::Protocol("full feature phase before authentication finished".into()));
+            return Err(LoginError::Protocol(
+                "full feature phase before authentication finished".into(),
+            ));
         }
         self.stage = Stage::FullFeature;
         let params = self.neg.finish()?;
@@ -335,7 +402,9 @@ mod tests {
     }
 
     fn response(req: &Pdu, transit: bool, nsg: Stage, keys: &TextKeys, stat_sn: u32) -> Pdu {
-        let Header::LoginRequest(r) = &req.header else { panic!("not a login request") };
+        let Header::LoginRequest(r) = &req.header else {
+            panic!("not a login request")
+        };
         Pdu::with_data(
             LoginResponse {
                 transit,
@@ -362,9 +431,16 @@ mod tests {
 
     /// A target side made of `iscsi::negotiate` answering the operational offer.
     fn operational_answer(req: &Pdu) -> TextKeys {
-        let mut t = Negotiation::new(Role::Target, LocalParams { max_recv_data_segment_length: 65536, ..LocalParams::default() });
+        let mut t = Negotiation::new(
+            Role::Target,
+            LocalParams {
+                max_recv_data_segment_length: 65536,
+                ..LocalParams::default()
+            },
+        );
         let mut ans = t.handle(&keys_of(req)).unwrap();
-        ans.0.extend(t.declare("MaxRecvDataSegmentLength", "65536").0);
+        ans.0
+            .extend(t.declare("MaxRecvDataSegmentLength", "65536").0);
         ans
     }
 
@@ -377,28 +453,56 @@ mod tests {
         let mut tk = TextKeys::new();
         tk.push("AuthMethod", "None");
         tk.push("TargetPortalGroupTag", "1");
-        let LoginStep::Send(op) = l.handle(&response(&first, true, Stage::Operational, &tk, 7)).unwrap() else { panic!() };
-        let Header::LoginRequest(h) = &op.header else { panic!() };
-        assert_eq!((h.csg, h.nsg, h.transit, h.exp_stat_sn), (Stage::Operational, Stage::FullFeature, true, 8));
+        let LoginStep::Send(op) = l
+            .handle(&response(&first, true, Stage::Operational, &tk, 7))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let Header::LoginRequest(h) = &op.header else {
+            panic!()
+        };
+        assert_eq!(
+            (h.csg, h.nsg, h.transit, h.exp_stat_sn),
+            (Stage::Operational, Stage::FullFeature, true, 8)
+        );
         let ans = operational_answer(&op);
-        let step = l.handle(&response(&op, true, Stage::FullFeature, &ans, 8)).unwrap();
-        let LoginStep::Done(out) = step else { panic!("{step:?} after {ans:?}") };
+        let step = l
+            .handle(&response(&op, true, Stage::FullFeature, &ans, 8))
+            .unwrap();
+        let LoginStep::Done(out) = step else {
+            panic!("{step:?} after {ans:?}")
+        };
         assert_eq!(out.params.target_max_recv_data_segment_length, 65536);
         assert_eq!((out.tsih, out.exp_stat_sn, out.max_cmd_sn), (0x22, 9, 32));
     }
 
     fn chap_to_response(l: &mut Login) -> (Pdu, ChapTarget) {
-        let chap = ChapConfig { username: "user".into(), secret: b"initiator-secret".to_vec(), target_secret: Some(b"target-secret-1".to_vec()) };
+        let chap = ChapConfig {
+            username: "user".into(),
+            secret: b"initiator-secret".to_vec(),
+            target_secret: Some(b"target-secret-1".to_vec()),
+        };
         let (login, first) = Login::new(cfg(Some(chap)), 5).unwrap();
         *l = login;
         assert_eq!(keys_of(&first).get("AuthMethod"), Some("CHAP,None"));
         let mut tk = TextKeys::new();
         tk.push("AuthMethod", "CHAP");
-        let LoginStep::Send(a) = l.handle(&response(&first, false, Stage::Security, &tk, 0)).unwrap() else { panic!() };
+        let LoginStep::Send(a) = l
+            .handle(&response(&first, false, Stage::Security, &tk, 0))
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(keys_of(&a).get("CHAP_A"), Some("5"));
         let mut target = ChapTarget::new(&[ChapAlgorithm::Md5], 9, vec![0xAB; 16]).unwrap();
         let challenge = target.handle_algorithms(&keys_of(&a)).unwrap();
-        let LoginStep::Send(r) = l.handle(&response(&a, false, Stage::Security, &challenge, 1)).unwrap() else { panic!() };
+        let LoginStep::Send(r) = l
+            .handle(&response(&a, false, Stage::Security, &challenge, 1))
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(keys_of(&r).get("CHAP_N"), Some("user"));
         (r, target)
     }
@@ -411,16 +515,28 @@ mod tests {
             initiator_secret: b"initiator-secret".to_vec(),
             target: Some(("target".into(), b"target-secret-1".to_vec())),
         };
-        let mutual = target.handle_response(&keys_of(&r), |_| Some(creds)).unwrap();
-        let LoginStep::Send(op) = l.handle(&response(&r, true, Stage::Operational, &mutual, 2)).unwrap() else { panic!() };
-        let Header::LoginRequest(h) = &op.header else { panic!() };
+        let mutual = target
+            .handle_response(&keys_of(&r), |_| Some(creds))
+            .unwrap();
+        let LoginStep::Send(op) = l
+            .handle(&response(&r, true, Stage::Operational, &mutual, 2))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let Header::LoginRequest(h) = &op.header else {
+            panic!()
+        };
         assert_eq!(h.csg, Stage::Operational);
         // A wrong mutual response from the target fails the login.
         let (r, _) = chap_to_response(&mut l);
         let mut bad = TextKeys::new();
         bad.push("CHAP_N", "target");
         bad.push("CHAP_R", "0x00112233445566778899aabbccddeeff");
-        assert!(matches!(l.handle(&response(&r, true, Stage::Operational, &bad, 2)), Err(LoginError::Chap(_))));
+        assert!(matches!(
+            l.handle(&response(&r, true, Stage::Operational, &bad, 2)),
+            Err(LoginError::Chap(_))
+        ));
     }
 
     #[test]
@@ -428,12 +544,21 @@ mod tests {
         let (mut l, first) = Login::new(cfg(None), 5).unwrap();
         let mut tk = TextKeys::new();
         tk.push("AuthMethod", "CHAP");
-        assert!(matches!(l.handle(&response(&first, false, Stage::Security, &tk, 0)), Err(LoginError::Negotiation(_) | LoginError::NoCredentials)));
+        assert!(matches!(
+            l.handle(&response(&first, false, Stage::Security, &tk, 0)),
+            Err(LoginError::Negotiation(_) | LoginError::NoCredentials)
+        ));
         let (mut l, first) = Login::new(cfg(None), 5).unwrap();
         let mut rsp = response(&first, false, Stage::Security, &TextKeys::new(), 0);
         if let Header::LoginResponse(h) = &mut rsp.header {
             h.status = LoginStatus::AUTHENTICATION_FAILURE;
         }
-        assert!(matches!(l.handle(&rsp), Err(LoginError::Status { status: LoginStatus::AUTHENTICATION_FAILURE, .. })));
+        assert!(matches!(
+            l.handle(&rsp),
+            Err(LoginError::Status {
+                status: LoginStatus::AUTHENTICATION_FAILURE,
+                ..
+            })
+        ));
     }
 }

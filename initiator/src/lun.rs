@@ -52,7 +52,9 @@ impl LunInfo {
 
     /// The capability summary `conf` checks policies against.
     pub fn caps(&self) -> conf::protection::LunCaps {
-        conf::protection::LunCaps { pi_type: self.pi_type }
+        conf::protection::LunCaps {
+            pi_type: self.pi_type,
+        }
     }
 }
 
@@ -60,8 +62,16 @@ impl fmt::Display for LunInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} blocks of {} bytes, ", self.blocks, self.block_size)?;
         match self.pi_type {
-            Some(t) => write!(f, "protection Type {t} (PROT_EN=1, INQUIRY PROTECT={})", u8::from(self.protect)),
-            None => write!(f, "no protection information (PROT_EN=0, INQUIRY PROTECT={})", u8::from(self.protect)),
+            Some(t) => write!(
+                f,
+                "protection Type {t} (PROT_EN=1, INQUIRY PROTECT={})",
+                u8::from(self.protect)
+            ),
+            None => write!(
+                f,
+                "no protection information (PROT_EN=0, INQUIRY PROTECT={})",
+                u8::from(self.protect)
+            ),
         }
     }
 }
@@ -86,7 +96,11 @@ pub fn parse_inquiry(b: &[u8]) -> Option<Inquiry> {
     if b.len() < 6 {
         return None;
     }
-    let text = |r: std::ops::Range<usize>| b.get(r).map(|s| String::from_utf8_lossy(s).trim().to_owned()).unwrap_or_default();
+    let text = |r: std::ops::Range<usize>| {
+        b.get(r)
+            .map(|s| String::from_utf8_lossy(s).trim().to_owned())
+            .unwrap_or_default()
+    };
     Some(Inquiry {
         device_type: b[0] & 0x1F,
         qualifier: b[0] >> 5,
@@ -132,12 +146,19 @@ pub fn parse_capacity10(b: &[u8]) -> Option<(u64, u32)> {
         return None;
     }
     let last = u32::from_be_bytes(b[0..4].try_into().ok()?);
-    Some((u64::from(last) + 1, u32::from_be_bytes(b[4..8].try_into().ok()?)))
+    Some((
+        u64::from(last) + 1,
+        u32::from_be_bytes(b[4..8].try_into().ok()?),
+    ))
 }
 
 /// LUN numbers in REPORT LUNS parameter data (entries with other addressing skipped).
 pub fn parse_report_luns(b: &[u8]) -> Vec<u16> {
-    let Some(len) = b.get(0..4).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes) else {
+    let Some(len) = b
+        .get(0..4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_be_bytes)
+    else {
         return Vec::new();
     };
     let end = (8 + len as usize).min(b.len());
@@ -173,7 +194,10 @@ mod tests {
         b[12] = (1 << 1) | 1; // Type 2
         b[13] = 0x30;
         let c = parse_capacity16(&b).unwrap();
-        assert_eq!((c.blocks, c.block_size, c.pi_type, c.p_i_exponent), (1024, 512, Some(2), 3));
+        assert_eq!(
+            (c.blocks, c.block_size, c.pi_type, c.p_i_exponent),
+            (1024, 512, Some(2), 3)
+        );
         assert!(parse_capacity16(&b[..10]).is_none());
     }
 
@@ -185,7 +209,10 @@ mod tests {
         inq[16..32].copy_from_slice(b"VIRTUAL-DISK    ");
         let i = parse_inquiry(&inq).unwrap();
         assert!(i.protect);
-        assert_eq!((i.vendor.as_str(), i.product.as_str()), ("IET", "VIRTUAL-DISK"));
+        assert_eq!(
+            (i.vendor.as_str(), i.product.as_str()),
+            ("IET", "VIRTUAL-DISK")
+        );
         let mut rl = vec![0, 0, 0, 16, 0, 0, 0, 0];
         rl.extend_from_slice(&encode_lun(0).to_be_bytes());
         rl.extend_from_slice(&encode_lun(1).to_be_bytes());

@@ -164,12 +164,18 @@ struct Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure { code: 1, msg: e.to_string() }
+        Failure {
+            code: 1,
+            msg: e.to_string(),
+        }
     }
 }
 
 fn fail(msg: impl Into<String>) -> Failure {
-    Failure { code: 1, msg: msg.into() }
+    Failure {
+        code: 1,
+        msg: msg.into(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -188,7 +194,11 @@ fn main() -> ExitCode {
         None => InitiatorConfig::embedded_default(),
     };
     init_logging(&config, cli.cmd.is_none());
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -197,7 +207,10 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.cmd {
-            None => initiator::daemon::run(config).await.map(|()| 0).map_err(Failure::from),
+            None => initiator::daemon::run(config)
+                .await
+                .map(|()| 0)
+                .map_err(Failure::from),
             Some(Cmd::Discover(a)) => discover(&config, a).await,
             Some(Cmd::Login(a)) => login(&config, a).await,
             Some(Cmd::Read(a)) => read(&config, a).await,
@@ -215,13 +228,22 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &InitiatorConfig, daemon: bool) {
-    let default = if daemon { config.log.level.as_str() } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let default = if daemon {
+        config.log.level.as_str()
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn initiator_name(config: &InitiatorConfig, arg: &Option<String>) -> String {
-    arg.clone().unwrap_or_else(|| config.iqn.as_str().to_owned())
+    arg.clone()
+        .unwrap_or_else(|| config.iqn.as_str().to_owned())
 }
 
 async fn discover(config: &InitiatorConfig, a: DiscoverArgs) -> Result<u8, Failure> {
@@ -231,7 +253,10 @@ async fn discover(config: &InitiatorConfig, a: DiscoverArgs) -> Result<u8, Failu
     let _ = s.logout().await;
     let targets = targets?;
     if a.json {
-        println!("{}", json!({ "portal": a.portal.to_string(), "targets": targets }));
+        println!(
+            "{}",
+            json!({ "portal": a.portal.to_string(), "targets": targets })
+        );
     } else {
         for t in &targets {
             if t.portals.is_empty() {
@@ -247,13 +272,17 @@ async fn discover(config: &InitiatorConfig, a: DiscoverArgs) -> Result<u8, Failu
 }
 
 fn read_secret(path: &PathBuf) -> Result<Vec<u8>, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
     Ok(text.strip_suffix('\n').unwrap_or(&text).as_bytes().to_vec())
 }
 
 /// The session configuration and policy for a one-shot command: the configured session
 /// for this target when there is one, with the command line's overrides.
-fn session_for(config: &InitiatorConfig, a: &TargetArgs) -> Result<(SessionConfig, Option<ProtectionPolicy>), Failure> {
+fn session_for(
+    config: &InitiatorConfig,
+    a: &TargetArgs,
+) -> Result<(SessionConfig, Option<ProtectionPolicy>), Failure> {
     match a.transport {
         Transport::Tcp => {}
         Transport::Auto => tracing::info!("iSER is not available in this build; using iSCSI over TCP"),
@@ -261,14 +290,21 @@ fn session_for(config: &InitiatorConfig, a: &TargetArgs) -> Result<(SessionConfi
             return Err(fail("transport iser is not available in this build (the iSER transport is not implemented yet); use --transport tcp or auto"))
         }
     }
-    let configured = config.sessions.iter().find(|s| s.target.as_str() == a.target);
+    let configured = config
+        .sessions
+        .iter()
+        .find(|s| s.target.as_str() == a.target);
     let mut cfg = match configured {
         Some(s) => {
             let mut c = SessionConfig::from_conf(&config.iqn, s)?;
             c.portal = a.portal;
             c
         }
-        None => SessionConfig::new(initiator_name(config, &a.initiator), Some(a.target.clone()), a.portal),
+        None => SessionConfig::new(
+            initiator_name(config, &a.initiator),
+            Some(a.target.clone()),
+            a.portal,
+        ),
     };
     if let Some(i) = &a.initiator {
         cfg.initiator_name = i.clone();
@@ -282,13 +318,23 @@ fn session_for(config: &InitiatorConfig, a: &TargetArgs) -> Result<(SessionConfi
             Some(f) => Some(read_secret(f)?),
             None => None,
         };
-        cfg.chap = Some(initiator::login::ChapConfig { username: user.clone(), secret: read_secret(file)?, target_secret });
+        cfg.chap = Some(initiator::login::ChapConfig {
+            username: user.clone(),
+            secret: read_secret(file)?,
+            target_secret,
+        });
     }
     let policy = configured.map(|s| s.protection.clone());
     Ok((cfg, policy))
 }
 
-fn policy_for(a: &TargetArgs, configured: Option<ProtectionPolicy>, lun: u16, pi_type: Option<u8>, config: &InitiatorConfig) -> ProtectionPolicy {
+fn policy_for(
+    a: &TargetArgs,
+    configured: Option<ProtectionPolicy>,
+    lun: u16,
+    pi_type: Option<u8>,
+    config: &InitiatorConfig,
+) -> ProtectionPolicy {
     let mut p = config
         .sessions
         .iter()
@@ -296,7 +342,11 @@ fn policy_for(a: &TargetArgs, configured: Option<ProtectionPolicy>, lun: u16, pi
         .map(|s| s.policy_for_lun(lun))
         .or(configured)
         .unwrap_or_else(|| ProtectionPolicy {
-            mode: if pi_type.is_some() { ProtectionMode::Insert } else { ProtectionMode::Off },
+            mode: if pi_type.is_some() {
+                ProtectionMode::Insert
+            } else {
+                ProtectionMode::Off
+            },
             ..ProtectionPolicy::default()
         });
     if let Some(m) = a.mode {
@@ -367,7 +417,10 @@ async fn login(config: &InitiatorConfig, a: TargetArgs) -> Result<u8, Failure> {
             })
         );
     } else {
-        println!("logged in to {} at {} over tcp (logged out again)", a.target, a.portal);
+        println!(
+            "logged in to {} at {} over tcp (logged out again)",
+            a.target, a.portal
+        );
         println!(
             "  digests header={} data={}, ImmediateData={}, InitialR2T={}, FirstBurstLength={}, MaxBurstLength={}, target MaxRecvDataSegmentLength={}",
             p.header_digest, p.data_digest, p.immediate_data, p.initial_r2t, p.first_burst_length, p.max_burst_length, p.target_max_recv_data_segment_length
@@ -395,7 +448,8 @@ fn report(out: &IoOutcome, json_mode: bool, extra: serde_json::Value) -> u8 {
         })
     });
     if json_mode {
-        let mut v = json!({ "status": out.status.0, "status_name": out.status.name(), "sense": sense });
+        let mut v =
+            json!({ "status": out.status.0, "status_name": out.status.name(), "sense": sense });
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
@@ -422,8 +476,11 @@ async fn read(config: &InitiatorConfig, a: ReadArgs) -> Result<u8, Failure> {
     let out = r?;
     if out.is_good() {
         match &a.out {
-            Some(p) => std::fs::write(p, &out.data).map_err(|e| fail(format!("writing {}: {e}", p.display())))?,
-            None if !a.t.json => std::io::stdout().write_all(&out.data).map_err(|e| fail(format!("writing stdout: {e}")))?,
+            Some(p) => std::fs::write(p, &out.data)
+                .map_err(|e| fail(format!("writing {}: {e}", p.display())))?,
+            None if !a.t.json => std::io::stdout()
+                .write_all(&out.data)
+                .map_err(|e| fail(format!("writing stdout: {e}")))?,
             None => {}
         }
         if let (Some(p), Some(pi)) = (&a.pi, &out.pi) {
@@ -431,19 +488,29 @@ async fn read(config: &InitiatorConfig, a: ReadArgs) -> Result<u8, Failure> {
         }
     }
     let mode = dev.policy().mode.as_str();
-    Ok(report(&out, a.t.json, json!({"lba": a.lba, "blocks": a.blocks, "bytes": out.data.len(), "mode": mode})))
+    Ok(report(
+        &out,
+        a.t.json,
+        json!({"lba": a.lba, "blocks": a.blocks, "bytes": out.data.len(), "mode": mode}),
+    ))
 }
 
 async fn write(config: &InitiatorConfig, a: WriteArgs) -> Result<u8, Failure> {
     let mut data = Vec::new();
     match &a.input {
-        Some(p) => data = std::fs::read(p).map_err(|e| fail(format!("reading {}: {e}", p.display())))?,
+        Some(p) => {
+            data = std::fs::read(p).map_err(|e| fail(format!("reading {}: {e}", p.display())))?
+        }
         None => {
-            std::io::stdin().read_to_end(&mut data).map_err(|e| fail(format!("reading stdin: {e}")))?;
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .map_err(|e| fail(format!("reading stdin: {e}")))?;
         }
     }
     let pi = match &a.pi {
-        Some(p) => Some(std::fs::read(p).map_err(|e| fail(format!("reading {}: {e}", p.display())))?),
+        Some(p) => {
+            Some(std::fs::read(p).map_err(|e| fail(format!("reading {}: {e}", p.display())))?)
+        }
         None => None,
     };
     let dev = open(config, &a.t, a.lun).await?;
@@ -452,18 +519,28 @@ async fn write(config: &InitiatorConfig, a: WriteArgs) -> Result<u8, Failure> {
         let want = usize::try_from(b).unwrap_or(usize::MAX).saturating_mul(bs);
         if data.len() < want {
             let _ = dev.session().logout().await;
-            return Err(fail(format!("input has {} bytes; {b} blocks need {want}", data.len())));
+            return Err(fail(format!(
+                "input has {} bytes; {b} blocks need {want}",
+                data.len()
+            )));
         }
         data.truncate(want);
     }
     if data.is_empty() || data.len() % bs != 0 {
         let _ = dev.session().logout().await;
-        return Err(fail(format!("input of {} bytes is not a whole number of {bs}-byte blocks", data.len())));
+        return Err(fail(format!(
+            "input of {} bytes is not a whole number of {bs}-byte blocks",
+            data.len()
+        )));
     }
     let blocks = data.len() / bs;
     let r = dev.write_range(a.lba, &data, pi.as_deref()).await;
     let _ = dev.session().logout().await;
     let out = r?;
     let mode = dev.policy().mode.as_str();
-    Ok(report(&out, a.t.json, json!({"lba": a.lba, "blocks": blocks, "bytes": data.len(), "mode": mode})))
+    Ok(report(
+        &out,
+        a.t.json,
+        json!({"lba": a.lba, "blocks": blocks, "bytes": data.len(), "mode": mode}),
+    ))
 }

@@ -91,7 +91,11 @@ pub async fn serve_unix(path: &Path, lun: Arc<SharedLun>, name: String) -> Resul
 }
 
 /// Serve `lun` as export `name` on a TCP address until the task is dropped.
-pub async fn serve_tcp(listener: TcpListener, lun: Arc<SharedLun>, name: String) -> Result<(), NbdError> {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    lun: Arc<SharedLun>,
+    name: String,
+) -> Result<(), NbdError> {
     info!(addr = ?listener.local_addr().ok(), export = %name, "NBD export listening");
     loop {
         let (stream, _) = listener.accept().await?;
@@ -105,7 +109,12 @@ pub async fn serve_tcp(listener: TcpListener, lun: Arc<SharedLun>, name: String)
     }
 }
 
-async fn option_reply<S: AsyncWrite + Unpin>(s: &mut S, opt: u32, kind: u32, data: &[u8]) -> Result<(), NbdError> {
+async fn option_reply<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    opt: u32,
+    kind: u32,
+    data: &[u8],
+) -> Result<(), NbdError> {
     let mut b = Vec::with_capacity(20 + data.len());
     b.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
     b.extend_from_slice(&opt.to_be_bytes());
@@ -125,12 +134,20 @@ fn parse_info_request(data: &[u8]) -> Option<(String, Vec<u16>)> {
     let n = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
     let name = String::from_utf8(data.get(4..4 + n)?.to_vec()).ok()?;
     let count = u16::from_be_bytes(data.get(4 + n..6 + n)?.try_into().ok()?) as usize;
-    let reqs = data.get(6 + n..6 + n + 2 * count)?.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    let reqs = data
+        .get(6 + n..6 + n + 2 * count)?
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
     Some((name, reqs))
 }
 
 /// Run the handshake and transmission phase on one client connection.
-pub async fn handle_client<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, lun: Arc<SharedLun>, name: &str) -> Result<(), NbdError> {
+pub async fn handle_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    lun: Arc<SharedLun>,
+    name: &str,
+) -> Result<(), NbdError> {
     let size = lun.info().size_bytes();
     let bs = lun.info().block_size;
     let mut hello = Vec::with_capacity(18);
@@ -216,7 +233,12 @@ pub async fn handle_client<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, lun: Arc
     transmission(&mut s, &lun, size).await
 }
 
-async fn reply<S: AsyncWrite + Unpin>(s: &mut S, error: u32, handle: u64, data: &[u8]) -> Result<(), NbdError> {
+async fn reply<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    error: u32,
+    handle: u64,
+    data: &[u8],
+) -> Result<(), NbdError> {
     let mut b = Vec::with_capacity(16 + data.len());
     b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     b.extend_from_slice(&error.to_be_bytes());
@@ -226,7 +248,11 @@ async fn reply<S: AsyncWrite + Unpin>(s: &mut S, error: u32, handle: u64, data: 
     Ok(())
 }
 
-async fn transmission<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, lun: &SharedLun, size: u64) -> Result<(), NbdError> {
+async fn transmission<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    lun: &SharedLun,
+    size: u64,
+) -> Result<(), NbdError> {
     loop {
         let magic = match s.read_u32().await {
             Ok(m) => m,
@@ -241,7 +267,9 @@ async fn transmission<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, lun: &Shared
         let handle = s.read_u64().await?;
         let offset = s.read_u64().await?;
         let len = s.read_u32().await?;
-        let in_range = offset.checked_add(u64::from(len)).is_some_and(|e| e <= size);
+        let in_range = offset
+            .checked_add(u64::from(len))
+            .is_some_and(|e| e <= size);
         match ty {
             CMD_READ => {
                 if len > MAX_REQUEST || !in_range {

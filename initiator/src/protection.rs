@@ -54,12 +54,18 @@ impl ProtOp {
 
     /// True when the wire carries interleaved PI (8 bytes after each block).
     pub fn pi_on_wire(self) -> bool {
-        matches!(self, ProtOp::WriteInsert | ProtOp::ReadStrip | ProtOp::WritePass | ProtOp::ReadPass)
+        matches!(
+            self,
+            ProtOp::WriteInsert | ProtOp::ReadStrip | ProtOp::WritePass | ProtOp::ReadPass
+        )
     }
 
     /// True when the host supplies or receives a separate (DIX) PI buffer.
     pub fn pi_in_memory(self) -> bool {
-        matches!(self, ProtOp::WritePass | ProtOp::ReadPass | ProtOp::WriteStrip | ProtOp::ReadInsert)
+        matches!(
+            self,
+            ProtOp::WritePass | ProtOp::ReadPass | ProtOp::WriteStrip | ProtOp::ReadInsert
+        )
     }
 }
 
@@ -87,7 +93,13 @@ pub struct CommandProtection {
 impl CommandProtection {
     /// Decide protection for a command of `dir` covering `lba .. lba + blocks` on `lun`
     /// under `policy` (already checked against the LUN at login).
-    pub fn select(policy: &ProtectionPolicy, lun: &LunInfo, dir: Direction, lba: u64, blocks: u32) -> Self {
+    pub fn select(
+        policy: &ProtectionPolicy,
+        lun: &LunInfo,
+        dir: Direction,
+        lba: u64,
+        blocks: u32,
+    ) -> Self {
         let op = ProtOp::select(policy.mode, dir);
         let protect = policy.protect_field();
         let end = lba.saturating_add(u64::from(blocks));
@@ -140,24 +152,44 @@ impl CommandProtection {
             DifType::Type3 => 0,
             _ => lba as u32,
         };
-        let mask = if self.check_mask & t10pi::check_mask::APPTAG != 0 { 0xFFFF } else { 0 };
-        T10DifDomain::new(self.dif_type(), bg, self.block_size, ref_tag).with_app_tag(self.app_tag, mask)
+        let mask = if self.check_mask & t10pi::check_mask::APPTAG != 0 {
+            0xFFFF
+        } else {
+            0
+        };
+        T10DifDomain::new(self.dif_type(), bg, self.block_size, ref_tag)
+            .with_app_tag(self.app_tag, mask)
     }
 
     /// The wire buffer of a write: `data` (N blocks) and, for pass/strip, the host's
     /// DIX `pi` (N x 8). Host PI that fails its check becomes the returned sense.
-    pub fn build_write(&self, lba: u64, data: &[u8], pi: Option<&[u8]>) -> Result<Result<Vec<u8>, Sense>, crate::Error> {
+    pub fn build_write(
+        &self,
+        lba: u64,
+        data: &[u8],
+        pi: Option<&[u8]>,
+    ) -> Result<Result<Vec<u8>, Sense>, crate::Error> {
         let bs = self.block_size as usize;
         if bs == 0 || data.len() % bs != 0 {
-            return Err(crate::Error::Invalid(format!("write of {} bytes is not a whole number of {bs}-byte blocks", data.len())));
+            return Err(crate::Error::Invalid(format!(
+                "write of {} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
         }
         let blocks = (data.len() / bs) as u64;
         let wire_dom = self.domain(GuardType::Crc, lba);
         let host_dom = self.domain(self.host_guard, lba);
         let need_pi = || -> Result<&[u8], crate::Error> {
-            let pi = pi.ok_or_else(|| crate::Error::Invalid("protection mode needs the host's PI buffer".into()))?;
+            let pi = pi.ok_or_else(|| {
+                crate::Error::Invalid("protection mode needs the host's PI buffer".into())
+            })?;
             if pi.len() as u64 != blocks * TUPLE_SIZE as u64 {
-                return Err(crate::Error::Invalid(format!("PI buffer has {} bytes, {} blocks need {}", pi.len(), blocks, blocks * 8)));
+                return Err(crate::Error::Invalid(format!(
+                    "PI buffer has {} bytes, {} blocks need {}",
+                    pi.len(),
+                    blocks,
+                    blocks * 8
+                )));
             }
             Ok(pi)
         };
@@ -171,7 +203,14 @@ impl CommandProtection {
             ProtOp::WritePass => {
                 let pi = need_pi()?;
                 let mut wire = vec![0u8; blocks as usize * (bs + TUPLE_SIZE)];
-                match t10pi::pass(&host_dom, self.check_mask, PiBuf::Dix { data, pi }, &wire_dom, PiBufMut::Dif(&mut wire), 0) {
+                match t10pi::pass(
+                    &host_dom,
+                    self.check_mask,
+                    PiBuf::Dix { data, pi },
+                    &wire_dom,
+                    PiBufMut::Dif(&mut wire),
+                    0,
+                ) {
                     Ok(()) => Ok(Ok(wire)),
                     Err(t10pi::Error::Pi(e)) => Ok(Err(pi_sense(&e, lba, self.block_size))),
                     Err(t10pi::Error::Layout(e)) => Err(e.into()),
@@ -185,19 +224,26 @@ impl CommandProtection {
                     Err(t10pi::Error::Layout(e)) => Err(e.into()),
                 }
             }
-            ProtOp::ReadStrip | ProtOp::ReadPass | ProtOp::ReadInsert => {
-                Err(crate::Error::Invalid("build_write called for a read".into()))
-            }
+            ProtOp::ReadStrip | ProtOp::ReadPass | ProtOp::ReadInsert => Err(
+                crate::Error::Invalid("build_write called for a read".into()),
+            ),
         }
     }
 
     /// Turn the wire bytes of a read into host data (and DIX PI for pass/insert).
     /// A failed check becomes the returned sense (the data is not delivered).
-    pub fn finish_read(&self, lba: u64, wire: &[u8]) -> Result<Result<HostData, Sense>, crate::Error> {
+    pub fn finish_read(
+        &self,
+        lba: u64,
+        wire: &[u8],
+    ) -> Result<Result<HostData, Sense>, crate::Error> {
         let bs = self.block_size as usize;
         let wb = self.wire_block() as usize;
         if bs == 0 || wire.len() % wb != 0 {
-            return Err(crate::Error::Protocol(format!("read returned {} bytes, not a whole number of {wb}-byte blocks", wire.len())));
+            return Err(crate::Error::Protocol(format!(
+                "read returned {} bytes, not a whole number of {wb}-byte blocks",
+                wire.len()
+            )));
         }
         let blocks = wire.len() / wb;
         let wire_dom = self.domain(GuardType::Crc, lba);
@@ -209,7 +255,10 @@ impl CommandProtection {
             }
         };
         match self.op {
-            ProtOp::None => Ok(Ok(HostData { data: wire.to_vec(), pi: None })),
+            ProtOp::None => Ok(Ok(HostData {
+                data: wire.to_vec(),
+                pi: None,
+            })),
             ProtOp::ReadStrip => {
                 let mut data = vec![0u8; blocks * bs];
                 match t10pi::strip(&wire_dom, self.check_mask, wire, &mut data, 0) {
@@ -220,8 +269,18 @@ impl CommandProtection {
             ProtOp::ReadPass => {
                 let mut data = vec![0u8; blocks * bs];
                 let mut pi = vec![0u8; blocks * TUPLE_SIZE];
-                let dst = PiBufMut::Dix { data: &mut data, pi: &mut pi };
-                match t10pi::pass(&wire_dom, self.check_mask, PiBuf::Dif(wire), &host_dom, dst, 0) {
+                let dst = PiBufMut::Dix {
+                    data: &mut data,
+                    pi: &mut pi,
+                };
+                match t10pi::pass(
+                    &wire_dom,
+                    self.check_mask,
+                    PiBuf::Dif(wire),
+                    &host_dom,
+                    dst,
+                    0,
+                ) {
                     Ok(()) => Ok(Ok(HostData { data, pi: Some(pi) })),
                     Err(e) => fail(e),
                 }
@@ -229,11 +288,14 @@ impl CommandProtection {
             ProtOp::ReadInsert => {
                 let mut pi = vec![0u8; blocks * TUPLE_SIZE];
                 t10pi::generate(&host_dom, wire, &mut pi, 0)?;
-                Ok(Ok(HostData { data: wire.to_vec(), pi: Some(pi) }))
+                Ok(Ok(HostData {
+                    data: wire.to_vec(),
+                    pi: Some(pi),
+                }))
             }
-            ProtOp::WriteInsert | ProtOp::WritePass | ProtOp::WriteStrip => {
-                Err(crate::Error::Invalid("finish_read called for a write".into()))
-            }
+            ProtOp::WriteInsert | ProtOp::WritePass | ProtOp::WriteStrip => Err(
+                crate::Error::Invalid("finish_read called for a write".into()),
+            ),
         }
     }
 
@@ -275,11 +337,22 @@ mod tests {
     use conf::protection::PiCheck;
 
     fn lun(pi_type: Option<u8>) -> LunInfo {
-        LunInfo { lun: 0, block_size: 512, blocks: 1 << 20, pi_type, protect: pi_type.is_some(), vendor: String::new(), product: String::new() }
+        LunInfo {
+            lun: 0,
+            block_size: 512,
+            blocks: 1 << 20,
+            pi_type,
+            protect: pi_type.is_some(),
+            vendor: String::new(),
+            product: String::new(),
+        }
     }
 
     fn policy(mode: ProtectionMode) -> ProtectionPolicy {
-        ProtectionPolicy { mode, ..ProtectionPolicy::default() }
+        ProtectionPolicy {
+            mode,
+            ..ProtectionPolicy::default()
+        }
     }
 
     #[test]
@@ -297,9 +370,17 @@ mod tests {
             (Strip, Read, ProtOp::ReadInsert, 0, 512),
         ];
         for (mode, dir, op, protect, wire_block) in table {
-            let l = if mode == Strip || mode == Off { lun(None) } else { lun(Some(1)) };
+            let l = if mode == Strip || mode == Off {
+                lun(None)
+            } else {
+                lun(Some(1))
+            };
             let p = CommandProtection::select(&policy(mode), &l, dir, 0, 8);
-            assert_eq!((p.op, p.protect, p.wire_block()), (op, protect, wire_block), "{mode:?} {dir:?}");
+            assert_eq!(
+                (p.op, p.protect, p.wire_block()),
+                (op, protect, wire_block),
+                "{mode:?} {dir:?}"
+            );
             assert_eq!(p.form, Form::Ten);
             assert_eq!(p.op.pi_in_memory(), mode.pi_in_memory());
         }
@@ -307,37 +388,73 @@ mod tests {
 
     #[test]
     fn form_follows_type_and_range() {
-        let p = CommandProtection::select(&policy(ProtectionMode::Insert), &lun(Some(2)), Direction::Read, 0, 8);
+        let p = CommandProtection::select(
+            &policy(ProtectionMode::Insert),
+            &lun(Some(2)),
+            Direction::Read,
+            0,
+            8,
+        );
         assert_eq!(p.form, Form::ThirtyTwo);
-        let p = CommandProtection::select(&policy(ProtectionMode::Insert), &lun(Some(1)), Direction::Read, u64::from(u32::MAX), 8);
+        let p = CommandProtection::select(
+            &policy(ProtectionMode::Insert),
+            &lun(Some(1)),
+            Direction::Read,
+            u64::from(u32::MAX),
+            8,
+        );
         assert_eq!(p.form, Form::Sixteen);
         let mut checks_none = policy(ProtectionMode::Insert);
         checks_none.checks = vec![];
-        assert_eq!(CommandProtection::select(&checks_none, &lun(Some(1)), Direction::Read, 0, 1).protect, 0b011);
+        assert_eq!(
+            CommandProtection::select(&checks_none, &lun(Some(1)), Direction::Read, 0, 1).protect,
+            0b011
+        );
         let mut guard_only = policy(ProtectionMode::Pass);
         guard_only.checks = vec![PiCheck::Guard];
-        assert_eq!(CommandProtection::select(&guard_only, &lun(Some(1)), Direction::Read, 0, 1).protect, 0b100);
+        assert_eq!(
+            CommandProtection::select(&guard_only, &lun(Some(1)), Direction::Read, 0, 1).protect,
+            0b100
+        );
     }
 
     #[test]
     fn insert_then_strip_round_trips_with_ref_tag_lba() {
-        let p = CommandProtection::select(&policy(ProtectionMode::Insert), &lun(Some(1)), Direction::Write, 1000, 4);
+        let p = CommandProtection::select(
+            &policy(ProtectionMode::Insert),
+            &lun(Some(1)),
+            Direction::Write,
+            1000,
+            4,
+        );
         let data: Vec<u8> = (0..4 * 512).map(|i| (i % 251) as u8).collect();
         let wire = p.build_write(1000, &data, None).unwrap().unwrap();
         assert_eq!(wire.len(), 4 * 520);
         let t = t10pi::testing::dif_tuple(&wire, 512, 2).unwrap();
         assert_eq!(t.ref_tag, 1002);
-        let r = CommandProtection { op: ProtOp::ReadStrip, ..p };
+        let r = CommandProtection {
+            op: ProtOp::ReadStrip,
+            ..p
+        };
         assert_eq!(r.finish_read(1000, &wire).unwrap().unwrap().data, data);
     }
 
     #[test]
     fn corrupt_wire_data_becomes_descriptor_sense_with_failing_lba() {
-        let p = CommandProtection::select(&policy(ProtectionMode::Insert), &lun(Some(1)), Direction::Write, 5000, 4);
+        let p = CommandProtection::select(
+            &policy(ProtectionMode::Insert),
+            &lun(Some(1)),
+            Direction::Write,
+            5000,
+            4,
+        );
         let data = vec![7u8; 4 * 512];
         let mut wire = p.build_write(5000, &data, None).unwrap().unwrap();
         t10pi::testing::flip_dif_data_bit(&mut wire, 512, 2, 17).unwrap();
-        let r = CommandProtection { op: ProtOp::ReadStrip, ..p };
+        let r = CommandProtection {
+            op: ProtOp::ReadStrip,
+            ..p
+        };
         let sense = r.finish_read(5000, &wire).unwrap().unwrap_err();
         assert_eq!(sense.key, SenseKey::ILLEGAL_REQUEST);
         assert_eq!((sense.asc, sense.ascq), (0x10, 0x01));
@@ -352,7 +469,10 @@ mod tests {
         t.ref_tag ^= 1;
         t10pi::testing::set_dif_tuple(&mut wire, 512, 3, &t).unwrap();
         let sense = r.finish_read(5000, &wire).unwrap().unwrap_err();
-        assert_eq!((sense.asc, sense.ascq, sense.information), (0x10, 0x03, Some(5003)));
+        assert_eq!(
+            (sense.asc, sense.ascq, sense.information),
+            (0x10, 0x03, Some(5003))
+        );
     }
 
     #[test]
@@ -369,7 +489,10 @@ mod tests {
         let t = t10pi::testing::dif_tuple(&wire, 512, 0).unwrap();
         assert_eq!(t.guard, t10pi::crc16_t10dif(0, &data[..512]));
         assert_eq!((t.app_tag, t.ref_tag), (0x1234, 64));
-        let r = CommandProtection { op: ProtOp::ReadPass, ..p };
+        let r = CommandProtection {
+            op: ProtOp::ReadPass,
+            ..p
+        };
         let back = r.finish_read(64, &wire).unwrap().unwrap();
         assert_eq!(back.data, data);
         assert_eq!(back.pi.unwrap(), pi);
@@ -377,32 +500,59 @@ mod tests {
         let mut bad = pi.clone();
         bad[8 + 2] ^= 0xFF;
         let sense = p.build_write(64, &data, Some(&bad)).unwrap().unwrap_err();
-        assert_eq!((sense.asc, sense.ascq, sense.information), (0x10, 0x02, Some(65)));
+        assert_eq!(
+            (sense.asc, sense.ascq, sense.information),
+            (0x10, 0x02, Some(65))
+        );
     }
 
     #[test]
     fn strip_verifies_host_pi_on_write_and_generates_on_read() {
-        let p = CommandProtection::select(&policy(ProtectionMode::Strip), &lun(None), Direction::Write, 10, 2);
+        let p = CommandProtection::select(
+            &policy(ProtectionMode::Strip),
+            &lun(None),
+            Direction::Write,
+            10,
+            2,
+        );
         let data = vec![1u8; 1024];
         let pi = p.host_pi(10, &data).unwrap();
         assert_eq!(p.build_write(10, &data, Some(&pi)).unwrap().unwrap(), data);
         let mut bad = pi.clone();
         bad[0] ^= 1;
         let sense = p.build_write(10, &data, Some(&bad)).unwrap().unwrap_err();
-        assert_eq!((sense.asc, sense.ascq, sense.information), (0x10, 0x01, Some(10)));
-        let r = CommandProtection { op: ProtOp::ReadInsert, ..p };
+        assert_eq!(
+            (sense.asc, sense.ascq, sense.information),
+            (0x10, 0x01, Some(10))
+        );
+        let r = CommandProtection {
+            op: ProtOp::ReadInsert,
+            ..p
+        };
         let back = r.finish_read(10, &data).unwrap().unwrap();
         assert_eq!(back.pi.unwrap(), pi);
-        assert!(p.build_write(10, &data, None).is_err(), "strip without host PI is a caller error");
+        assert!(
+            p.build_write(10, &data, None).is_err(),
+            "strip without host PI is a caller error"
+        );
     }
 
     #[test]
     fn unwritten_blocks_with_all_ones_pi_are_escaped() {
-        let p = CommandProtection::select(&policy(ProtectionMode::Insert), &lun(Some(1)), Direction::Read, 0, 2);
+        let p = CommandProtection::select(
+            &policy(ProtectionMode::Insert),
+            &lun(Some(1)),
+            Direction::Read,
+            0,
+            2,
+        );
         let mut wire = vec![0u8; 2 * 520];
         for b in 0..2 {
             wire[b * 520 + 512..b * 520 + 520].fill(0xFF);
         }
-        assert_eq!(p.finish_read(0, &wire).unwrap().unwrap().data, vec![0u8; 1024]);
+        assert_eq!(
+            p.finish_read(0, &wire).unwrap().unwrap().data,
+            vec![0u8; 1024]
+        );
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use iscsi::negotiate::{DigestKind, LocalParams, NegotiatedParams};
 use iscsi::pdu::{
-    Header, LogoutReason, LogoutRequest, NopOut, Pdu, PduLimits, RejectReason, ScsiCommand, TaskAttr, TextRequest,
-    TmfFunction, TmfRequest, TmfResponseCode, WireConfig, RESERVED_TAG,
+    Header, LogoutReason, LogoutRequest, NopOut, Pdu, PduLimits, RejectReason, ScsiCommand,
+    TaskAttr, TextRequest, TmfFunction, TmfRequest, TmfResponseCode, WireConfig, RESERVED_TAG,
 };
 use iscsi::seq::{CmdSequencer, Sn, TagAllocator};
 use iscsi::text::{TextAssembler, TextKeys};
@@ -60,7 +60,11 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     /// Defaults: no CHAP, no digests, NOP every 5 s with 5 s timeout, 30 s commands.
-    pub fn new(initiator_name: impl Into<String>, target_name: Option<String>, portal: SocketAddr) -> Self {
+    pub fn new(
+        initiator_name: impl Into<String>,
+        target_name: Option<String>,
+        portal: SocketAddr,
+    ) -> Self {
         SessionConfig {
             initiator_name: initiator_name.into(),
             target_name,
@@ -78,20 +82,31 @@ impl SessionConfig {
 
     /// From a configured session of `conf`.
     pub fn from_conf(initiator: &conf::Iqn, s: &conf::initiator::Session) -> Result<Self, Error> {
-        let mut c = SessionConfig::new(initiator.as_str(), Some(s.target.as_str().to_owned()), s.portal.0);
+        let mut c = SessionConfig::new(
+            initiator.as_str(),
+            Some(s.target.as_str().to_owned()),
+            s.portal.0,
+        );
         c.header_digest = s.header_digest == conf::initiator::Digest::Crc32c;
         c.data_digest = s.data_digest == conf::initiator::Digest::Crc32c;
         c.nop_interval = Duration::from_secs(u64::from(s.nop_interval));
         c.nop_timeout = Duration::from_secs(u64::from(s.nop_timeout.max(1)));
         c.command_timeout = Duration::from_secs(u64::from(s.command_timeout.max(1)));
         if let Some(chap) = &s.chap {
-            let secret = chap
-                .secret()
-                .ok_or_else(|| Error::Invalid(format!("session {}: chap secret not loaded", s.target.as_str())))?;
+            let secret = chap.secret().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "session {}: chap secret not loaded",
+                    s.target.as_str()
+                ))
+            })?;
             c.chap = Some(ChapConfig {
                 username: chap.username.clone(),
                 secret: secret.expose().as_bytes().to_vec(),
-                target_secret: s.mutual_chap.as_ref().and_then(|m| m.secret()).map(|m| m.expose().as_bytes().to_vec()),
+                target_secret: s
+                    .mutual_chap
+                    .as_ref()
+                    .and_then(|m| m.secret())
+                    .map(|m| m.expose().as_bytes().to_vec()),
             });
         }
         Ok(c)
@@ -100,7 +115,13 @@ impl SessionConfig {
     fn local_params(&self) -> LocalParams {
         // CRC32C is preferred when asked for; None stays acceptable so that a target
         // without digests still logs in (the result is in `params()`).
-        let digest = |on: bool| if on { vec![DigestKind::Crc32c, DigestKind::None] } else { vec![DigestKind::None] };
+        let digest = |on: bool| {
+            if on {
+                vec![DigestKind::Crc32c, DigestKind::None]
+            } else {
+                vec![DigestKind::None]
+            }
+        };
         LocalParams {
             header_digest: digest(self.header_digest),
             data_digest: digest(self.data_digest),
@@ -133,7 +154,10 @@ enum Reply {
 
 #[derive(Debug)]
 enum TaskKind {
-    Scsi { asm: DataInAssembler, data_out: Arc<Vec<u8>> },
+    Scsi {
+        asm: DataInAssembler,
+        data_out: Arc<Vec<u8>>,
+    },
     Other,
 }
 
@@ -202,9 +226,14 @@ async fn read_pdu(stream: &mut TcpStream, framer: &mut Framer) -> Result<Pdu, Er
         if want == 0 {
             return Err(Error::Protocol("framer stopped".into()));
         }
-        let n = stream.read(&mut buf[..want]).await.map_err(|e| Error::io("reading a Login Response", e))?;
+        let n = stream
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| Error::io("reading a Login Response", e))?;
         if n == 0 {
-            return Err(Error::ConnectionLost("the target closed the connection during login".into()));
+            return Err(Error::ConnectionLost(
+                "the target closed the connection during login".into(),
+            ));
         }
         framer.feed(&buf[..n]);
     }
@@ -216,14 +245,24 @@ impl Session {
         let deadline = cfg.login_timeout;
         match tokio::time::timeout(deadline, Self::connect_inner(cfg.clone())).await {
             Ok(r) => r,
-            Err(_) => Err(Error::ConnectionLost(format!("connect and login to {} took longer than {deadline:?}", cfg.portal))),
+            Err(_) => Err(Error::ConnectionLost(format!(
+                "connect and login to {} took longer than {deadline:?}",
+                cfg.portal
+            ))),
         }
     }
 
     async fn connect_inner(cfg: SessionConfig) -> Result<Session, Error> {
-        let target = cfg.target_name.clone().unwrap_or_else(|| "discovery".into());
-        let mut stream = TcpStream::connect(cfg.portal).await.map_err(|e| Error::io(format!("connecting to {}", cfg.portal), e))?;
-        stream.set_nodelay(true).map_err(|e| Error::io("setting TCP_NODELAY", e))?;
+        let target = cfg
+            .target_name
+            .clone()
+            .unwrap_or_else(|| "discovery".into());
+        let mut stream = TcpStream::connect(cfg.portal)
+            .await
+            .map_err(|e| Error::io(format!("connecting to {}", cfg.portal), e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| Error::io("setting TCP_NODELAY", e))?;
         let mut mutual_random = vec![0u8; 17];
         // Without randomness mutual CHAP still works, with a weaker challenge.
         let _ = getrandom::getrandom(&mut mutual_random);
@@ -237,21 +276,38 @@ impl Session {
             chap: cfg.chap.clone(),
             mutual_random,
         };
-        let login_wire = WireConfig { digests: iscsi::Digests::NONE, limits: PduLimits { max_recv_data_segment_length: 65_536 } };
+        let login_wire = WireConfig {
+            digests: iscsi::Digests::NONE,
+            limits: PduLimits {
+                max_recv_data_segment_length: 65_536,
+            },
+        };
         let mut framer = Framer::new(login_wire);
-        let (mut login, mut req) = Login::new(login_cfg, 0).map_err(|e| Error::Login { target: target.clone(), source: e })?;
+        let (mut login, mut req) = Login::new(login_cfg, 0).map_err(|e| Error::Login {
+            target: target.clone(),
+            source: e,
+        })?;
         let outcome = loop {
             let bytes = req.to_bytes(&login_wire);
-            stream.write_all(&bytes).await.map_err(|e| Error::io("sending a Login Request", e))?;
+            stream
+                .write_all(&bytes)
+                .await
+                .map_err(|e| Error::io("sending a Login Request", e))?;
             let rsp = read_pdu(&mut stream, &mut framer).await?;
-            match login.handle(&rsp).map_err(|e| Error::Login { target: target.clone(), source: e })? {
+            match login.handle(&rsp).map_err(|e| Error::Login {
+                target: target.clone(),
+                source: e,
+            })? {
                 LoginStep::Send(next) => req = next,
                 LoginStep::Done(out) => break out,
             }
         };
         let params = outcome.params;
         debug!(?params, "login complete");
-        let wire = WireConfig { digests: params.digests(), limits: params.recv_limits(iscsi::pdu::Role::Initiator) };
+        let wire = WireConfig {
+            digests: params.digests(),
+            limits: params.recv_limits(iscsi::pdu::Role::Initiator),
+        };
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let (closed_tx, _) = watch::channel(false);
@@ -322,7 +378,8 @@ impl Session {
             DataDir::None => (0u32, false, false, Vec::new()),
             DataDir::Read(n) => (n, true, false, Vec::new()),
             DataDir::Write(buf) => {
-                let n = u32::try_from(buf.len()).map_err(|_| Error::Invalid("write larger than 4 GiB".into()))?;
+                let n = u32::try_from(buf.len())
+                    .map_err(|_| Error::Invalid("write larger than 4 GiB".into()))?;
                 (n, false, true, buf)
             }
         };
@@ -330,7 +387,10 @@ impl Session {
         let plan = self.inner.write.plan(if write { edtl } else { 0 });
         let cdb = cdb.to_vec();
         let wp = self.inner.write;
-        let kind = TaskKind::Scsi { asm: DataInAssembler::new(if read { edtl } else { 0 }), data_out: data_out.clone() };
+        let kind = TaskKind::Scsi {
+            asm: DataInAssembler::new(if read { edtl } else { 0 }),
+            data_out: data_out.clone(),
+        };
         let (itt, cmd_sn, rx) = self
             .inner
             .submit(false, None, timeout, kind, |itt, cmd_sn| {
@@ -351,15 +411,29 @@ impl Session {
                     },
                     data_out[..plan.immediate as usize].to_vec(),
                 )];
-                pdus.extend(data_out_pdus(lun, itt, RESERVED_TAG, &data_out, plan.immediate, plan.unsolicited, wp.max_send_segment));
+                pdus.extend(data_out_pdus(
+                    lun,
+                    itt,
+                    RESERVED_TAG,
+                    &data_out,
+                    plan.immediate,
+                    plan.unsolicited,
+                    wp.max_send_segment,
+                ));
                 pdus
             })
             .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(Reply::Scsi(c)))) => Ok(c),
-            Ok(Ok(Ok(Reply::Pdu(p)))) => Err(Error::Protocol(format!("unexpected reply opcode {:#x} to a SCSI command", p.header.opcode_byte()))),
+            Ok(Ok(Ok(Reply::Pdu(p)))) => Err(Error::Protocol(format!(
+                "unexpected reply opcode {:#x} to a SCSI command",
+                p.header.opcode_byte()
+            ))),
             Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(Error::ConnectionLost(self.closed_reason().unwrap_or_else(|| "task dropped".into()))),
+            Ok(Err(_)) => Err(Error::ConnectionLost(
+                self.closed_reason()
+                    .unwrap_or_else(|| "task dropped".into()),
+            )),
             Err(_) => Err(self.recover_task(lun, itt, cmd_sn).await),
         }
     }
@@ -371,11 +445,18 @@ impl Session {
         warn!(itt, cmd_sn, "command timed out; sending ABORT TASK");
         let abort = self.tmf(TmfFunction::AbortTask, lun, itt, cmd_sn).await;
         let recovery = match abort {
-            Ok(TmfResponseCode::Complete | TmfResponseCode::TaskDoesNotExist) => "ABORT TASK succeeded".to_owned(),
+            Ok(TmfResponseCode::Complete | TmfResponseCode::TaskDoesNotExist) => {
+                "ABORT TASK succeeded".to_owned()
+            }
             other => {
                 warn!(?other, "ABORT TASK failed; sending LOGICAL UNIT RESET");
-                match self.tmf(TmfFunction::LogicalUnitReset, lun, RESERVED_TAG, cmd_sn).await {
-                    Ok(TmfResponseCode::Complete) => format!("ABORT TASK failed ({other:?}); LOGICAL UNIT RESET succeeded"),
+                match self
+                    .tmf(TmfFunction::LogicalUnitReset, lun, RESERVED_TAG, cmd_sn)
+                    .await
+                {
+                    Ok(TmfResponseCode::Complete) => {
+                        format!("ABORT TASK failed ({other:?}); LOGICAL UNIT RESET succeeded")
+                    }
                     r => {
                         self.inner.close("task recovery failed");
                         format!("ABORT TASK failed ({other:?}); LOGICAL UNIT RESET failed ({r:?}); connection closed")
@@ -383,30 +464,50 @@ impl Session {
                 }
             }
         };
-        self.inner.finish(itt, Err(Error::Timeout { secs, recovery: recovery.clone() }));
+        self.inner.finish(
+            itt,
+            Err(Error::Timeout {
+                secs,
+                recovery: recovery.clone(),
+            }),
+        );
         Error::Timeout { secs, recovery }
     }
 
     /// Send a task management function and wait for its response.
-    pub async fn tmf(&self, function: TmfFunction, lun: u64, referenced: u32, ref_cmd_sn: u32) -> Result<TmfResponseCode, Error> {
+    pub async fn tmf(
+        &self,
+        function: TmfFunction,
+        lun: u64,
+        referenced: u32,
+        ref_cmd_sn: u32,
+    ) -> Result<TmfResponseCode, Error> {
         let rsp = self
-            .exchange(true, None, self.inner.cfg.command_timeout, move |itt, cmd_sn| {
-                Pdu::new(TmfRequest {
-                    immediate: true,
-                    function,
-                    lun,
-                    itt,
-                    referenced_task_tag: referenced,
-                    cmd_sn,
-                    exp_stat_sn: 0,
-                    ref_cmd_sn,
-                    exp_data_sn: 0,
-                })
-            })
+            .exchange(
+                true,
+                None,
+                self.inner.cfg.command_timeout,
+                move |itt, cmd_sn| {
+                    Pdu::new(TmfRequest {
+                        immediate: true,
+                        function,
+                        lun,
+                        itt,
+                        referenced_task_tag: referenced,
+                        cmd_sn,
+                        exp_stat_sn: 0,
+                        ref_cmd_sn,
+                        exp_data_sn: 0,
+                    })
+                },
+            )
             .await?;
         match rsp.header {
             Header::TmfResponse(h) => Ok(h.response),
-            other => Err(Error::Protocol(format!("TMF answered by opcode {:#x}", other.opcode_byte()))),
+            other => Err(Error::Protocol(format!(
+                "TMF answered by opcode {:#x}",
+                other.opcode_byte()
+            ))),
         }
     }
 
@@ -414,7 +515,14 @@ impl Session {
     pub async fn ping(&self) -> Result<Duration, Error> {
         let start = Instant::now();
         self.exchange(true, None, self.inner.cfg.nop_timeout, |itt, cmd_sn| {
-            Pdu::new(NopOut { immediate: true, lun: 0, itt, ttt: RESERVED_TAG, cmd_sn, exp_stat_sn: 0 })
+            Pdu::new(NopOut {
+                immediate: true,
+                lun: 0,
+                itt,
+                ttt: RESERVED_TAG,
+                cmd_sn,
+                exp_stat_sn: 0,
+            })
         })
         .await?;
         Ok(start.elapsed())
@@ -428,23 +536,46 @@ impl Session {
         let mut first = true;
         // Bounded by the assembler's total size limit and this round cap.
         for _ in 0..64 {
-            let data = if first { b"SendTargets=All\0".to_vec() } else { Vec::new() };
+            let data = if first {
+                b"SendTargets=All\0".to_vec()
+            } else {
+                Vec::new()
+            };
             first = false;
             let t = ttt;
             let rsp = self
-                .exchange(false, itt, self.inner.cfg.command_timeout, move |itt, cmd_sn| {
-                    Pdu::with_data(
-                        TextRequest { immediate: false, final_: true, continue_: false, lun: 0, itt, ttt: t, cmd_sn, exp_stat_sn: 0 },
-                        data,
-                    )
-                })
+                .exchange(
+                    false,
+                    itt,
+                    self.inner.cfg.command_timeout,
+                    move |itt, cmd_sn| {
+                        Pdu::with_data(
+                            TextRequest {
+                                immediate: false,
+                                final_: true,
+                                continue_: false,
+                                lun: 0,
+                                itt,
+                                ttt: t,
+                                cmd_sn,
+                                exp_stat_sn: 0,
+                            },
+                            data,
+                        )
+                    },
+                )
                 .await?;
             let Header::TextResponse(h) = &rsp.header else {
-                return Err(Error::Protocol(format!("Text Request answered by opcode {:#x}", rsp.header.opcode_byte())));
+                return Err(Error::Protocol(format!(
+                    "Text Request answered by opcode {:#x}",
+                    rsp.header.opcode_byte()
+                )));
             };
             itt = Some(h.itt);
             ttt = h.ttt;
-            let keys = asm.push_keys(&rsp.data, h.continue_).map_err(|e| Error::Protocol(format!("SendTargets text: {e}")))?;
+            let keys = asm
+                .push_keys(&rsp.data, h.continue_)
+                .map_err(|e| Error::Protocol(format!("SendTargets text: {e}")))?;
             if let Some(keys) = keys {
                 if h.final_ {
                     return Ok(parse_send_targets(&keys));
@@ -462,7 +593,14 @@ impl Session {
     pub async fn logout(&self) -> Result<(), Error> {
         let r = self
             .exchange(true, None, Duration::from_secs(10), |itt, cmd_sn| {
-                Pdu::new(LogoutRequest { immediate: true, reason: LogoutReason::CloseSession, itt, cid: 0, cmd_sn, exp_stat_sn: 0 })
+                Pdu::new(LogoutRequest {
+                    immediate: true,
+                    reason: LogoutReason::CloseSession,
+                    itt,
+                    cid: 0,
+                    cmd_sn,
+                    exp_stat_sn: 0,
+                })
             })
             .await;
         self.inner.close("logged out");
@@ -471,7 +609,10 @@ impl Session {
                 debug!(response = ?h.response, "logout response");
                 Ok(())
             }
-            other => Err(Error::Protocol(format!("Logout answered by opcode {:#x}", other.opcode_byte()))),
+            other => Err(Error::Protocol(format!(
+                "Logout answered by opcode {:#x}",
+                other.opcode_byte()
+            ))),
         }
     }
 
@@ -482,12 +623,22 @@ impl Session {
         wait: Duration,
         build: impl FnOnce(u32, u32) -> Pdu,
     ) -> Result<Pdu, Error> {
-        let (_, _, rx) = self.inner.submit(immediate, itt, wait, TaskKind::Other, |itt, sn| vec![build(itt, sn)]).await?;
+        let (_, _, rx) = self
+            .inner
+            .submit(immediate, itt, wait, TaskKind::Other, |itt, sn| {
+                vec![build(itt, sn)]
+            })
+            .await?;
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(Reply::Pdu(p)))) => Ok(p),
-            Ok(Ok(Ok(Reply::Scsi(_)))) => Err(Error::Protocol("SCSI completion for a non-SCSI task".into())),
+            Ok(Ok(Ok(Reply::Scsi(_)))) => Err(Error::Protocol(
+                "SCSI completion for a non-SCSI task".into(),
+            )),
             Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(Error::ConnectionLost(self.closed_reason().unwrap_or_else(|| "task dropped".into()))),
+            Ok(Err(_)) => Err(Error::ConnectionLost(
+                self.closed_reason()
+                    .unwrap_or_else(|| "task dropped".into()),
+            )),
             Err(_) => {
                 let itt = itt.unwrap_or(RESERVED_TAG);
                 let _ = itt;
@@ -540,7 +691,10 @@ impl Inner {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Error::Timeout { secs: wait.as_secs() as u32, recovery: "never sent: no CmdSN window or task slot".into() });
+                return Err(Error::Timeout {
+                    secs: wait.as_secs() as u32,
+                    recovery: "never sent: no CmdSN window or task slot".into(),
+                });
             }
         }
     }
@@ -610,7 +764,11 @@ impl Inner {
         let itt = pdu.header.itt();
         match &pdu.header {
             Header::DataIn(h) => {
-                let Some(Task { kind: TaskKind::Scsi { asm, .. }, .. }) = st.tasks.get_mut(&itt) else {
+                let Some(Task {
+                    kind: TaskKind::Scsi { asm, .. },
+                    ..
+                }) = st.tasks.get_mut(&itt)
+                else {
                     return Err(Error::Protocol(format!("Data-In for unknown ITT {itt:#x}")));
                 };
                 match asm.data_in(h, &pdu.data) {
@@ -624,20 +782,32 @@ impl Inner {
                 }
             }
             Header::ScsiResponse(h) => {
-                let Some(Task { kind: TaskKind::Scsi { asm, .. }, .. }) = st.tasks.get_mut(&itt) else {
-                    return Err(Error::Protocol(format!("SCSI Response for unknown ITT {itt:#x}")));
+                let Some(Task {
+                    kind: TaskKind::Scsi { asm, .. },
+                    ..
+                }) = st.tasks.get_mut(&itt)
+                else {
+                    return Err(Error::Protocol(format!(
+                        "SCSI Response for unknown ITT {itt:#x}"
+                    )));
                 };
                 let r = asm.response(h, &pdu.data);
                 drop(st);
                 match r {
                     Ok(c) => self.finish(itt, Ok(Reply::Scsi(c))),
-                    Err(crate::command::ReassemblyError::TargetFailure(code)) => self.finish(itt, Err(Error::TargetFailure(code))),
+                    Err(crate::command::ReassemblyError::TargetFailure(code)) => {
+                        self.finish(itt, Err(Error::TargetFailure(code)))
+                    }
                     Err(e) => return Err(Error::Protocol(e.to_string())),
                 }
                 Ok(())
             }
             Header::R2t(h) => {
-                let Some(Task { kind: TaskKind::Scsi { data_out, .. }, .. }) = st.tasks.get(&itt) else {
+                let Some(Task {
+                    kind: TaskKind::Scsi { data_out, .. },
+                    ..
+                }) = st.tasks.get(&itt)
+                else {
                     return Err(Error::Protocol(format!("R2T for unknown ITT {itt:#x}")));
                 };
                 let pdus = answer_r2t(h, data_out, &self.write).map_err(Error::Protocol)?;
@@ -650,7 +820,14 @@ impl Inner {
                 if h.ttt != RESERVED_TAG {
                     // The target pings: answer with its TTT, echoing the data.
                     let cmd_sn = st.seq.cmd_sn();
-                    let reply = NopOut { immediate: true, lun: h.lun, itt: RESERVED_TAG, ttt: h.ttt, cmd_sn, exp_stat_sn: 0 };
+                    let reply = NopOut {
+                        immediate: true,
+                        lun: h.lun,
+                        itt: RESERVED_TAG,
+                        ttt: h.ttt,
+                        cmd_sn,
+                        exp_stat_sn: 0,
+                    };
                     self.queue(&mut st, Pdu::with_data(reply, pdu.data.clone()));
                 }
                 if h.itt != RESERVED_TAG {
@@ -665,7 +842,10 @@ impl Inner {
                 Ok(())
             }
             Header::Reject(h) => {
-                let rejected = pdu.data.get(16..20).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                let rejected = pdu
+                    .data
+                    .get(16..20)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                 drop(st);
                 warn!(reason = ?h.reason, ?rejected, "target rejected a PDU");
                 if let Some(t) = rejected {
@@ -682,16 +862,25 @@ impl Inner {
                 match h.async_event {
                     iscsi::pdu::AsyncEvent::LogoutRequest
                     | iscsi::pdu::AsyncEvent::DropConnection
-                    | iscsi::pdu::AsyncEvent::DropAllConnections => Err(Error::ConnectionLost(format!("target asked to end the connection ({:?})", h.async_event))),
+                    | iscsi::pdu::AsyncEvent::DropAllConnections => Err(Error::ConnectionLost(
+                        format!("target asked to end the connection ({:?})", h.async_event),
+                    )),
                     _ => Ok(()),
                 }
             }
-            other => Err(Error::Protocol(format!("unexpected opcode {:#x} in full feature phase", other.opcode_byte()))),
+            other => Err(Error::Protocol(format!(
+                "unexpected opcode {:#x} in full feature phase",
+                other.opcode_byte()
+            ))),
         }
     }
 }
 
-async fn writer_task(inner: std::sync::Weak<Inner>, mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn writer_task(
+    inner: std::sync::Weak<Inner>,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
     while let Some(bytes) = rx.recv().await {
         if let Err(e) = wr.write_all(&bytes).await {
             if let Some(i) = inner.upgrade() {
