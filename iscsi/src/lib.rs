@@ -26,3 +26,27 @@ pub use codec::{Action, Codec, DecodeError, Reader};
 pub use digest::Digests;
 pub use framer::{FrameError, Framer};
 pub use pdu::{Header, Pdu, PduLimits, WireConfig};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send + 'static>() {}
+
+    #[test]
+    fn machines_are_send_and_small() {
+        send::<Pdu>();
+        send::<Framer>();
+        send::<login::TargetLogin>();
+        send::<login::InitiatorLogin>();
+        send::<negotiate::NegotiatedParams>();
+        send::<seq::CmdWindow>();
+        send::<seq::CmdSequencer>();
+        send::<transfer::WriteTracker>();
+        send::<discovery::TextResponder>();
+        send::<iser::IserMessage>();
+        // PDUs move by value through channels: the header stays a few cache lines.
+        assert!(std::mem::size_of::<Pdu>() <= 128, "Pdu is {} bytes", std::mem::size_of::<Pdu>());
+        assert!(std::mem::size_of::<Header>() <= 104, "Header is {} bytes", std::mem::size_of::<Header>());
+    }
+}
