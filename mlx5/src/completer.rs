@@ -45,6 +45,8 @@ pub fn handle(hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], req: &Sender<R
                 qp.to_error(DisconnectReason::Local);
             }
             qp.complete_front();
+            // A fenced WQE may be waiting for this READ.
+            let _ = req.send(ReqEvent::Doorbell);
         }
         Op::Nak => {
             if h.key == nak::RNR {

@@ -161,6 +161,9 @@ impl Mlx5Device {
         if wr.sg_list.len() > qp.attr.max_send_sge as usize {
             return Err(bad("gather list longer than max_send_sge"));
         }
+        if wr.total_len() > crate::frame::MAX_PAYLOAD as u64 {
+            return Err(bad("message larger than the device's max_msg_size"));
+        }
         let data = |w: &mut Wqe| {
             for s in &wr.sg_list {
                 DataSeg {
@@ -615,14 +618,19 @@ impl ContextOps for Mlx5Device {
                 Cqe::Req { qpn, .. } | Cqe::Resp { qpn, .. } | Cqe::Err { qpn, .. } => qpn,
             };
             let Ok(qp) = self.qp(qpn) else { continue };
-            let sq_meta = |counter: u16| {
+            // The WR owning WQE `counter`: its bookkeeping sits at the index of the
+            // WR's last WQE, at most one signature registration (6 BBs) ahead.
+            let sq_meta = |counter: u16, search: bool| {
                 let mut sq = qp.sq.lock();
-                let idx = (u32::from(counter) & (sq.bbs - 1)) as usize;
-                let m = sq.wr[idx].take();
-                if let Some(WrMeta { next, .. }) = m {
-                    sq.tail = next;
+                let span = if search { 8 } else { 1 };
+                for k in 0..span {
+                    let idx = ((u32::from(counter) + k) & (sq.bbs - 1)) as usize;
+                    if let Some(m) = sq.wr[idx].take() {
+                        sq.tail = m.next;
+                        return Some(m);
+                    }
                 }
-                m
+                None
             };
             let rq_id = |counter: u16| {
                 let rq = qp.rq.lock();
@@ -634,7 +642,7 @@ impl ContextOps for Mlx5Device {
                     byte_cnt,
                     ..
                 } => {
-                    let Some(m) = sq_meta(wqe_counter) else {
+                    let Some(m) = sq_meta(wqe_counter, false) else {
                         continue;
                     };
                     WorkCompletion {
@@ -670,7 +678,7 @@ impl ContextOps for Mlx5Device {
                     let (wr_id, opcode) = if responder {
                         (rq_id(wqe_counter), WcOpcode::Recv)
                     } else {
-                        match sq_meta(wqe_counter) {
+                        match sq_meta(wqe_counter, true) {
                             Some(m) => (m.wr_id, m.opcode),
                             None => continue,
                         }

@@ -17,7 +17,7 @@ use crate::frame::{FrameBuilder, Header, Op};
 use crate::hca::{Hca, Inflight, Qp};
 use crate::layout::{
     self, opcode, syndrome, Bsf, CtrlSeg, DataSeg, Klm, MkeySeg, RaddrSeg, SetPsvSeg,
-    StrideBlockCtrl, StrideBlockEntry, UmrCtrlSeg, CTRL_CQ_UPDATE,
+    StrideBlockCtrl, StrideBlockEntry, UmrCtrlSeg, CTRL_CQ_UPDATE, CTRL_FENCE,
 };
 use crate::mr::{Mapping, MkeyKind, Resolved, SigBinding};
 use crate::transport::TxItem;
@@ -96,6 +96,18 @@ pub fn process_sq(hca: &Hca, qp: &Qp, tx: &Sender<TxItem>, next_psn: &mut u32) {
                 Ok(c) => c,
                 Err(_) => break,
             };
+            // Fence: wait until every earlier RDMA READ has its response (the
+            // completer rings the doorbell again when one arrives).
+            if ctrl.fm_ce_se & CTRL_FENCE != 0
+                && qp.state() != QpState::Error
+                && qp
+                    .inflight
+                    .lock()
+                    .iter()
+                    .any(|e| e.read_sges.is_some() && e.status.is_none())
+            {
+                break;
+            }
             let n = ctrl.num_bbs();
             let wqe = sq.read_bbs(sq.dev_ci, n);
             sq.dev_ci = sq.dev_ci.wrapping_add(n as u32);

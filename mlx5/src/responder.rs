@@ -96,13 +96,15 @@ impl Responder {
                         if let Some(k) = inval {
                             hca.mkeys.update(k, |m| m.mapping = None);
                         }
+                        // Acknowledge before the receive completes, so that nothing the
+                        // ULP does on seeing the completion (a disconnect) overtakes it.
+                        self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]);
                         qp.recv_cq.push(&Cqe::Resp {
                             qpn: qp.qpn,
                             wqe_counter: idx,
                             byte_cnt: payload.len() as u32,
                             inval_rkey: inval,
                         });
-                        self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]);
                     }
                     Err(e) => {
                         let (syn, n) = match e {
@@ -130,6 +132,10 @@ impl Responder {
                     self.state = RespState::Failed;
                 }
             },
+            Op::ReadReq if h.len as usize > frame::MAX_PAYLOAD => {
+                self.reply(qp, tx, Op::Nak, h.psn, nak::INVALID_REQ, 0, &[]);
+                self.state = RespState::Failed;
+            }
             Op::ReadReq => {
                 let mut b = frame::FrameBuilder::new(
                     &Header {

@@ -360,3 +360,67 @@ fn tcp_fabric_and_async_cq() {
         assert!(wc.is_ok());
     });
 }
+
+#[test]
+fn fenced_write_waits_for_earlier_read() {
+    let (a, b) = pair();
+    let remote = b.pd.reg_mr(8192, RW).unwrap();
+    remote.write_at(0, &pattern(4096, 9)).unwrap();
+    let local = a.pd.reg_mr(4096, RW).unwrap();
+    // READ remote[0..4096] into local, then (fenced) WRITE local to remote[4096..].
+    let mut w = SendWr::rdma_write(2, local.sge_all(), remote.addr() + 4096, remote.rkey());
+    w.flags = verbs::SendFlags::SIGNALED | verbs::SendFlags::FENCE;
+    a.qp.post_send(&[
+        SendWr::rdma_read(1, local.sge_all(), remote.addr(), remote.rkey()),
+        w,
+    ])
+    .unwrap();
+    assert_eq!(a.wait().wr_id, 1);
+    assert_eq!(a.wait().wr_id, 2);
+    assert_eq!(remote.to_vec(4096, 4096).unwrap(), pattern(4096, 9));
+}
+
+#[test]
+fn bad_fast_registration_completes_with_bind_error() {
+    let (a, _b) = pair();
+    let fr = a.pd.alloc_mr(1).unwrap();
+    let other_pd = a.ctx.alloc_pd().unwrap();
+    let foreign = other_pd.reg_mr(64, RW).unwrap();
+    a.qp.post_send_one(SendWr {
+        wr_id: 3,
+        op: verbs::SendOp::RegMr {
+            mr: fr.lkey(),
+            range: foreign.sge_all(),
+            access: RW,
+        },
+        sg_list: vec![],
+        flags: verbs::SendFlags::SIGNALED,
+    })
+    .unwrap();
+    let wc = a.wait();
+    assert_eq!((wc.wr_id, wc.status), (3, WcStatus::MwBindErr));
+}
+
+#[test]
+fn registry_opens_the_soft_device_by_name() {
+    mlx5::register();
+    assert!(verbs::provider::device_list()
+        .iter()
+        .any(|d| d.name == mlx5::SOFT_DEVICE && d.provider == "mlx5_soft"));
+    let ctx = verbs::Context::open(mlx5::SOFT_DEVICE).unwrap();
+    assert_eq!(ctx.name(), mlx5::SOFT_DEVICE);
+    assert!(ctx.query_device().unwrap().sig_offload);
+    assert!(matches!(
+        verbs::Context::open("mlx5_9"),
+        Err(verbs::VerbsError::NoSuchDevice(_))
+    ));
+    // Posting on an unconnected QP is refused.
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(8).unwrap();
+    let qp = pd.create_qp(&cq, &cq, &QpInitAttr::default()).unwrap();
+    let mr = pd.reg_mr(8, RW).unwrap();
+    assert!(matches!(
+        qp.post_send_one(SendWr::send(1, mr.sge_all())),
+        Err(verbs::VerbsError::InvalidQpState { .. })
+    ));
+}

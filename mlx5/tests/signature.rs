@@ -402,3 +402,33 @@ fn block_aligned_sub_range_write_uses_block_ref_tags() {
     .unwrap();
     assert_eq!(b.wait().status, WcStatus::RemoteAccessErr);
 }
+
+#[test]
+fn bad_signature_registration_completes_with_bind_error() {
+    let (a, _b) = pair();
+    let c = case(Mode::Insert, DifType::Type1, 512, false);
+    let sig = a.pd.alloc_mr_integrity(1, 1).unwrap();
+    let other_pd = a.ctx.alloc_pd().unwrap();
+    let foreign = other_pd.reg_mr(c.mem_data.len(), RW).unwrap();
+    let wr = SendWr::reg_mr_integrity(11, sig.lkey(), foreign.sge_all(), None, c.attrs, RW);
+    a.qp.post_send_one(wr).unwrap();
+    let wc = a.wait();
+    assert_eq!((wc.wr_id, wc.status), (11, WcStatus::MwBindErr));
+    // Geometry errors are refused at post time.
+    let (a, _b) = pair();
+    let sig = a.pd.alloc_mr_integrity(1, 1).unwrap();
+    let data = a.pd.reg_mr(1000, RW).unwrap();
+    let wr = SendWr::reg_mr_integrity(12, sig.lkey(), data.sge_all(), None, c.attrs, RW);
+    assert!(matches!(
+        a.qp.post_send_one(wr),
+        Err(VerbsError::InvalidArgument(_))
+    ));
+    let mut odd = c.attrs;
+    odd.wire = SigDomain::T10Dif(T10DifDomain::type1(GuardType::Crc, 1024, 0));
+    let data = a.pd.reg_mr(2048, RW).unwrap();
+    let wr = SendWr::reg_mr_integrity(13, sig.lkey(), data.sge_all(), None, odd, RW);
+    assert!(matches!(
+        a.qp.post_send_one(wr),
+        Err(VerbsError::InvalidArgument(_))
+    ));
+}

@@ -212,8 +212,8 @@ impl Pd {
         Ok(Qp {
             pd: self.clone(),
             qpn,
-            send_cq: Arc::clone(&send_cq.inner),
-            recv_cq: Arc::clone(&recv_cq.inner),
+            _send_cq: Arc::clone(&send_cq.inner),
+            _recv_cq: Arc::clone(&recv_cq.inner),
         })
     }
 }
@@ -462,8 +462,9 @@ impl Cq {
 pub struct Qp {
     pd: Pd,
     qpn: u32,
-    send_cq: Arc<CqInner>,
-    recv_cq: Arc<CqInner>,
+    // Held so that the CQs outlive the QP that completes into them.
+    _send_cq: Arc<CqInner>,
+    _recv_cq: Arc<CqInner>,
 }
 
 impl Qp {
@@ -503,7 +504,6 @@ impl Qp {
 
 impl Drop for Qp {
     fn drop(&mut self) {
-        let _ = (&self.send_cq, &self.recv_cq);
         let _ = self.pd.inner.ctx.ops.destroy_qp(self.qpn);
     }
 }
