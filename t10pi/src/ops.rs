@@ -255,40 +255,6 @@ unsafe fn guard_copy<K: Kernel>(bg_type: GuardType, seed: u16, dst: &mut [u8], s
     }
 }
 
-/// Copies one block and checks its tuple (unless escaped), computing the guard
-/// while copying when it is checked. `dst` is `None` for a check without copy.
-///
-/// # Safety
-/// The CPU must support `K`'s features; `dst`, when given, has `src`'s length.
-#[inline(always)]
-unsafe fn check_block<K: Kernel>(
-    dom: &T10DifDomain,
-    c: Checks,
-    src: &[u8],
-    dst: Option<&mut [u8]>,
-    t: &Tuple,
-    block: u64,
-) -> Result<(), PiError> {
-    let escaped = dom.is_escaped(t);
-    let guard = if escaped || c.guard == 0 {
-        if let Some(d) = dst {
-            d.copy_from_slice(src);
-        }
-        0
-    } else {
-        match dst {
-            // SAFETY: forwarded caller contract (features, equal lengths).
-            Some(d) => unsafe { guard_copy::<K>(dom.bg_type, dom.bg, d, src) },
-            // SAFETY: forwarded caller contract.
-            None => unsafe { guard_of::<K>(dom.bg_type, dom.bg, src) },
-        }
-    };
-    if escaped {
-        return Ok(());
-    }
-    check_tuple(dom, c, guard, t, block)
-}
-
 #[inline(always)]
 fn read_tuple(b: &[u8]) -> Tuple {
     Tuple::from_slice(b).unwrap_or_default()
@@ -621,13 +587,17 @@ unsafe fn pass_g<K: Kernel>(
     let new_guard = src_dom.bg_type != dst_dom.bg_type || src_dom.bg != dst_dom.bg;
     let new_app = src_dom.app_tag != dst_dom.app_tag;
     let new_ref = src_dom.ref_tag != dst_dom.ref_tag || src_dom.ref_remap != dst_dom.ref_remap;
+    let mut fc = FastCheck::new(src_dom, c, first_block);
     for i in 0..n {
         let block = first_block.wrapping_add(i as u64);
         let (sd, st) = src_block(&src, iv, i);
         let (dd, dt) = dst_block(&mut dst, iv, i);
-        let t = read_tuple(st);
         // SAFETY: kernel contract of this function; dd and sd are both iv long.
-        unsafe { check_block::<K>(src_dom, c, sd, Some(&mut *dd), &t, block)? };
+        let g = unsafe { fast_guard::<K>(src_dom, c, sd, Some(&mut *dd)) };
+        if fc.next(g, tuple_word(st)) != 0 {
+            return Err(tuple_error(src_dom, c, g, st, block));
+        }
+        let t = read_tuple(st);
         let out = if src_dom.is_escaped(&t) {
             t
         } else {
