@@ -46,7 +46,15 @@ mod tests {
         send::<discovery::TextResponder>();
         send::<iser::IserMessage>();
         // PDUs move by value through channels: the header stays a few cache lines.
-        assert!(std::mem::size_of::<Pdu>() <= 128, "Pdu is {} bytes", std::mem::size_of::<Pdu>());
-        assert!(std::mem::size_of::<Header>() <= 104, "Header is {} bytes", std::mem::size_of::<Header>());
+        assert!(
+            std::mem::size_of::<Pdu>() <= 128,
+            "Pdu is {} bytes",
+            std::mem::size_of::<Pdu>()
+        );
+        assert!(
+            std::mem::size_of::<Header>() <= 104,
+            "Header is {} bytes",
+            std::mem::size_of::<Header>()
+        );
     }
 }

@@ -88,7 +88,7 @@ pub fn data_out_segments(
             final_: off + length == end,
         };
         off += length;
-        sn += 1;
+        sn = sn.wrapping_add(1);
         Some(s)
     })
 }
