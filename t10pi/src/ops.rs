@@ -351,40 +351,6 @@ fn dst_block<'b>(dst: &'b mut PiBufMut<'_>, iv: usize, i: usize) -> (&'b mut [u8
     }
 }
 
-/// How far ahead of the block being processed the source is prefetched. With
-/// small blocks each block ends in a short serial reduction, and the
-/// out-of-order window alone keeps too few cache misses in flight on a transfer
-/// that streams from memory (pibench: 512-byte verify of 64 MiB roughly doubles).
-const PREFETCH_AHEAD: usize = 8192;
-/// Buffers smaller than this are assumed cache-resident: no prefetch (it only
-/// costs load slots there).
-const PREFETCH_MIN_BYTES: usize = 4 << 20;
-/// Blocks (with PI) longer than this stream well with the hardware prefetcher alone.
-const PREFETCH_MAX_BLOCK: usize = 2048 + TUPLE_SIZE;
-
-/// Prefetches `len` bytes of `buf` starting `PREFETCH_AHEAD` bytes after `start`
-/// (clipped to the buffer).
-#[inline(always)]
-fn prefetch(buf: &[u8], start: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        if buf.len() < PREFETCH_MIN_BYTES || len > PREFETCH_MAX_BLOCK {
-            return;
-        }
-        let to = (start + PREFETCH_AHEAD + len).min(buf.len());
-        let mut p = start + PREFETCH_AHEAD;
-        while p < to {
-            // SAFETY: a prefetch is only a hint: it never faults and changes no
-            // memory; the address is inside `buf` (p < buf.len()).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(buf.as_ptr().add(p).cast()) };
-            p += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (buf, start, len);
-}
-
 // The generic operations below are `unsafe` only because of the kernel
 // contract: the CPU must support `K`'s target features. They are instantiated
 // per kernel inside `#[target_feature]` wrappers by `dispatch!`.
@@ -402,7 +368,6 @@ unsafe fn generate_g<K: Kernel>(
         .chunks_exact(iv)
         .zip(pi[..n * TUPLE_SIZE].chunks_exact_mut(TUPLE_SIZE));
     for (i, (blk, t)) in blocks.enumerate() {
-        prefetch(data, i * iv, iv);
         // SAFETY: kernel contract of this function.
         let g = unsafe { guard_of::<K>(dom.bg_type, dom.bg, blk) };
         t.copy_from_slice(
@@ -430,7 +395,6 @@ unsafe fn verify_g<K: Kernel>(
         .zip(pi[..n * TUPLE_SIZE].chunks_exact(TUPLE_SIZE))
         .enumerate()
     {
-        prefetch(data, i * iv, iv);
         // SAFETY: kernel contract of this function.
         let g = unsafe { fast_guard::<K>(dom, c, blk, None) };
         if fc.next(g, tuple_word(t)) != 0 {
@@ -478,7 +442,6 @@ unsafe fn verify_dif_g<K: Kernel>(
     let c = Checks::new(check_mask, dom);
     let mut fc = FastCheck::new(dom, c, first_block);
     for (i, blk) in dif.chunks_exact(iv + TUPLE_SIZE).enumerate() {
-        prefetch(dif, i * (iv + TUPLE_SIZE), iv + TUPLE_SIZE);
         let (data, t) = blk.split_at(iv);
         // SAFETY: kernel contract of this function.
         let g = unsafe { fast_guard::<K>(dom, c, data, None) };
@@ -517,7 +480,6 @@ unsafe fn insert_g<K: Kernel>(
         .zip(dif.chunks_exact_mut(iv + TUPLE_SIZE))
         .enumerate()
     {
-        prefetch(data, i * iv, iv);
         let (d, t) = out.split_at_mut(iv);
         // SAFETY: kernel contract of this function; d and src are both iv long.
         let g = unsafe { guard_copy::<K>(dom.bg_type, dom.bg, d, src) };
@@ -547,7 +509,6 @@ unsafe fn strip_g<K: Kernel>(
         .zip(data.chunks_exact_mut(iv))
         .enumerate()
     {
-        prefetch(dif, i * (iv + TUPLE_SIZE), iv + TUPLE_SIZE);
         let (src, t) = blk.split_at(iv);
         // SAFETY: kernel contract of this function; out and src are both iv long.
         let g = unsafe { fast_guard::<K>(dom, c, src, Some(out)) };
