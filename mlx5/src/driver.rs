@@ -87,9 +87,8 @@ impl Mlx5Device {
             return;
         }
         // Not connected (error state): the device flushes right away.
-        let (tx, _rx) = crossbeam_channel::unbounded();
         let mut psn = 0;
-        crate::requester::process_sq(&self.hca, qp, &tx, &mut psn);
+        crate::requester::process_sq(&self.hca, qp, &mut psn, &mut |_| {});
     }
 }
 

@@ -17,7 +17,7 @@ use verbs::{QpState, VerbsError};
 use crate::frame::{self, FrameError, Header, Op};
 use crate::hca::{Hca, Link, Qp};
 use crate::requester::{self, ReqEvent};
-use crate::transport::{self, Stream, TxItem};
+use crate::transport::{self, Stream, TxItem, Wire};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,10 +62,11 @@ pub fn attach(
     });
     *qp.state.lock() = QpState::Rts;
     let n = qp.qpn;
+    let wire = Arc::new(Wire::new(stream));
     {
-        let qp = Arc::clone(qp);
+        let (qp, wire) = (Arc::clone(qp), Arc::clone(&wire));
         spawn(format!("mlx5-tx-{n}"), move || {
-            transport::tx_loop(qp, stream, tx_rx)
+            transport::tx_loop(qp, wire, tx_rx)
         })?;
     }
     {
@@ -77,7 +78,7 @@ pub fn attach(
     {
         let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
         spawn(format!("mlx5-req-{n}"), move || {
-            requester::run(hca, qp, req_rx, tx_tx)
+            requester::run(hca, qp, req_rx, wire)
         })?;
     }
     // Work posted before the connection came up.

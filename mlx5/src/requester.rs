@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use verbs::cm::DisconnectReason;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, QpState};
@@ -20,7 +20,7 @@ use crate::layout::{
     StrideBlockCtrl, StrideBlockEntry, UmrCtrlSeg, CTRL_CQ_UPDATE, CTRL_FENCE,
 };
 use crate::mr::{Mapping, MkeyKind, Resolved, SigBinding};
-use crate::transport::TxItem;
+use crate::transport::Wire;
 
 /// Events for the requester thread.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +39,7 @@ pub enum ReqEvent {
 }
 
 /// Requester thread body.
-pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, tx: Sender<TxItem>) {
+pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, wire: Arc<Wire>) {
     let mut next_psn = 0u32;
     let mut retx: Option<(Instant, u32)> = None;
     loop {
@@ -48,7 +48,17 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, tx: Sender<Tx
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match ev {
-            Ok(ReqEvent::Doorbell) => process_sq(&hca, &qp, &tx, &mut next_psn),
+            Ok(ReqEvent::Doorbell) => {
+                let mut failed = None;
+                process_sq(&hca, &qp, &mut next_psn, &mut |f| {
+                    if failed.is_none() {
+                        failed = wire.write(&f).err();
+                    }
+                });
+                if let Some(e) = failed.or_else(|| wire.flush().err()) {
+                    qp.to_error(DisconnectReason::Transport(e.to_string()));
+                }
+            }
             Ok(ReqEvent::Rnr { psn, delay }) => {
                 let mut exceeded = false;
                 if let Some(e) = qp.inflight.lock().iter_mut().find(|e| e.psn == Some(psn)) {
@@ -69,12 +79,24 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, tx: Sender<Tx
             Err(RecvTimeoutError::Timeout) => {
                 if let Some((_, psn)) = retx.take() {
                     if qp.state() != QpState::Error {
-                        for e in qp.inflight.lock().iter() {
-                            if let (Some(p), Some(f), None) = (e.psn, &e.frame, e.status) {
-                                if p.wrapping_sub(psn) as i32 >= 0 {
-                                    let _ = tx.send(TxItem::Frame(Arc::clone(f)));
-                                }
-                            }
+                        // Go-back-N from the NAKed PSN. Collect first: no lock is held
+                        // while writing to the socket.
+                        let frames: Vec<Arc<Vec<u8>>> = qp
+                            .inflight
+                            .lock()
+                            .iter()
+                            .filter(|e| {
+                                e.status.is_none()
+                                    && e.psn.is_some_and(|p| p.wrapping_sub(psn) as i32 >= 0)
+                            })
+                            .filter_map(|e| e.frame.clone())
+                            .collect();
+                        let r = frames
+                            .iter()
+                            .try_for_each(|f| wire.write(f))
+                            .and_then(|()| wire.flush());
+                        if let Err(e) = r {
+                            qp.to_error(DisconnectReason::Transport(e.to_string()));
                         }
                     }
                 }
@@ -84,7 +106,8 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, tx: Sender<Tx
 }
 
 /// Executes every WQE posted since the last doorbell.
-pub fn process_sq(hca: &Hca, qp: &Qp, tx: &Sender<TxItem>, next_psn: &mut u32) {
+/// Request frames go to `send` as they are built.
+pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(Arc<Vec<u8>>)) {
     loop {
         let (ctrl, wqe) = {
             let mut sq = qp.sq.lock();
@@ -134,7 +157,7 @@ pub fn process_sq(hca: &Hca, qp: &Qp, tx: &Sender<TxItem>, next_psn: &mut u32) {
         let body = &wqe[CtrlSeg::SIZE..usize::from(ctrl.ds) * layout::WQE_DS];
         let result = match ctrl.opcode {
             opcode::SEND | opcode::SEND_INVAL | opcode::RDMA_WRITE | opcode::RDMA_READ => {
-                remote_op(hca, qp, &ctrl, body, tx, next_psn, entry)
+                remote_op(hca, qp, &ctrl, body, send, next_psn, entry)
             }
             opcode::UMR => {
                 entry.status = Some(match umr(hca, qp, &ctrl, body) {
@@ -183,7 +206,7 @@ fn remote_op(
     qp: &Qp,
     ctrl: &CtrlSeg,
     body: &[u8],
-    tx: &Sender<TxItem>,
+    send: &mut dyn FnMut(Arc<Vec<u8>>),
     next_psn: &mut u32,
     mut entry: Inflight,
 ) -> Result<(), ()> {
@@ -240,7 +263,7 @@ fn remote_op(
     entry.psn = Some(psn);
     entry.frame = Some(Arc::clone(&frame));
     qp.inflight.lock().push_back(entry);
-    let _ = tx.send(TxItem::Frame(frame));
+    send(frame);
     Ok(())
 }
 

@@ -2,9 +2,10 @@
 //! thread (batches frames into few socket writes), and the receive thread that
 //! checks each frame and hands it to the responder or the completer.
 //!
-//! Threads per connected QP: requester (SQ processing, RNR retransmission), rx
-//! (responder + completer), tx (socket writes). The rx thread never blocks on a
-//! socket write, so two HCAs reading from each other cannot deadlock.
+//! Threads per connected QP: requester (SQ processing, RNR retransmission; writes
+//! its request frames itself), rx (responder + completer), tx (writes the
+//! responses the rx thread queues). The rx thread never blocks on a socket write,
+//! so two HCAs reading from each other cannot deadlock.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use verbs::cm::DisconnectReason;
 
 use crate::frame::{self, FrameError, Op};
@@ -92,35 +94,62 @@ pub enum TxItem {
     Shutdown,
 }
 
+/// The write side of a connection, shared by the requester (which writes its
+/// request frames directly: it may block on a full socket, since the peer's rx
+/// thread never blocks on writes) and the transmit thread (responses queued by
+/// the rx thread, which must never block).
+#[derive(Debug)]
+pub struct Wire {
+    w: Mutex<BufWriter<Stream>>,
+}
+
+impl Wire {
+    /// Wraps the socket with a 256 KiB write buffer.
+    pub fn new(stream: Stream) -> Wire {
+        Wire {
+            w: Mutex::new(BufWriter::with_capacity(256 << 10, stream)),
+        }
+    }
+    /// Writes one frame (buffered; large frames go straight to the socket).
+    pub fn write(&self, f: &[u8]) -> io::Result<()> {
+        self.w.lock().write_all(f)
+    }
+    /// Pushes buffered frames to the socket.
+    pub fn flush(&self) -> io::Result<()> {
+        self.w.lock().flush()
+    }
+    /// Flushes and closes both directions.
+    pub fn shutdown(&self) {
+        let mut w = self.w.lock();
+        let _ = w.flush();
+        w.get_ref().shutdown();
+    }
+}
+
 /// Transmit thread: writes queued frames, flushing once the queue is empty.
-pub fn tx_loop(qp: Arc<Qp>, stream: Stream, rx: Receiver<TxItem>) {
-    let mut w = BufWriter::with_capacity(256 << 10, stream);
+pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
     'outer: while let Ok(mut item) = rx.recv() {
         loop {
             match item {
                 TxItem::Frame(f) => {
-                    if let Err(e) = w.write_all(&f) {
+                    if let Err(e) = wire.write(&f) {
                         qp.to_error(DisconnectReason::Transport(e.to_string()));
                         break 'outer;
                     }
                 }
-                TxItem::Shutdown => {
-                    let _ = w.flush();
-                    w.get_ref().shutdown();
-                    break 'outer;
-                }
+                TxItem::Shutdown => break 'outer,
             }
             match rx.try_recv() {
                 Ok(next) => item = next,
                 Err(_) => break,
             }
         }
-        if let Err(e) = w.flush() {
+        if let Err(e) = wire.flush() {
             qp.to_error(DisconnectReason::Transport(e.to_string()));
             break;
         }
     }
-    w.get_ref().shutdown();
+    wire.shutdown();
 }
 
 /// Receive thread: reads and checks frames until the connection ends.

@@ -424,3 +424,48 @@ fn registry_opens_the_soft_device_by_name() {
         Err(verbs::VerbsError::InvalidQpState { .. })
     ));
 }
+
+#[test]
+fn bidirectional_bulk_traffic_does_not_deadlock() {
+    let (a, b) = pair();
+    const N: usize = 256 << 10;
+    let (am, bm) = (
+        a.pd.reg_mr(2 * N, RW).unwrap(),
+        b.pd.reg_mr(2 * N, RW).unwrap(),
+    );
+    am.write_at(0, &pattern(N, 1)).unwrap();
+    bm.write_at(0, &pattern(N, 2)).unwrap();
+    for round in 0..4u64 {
+        let wrs = |mine: &verbs::Mr, theirs: &verbs::Mr| -> Vec<SendWr> {
+            (0..16u64)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        SendWr::rdma_read(
+                            round * 100 + i,
+                            mine.sge(N, N as u32),
+                            theirs.addr(),
+                            theirs.rkey(),
+                        )
+                    } else {
+                        SendWr::rdma_write(
+                            round * 100 + i,
+                            mine.sge(0, N as u32),
+                            theirs.addr() + N as u64,
+                            theirs.rkey(),
+                        )
+                    }
+                })
+                .collect()
+        };
+        a.qp.post_send(&wrs(&am, &bm)).unwrap();
+        b.qp.post_send(&wrs(&bm, &am)).unwrap();
+        for side in [&a, &b] {
+            for i in 0..16u64 {
+                let wc = side.wait();
+                assert_eq!((wc.wr_id, wc.status), (round * 100 + i, WcStatus::Success));
+            }
+        }
+    }
+    assert_eq!(am.to_vec(N, N).unwrap(), pattern(N, 2));
+    assert_eq!(bm.to_vec(N, N).unwrap(), pattern(N, 1));
+}
