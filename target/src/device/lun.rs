@@ -547,12 +547,40 @@ impl Lun {
     /// The whole command for a transport without a signature engine: prepare was
     /// done; `wire_out` holds the data-out exactly as received (DIF-interleaved when
     /// the plan says so); the result is the data-in as it goes on the wire.
+    ///
+    /// A WRITE or WRITE AND VERIFY whose data-out is shorter than the CDB's transfer
+    /// length (an iSCSI Expected Data Transfer Length below it) writes the whole
+    /// blocks received and nothing else; a partial block is INVALID FIELD IN COMMAND
+    /// INFORMATION UNIT. The transport reports the residual.
     pub fn execute_wire(
         &self,
         nexus: &Nexus,
         plan: &CommandPlan,
         wire_out: &[u8],
     ) -> Result<Vec<u8>, SenseReason> {
+        if plan.direction == Direction::DataOut
+            && plan.blocks_on_wire
+            && wire_out.len() < plan.transfer_len
+        {
+            if let Cdb::ReadWrite(mut rw) = plan.cdb {
+                if matches!(rw.kind, scsi::RwKind::Write | scsi::RwKind::WriteAndVerify) {
+                    let stride = plan.prot.wire_stride();
+                    if wire_out.len() % stride != 0 {
+                        return Err(SenseReason::DataLength);
+                    }
+                    let blocks = (wire_out.len() / stride) as u32;
+                    if blocks == 0 {
+                        return Ok(Vec::new());
+                    }
+                    rw.blocks = blocks;
+                    let mut short = plan.clone();
+                    short.cdb = Cdb::ReadWrite(rw);
+                    short.prot.blocks = blocks;
+                    short.transfer_len = wire_out.len();
+                    return self.execute_wire(nexus, &short, wire_out);
+                }
+            }
+        }
         let dix;
         let out = if plan.direction == Direction::DataOut && plan.blocks_on_wire {
             dix = wire::from_wire(&plan.prot, wire_out).map_err(|e| self.wire_err(e))?;

@@ -45,7 +45,7 @@ pub enum SenseReason {
     #[error("reservation conflict")]
     ReservationConflict,
     /// UNIT ATTENTION with the given ASC/ASCQ.
-    #[error("unit attention {0:02X?}")]
+    #[error("unit attention {:02X}h/{:02X}h", .0.0, .0.1)]
     UnitAttention(AscPair),
     /// ABORTED COMMAND, LOGICAL BLOCK GUARD/APPLICATION TAG/REFERENCE TAG CHECK FAILED
     /// (10h/01h..03h) with the failing LBA in INFORMATION.

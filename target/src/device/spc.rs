@@ -13,15 +13,15 @@ use super::reason::SenseReason;
 use super::Nexus;
 
 /// Largest transfer per command, in bytes (Block Limits MAXIMUM TRANSFER LENGTH).
-pub(super) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+pub(super) const MAX_TRANSFER_BYTES: u64 = 32 << 20;
 /// Largest COMPARE AND WRITE, in blocks.
 pub(super) const MAX_CAW_BLOCKS: u8 = 64;
 /// Largest UNMAP range and WRITE SAME, in blocks.
-pub(super) const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+pub(super) const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 /// Most UNMAP block descriptors per command.
 pub(super) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest WRITE SAME, in blocks.
-pub(super) const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 22;
+pub(super) const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 20;
 
 /// Encodes a LUN number as an 8-byte SAM LUN: peripheral addressing below 256,
 /// flat space addressing below 16384, extended flat space above.

@@ -39,10 +39,12 @@ fn bytes(c: Cdb) -> Vec<u8> {
 }
 
 /// Runs a command; the first command of a nexus is preceded by clearing its UA.
+#[track_caller]
 fn run(lun: &Lun, nx: &Nexus, cdb: &[u8], out: &[u8]) -> Response {
     lun.run_wire(nx, cdb, true, out)
 }
 
+#[track_caller]
 fn good(lun: &Lun, nx: &Nexus, cdb: &[u8], out: &[u8]) -> Vec<u8> {
     let r = run(lun, nx, cdb, out);
     assert_eq!(
@@ -54,6 +56,7 @@ fn good(lun: &Lun, nx: &Nexus, cdb: &[u8], out: &[u8]) -> Vec<u8> {
     r.data
 }
 
+#[track_caller]
 fn check(lun: &Lun, nx: &Nexus, cdb: &[u8], out: &[u8]) -> Sense {
     let r = run(lun, nx, cdb, out);
     assert_eq!(
@@ -65,6 +68,7 @@ fn check(lun: &Lun, nx: &Nexus, cdb: &[u8], out: &[u8]) -> Sense {
 }
 
 /// A fresh nexus with its power-on unit attention already consumed.
+#[track_caller]
 fn ready(lun: &Lun, id: u64) -> Nexus {
     let nx = nexus(id);
     let s = check(lun, &nx, &bytes(Cdb::TestUnitReady), &[]);
@@ -284,7 +288,7 @@ fn vpd_pages() {
     let b0 = vpd(&t1, 0xB0);
     assert_eq!(b0.len(), 64);
     assert_eq!((b0[4], b0[5]), (0x01, 64));
-    assert_eq!(&b0[8..12], &(16384u32).to_be_bytes());
+    assert_eq!(&b0[8..12], &(65536u32).to_be_bytes());
     assert_eq!(&b0[24..28], &256u32.to_be_bytes());
     assert_eq!(&vpd(&t1, 0xB1)[4..6], &[0, 1]);
     assert_eq!(vpd(&t1, 0xB2), hex("00 B2 00 04 00 E4 02 00"));
@@ -380,12 +384,12 @@ fn lba_out_of_range_and_limits() {
         );
     }
     // More than MAXIMUM TRANSFER LENGTH: INVALID FIELD IN CDB at the length field.
-    let big = ram(0, 512, 1 << 15);
+    let big = ram(0, 512, 1 << 17);
     ready(&big, 1);
     let s = check(
         &big,
         &nx,
-        &rw(RwKind::Read, Form::Sixteen, 0, 16385, 0),
+        &rw(RwKind::Read, Form::Sixteen, 0, 65537, 0),
         &[],
     );
     assert_eq!(s.field_pointer, Some(FieldPointer::cdb(10, None)));
@@ -428,12 +432,20 @@ fn unsupported_opcode_and_invalid_fields() {
     // 32-byte READ on a LUN without Type 2.
     let s = check(&lun, &nx, &rw(RwKind::Read, Form::ThirtyTwo, 0, 1, 0), &[]);
     assert_eq!(s.asc_pair(), asc::INVALID_COMMAND_OPERATION_CODE);
-    // Data-out shorter than the CDB says.
-    let s = check(
+    // Data-out shorter than the CDB says: whole blocks are written, a partial block
+    // is refused.
+    good(
         &lun,
         &nx,
         &rw(RwKind::Write, Form::Ten, 0, 2, 0),
         &[0u8; 512],
+    );
+    good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 0, 1, 0), &[]);
+    let s = check(
+        &lun,
+        &nx,
+        &rw(RwKind::Write, Form::Ten, 0, 2, 0),
+        &[0u8; 200],
     );
     assert_eq!(s.asc_pair(), asc::INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT);
     // START STOP UNIT with LOEJ on a non-removable medium; plain start is fine.
