@@ -422,7 +422,12 @@ impl LocalParams {
     /// The operational keys an initiator offers in a normal session (iSER keys only
     /// when RDMAExtensions is wanted).
     pub fn operational_offer(&self, session_type: SessionType) -> Vec<&'static str> {
-        let mut v = vec!["HeaderDigest", "DataDigest"];
+        // RDMAExtensions goes first: it decides which other keys are relevant.
+        let mut v = Vec::new();
+        if session_type == SessionType::Normal && self.rdma_extensions {
+            v.push("RDMAExtensions");
+        }
+        v.extend_from_slice(&["HeaderDigest", "DataDigest"]);
         if session_type == SessionType::Normal {
             v.extend_from_slice(&[
                 "InitialR2T",
@@ -438,7 +443,6 @@ impl LocalParams {
                 "MaxConnections",
             ]);
             if self.rdma_extensions {
-                v.extend_from_slice(&["RDMAExtensions"]);
                 v.extend_from_slice(ISER_KEYS);
             }
         }
@@ -626,6 +630,10 @@ impl Negotiation {
         }
         if key == "FirstBurstLength" {
             return self.prospective_bool("InitialR2T") && !self.prospective_bool("ImmediateData");
+        }
+        // iSER carries no digests (RFC 7145): they keep their default, None.
+        if matches!(key, "HeaderDigest" | "DataDigest") {
+            return self.prospective_bool("RDMAExtensions");
         }
         false
     }
@@ -1094,9 +1102,11 @@ mod tests {
             .handle(&keys(&[
                 ("TargetRecvDataSegmentLength", "1048576"),
                 ("MaxOutstandingUnexpectedPDUs", "0"),
+                ("HeaderDigest", "CRC32C,None"),
                 ("RDMAExtensions", "Yes"),
             ]))
             .unwrap();
+        assert_eq!(ans.get("HeaderDigest"), Some(IRRELEVANT));
         assert_eq!(ans.get("RDMAExtensions"), Some("Yes"));
         assert_eq!(ans.get("TargetRecvDataSegmentLength"), Some("262144"));
         assert_eq!(ans.get("MaxOutstandingUnexpectedPDUs"), Some("0"));

@@ -589,3 +589,137 @@ pub fn reject_pdu(
         bad_bhs.to_vec(),
     )
 }
+
+/// The data segment of a SCSI Response (or Data-In with status) carrying sense data:
+/// SenseLength (2 bytes, big-endian) followed by the sense bytes; the codec pads it.
+pub fn sense_segment(sense: &[u8]) -> Vec<u8> {
+    let len = sense.len().min(usize::from(u16::MAX));
+    let mut v = Vec::with_capacity(2 + len);
+    v.extend_from_slice(&(len as u16).to_be_bytes());
+    v.extend_from_slice(&sense[..len]);
+    v
+}
+
+/// The sense bytes of a SCSI Response data segment (empty when there is none).
+pub fn sense_from_segment(data: &[u8]) -> Result<&[u8], DecodeError> {
+    if data.is_empty() {
+        return Ok(&[]);
+    }
+    let mut r = Reader::new(data);
+    let len = usize::from(r.u16("SenseLength")?);
+    r.take(len, "sense data")
+}
+
+/// The residual of a transfer of `transferred` bytes against an expected length.
+pub fn residual(expected: u32, transferred: u32) -> Residual {
+    match transferred.cmp(&expected) {
+        std::cmp::Ordering::Equal => Residual::None,
+        std::cmp::Ordering::Less => Residual::Underflow(expected - transferred),
+        std::cmp::Ordering::Greater => Residual::Overflow(transferred - expected),
+    }
+}
+
+impl NopIn {
+    /// The NOP-In answering a NOP-Out that wants one (ITT not 0xffffffff): same ITT and
+    /// LUN, TTT 0xffffffff. The ping data, if any, is echoed by the caller.
+    pub fn reply_to(nop: &NopOut, stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) -> NopIn {
+        NopIn {
+            lun: nop.lun,
+            itt: nop.itt,
+            ttt: RESERVED_TAG,
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
+        }
+    }
+}
+
+impl NopOut {
+    /// The NOP-Out answering a target's NOP-In ping (TTT not 0xffffffff): ITT
+    /// 0xffffffff, the ping's TTT and LUN, sent as an immediate command.
+    pub fn reply_to(ping: &NopIn, cmd_sn: u32, exp_stat_sn: u32) -> NopOut {
+        NopOut {
+            immediate: true,
+            lun: ping.lun,
+            itt: RESERVED_TAG,
+            ttt: ping.ttt,
+            cmd_sn,
+            exp_stat_sn,
+        }
+    }
+}
+
+impl LogoutResponse {
+    /// The response to a Logout Request.
+    pub fn reply_to(
+        req: &LogoutRequest,
+        response: LogoutResponseCode,
+        stat_sn: u32,
+        exp_cmd_sn: u32,
+        max_cmd_sn: u32,
+    ) -> LogoutResponse {
+        LogoutResponse {
+            response,
+            itt: req.itt,
+            stat_sn,
+            exp_cmd_sn,
+            max_cmd_sn,
+            time2wait: 0,
+            time2retain: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sense_segments_and_residuals() {
+        let sense = [
+            0x70, 0, 0x05, 0, 0, 0, 0, 0x0a, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0,
+        ];
+        let seg = sense_segment(&sense);
+        assert_eq!(&seg[..2], &[0, 18]);
+        assert_eq!(sense_from_segment(&seg).unwrap(), &sense);
+        assert_eq!(sense_from_segment(&[]).unwrap(), &[] as &[u8]);
+        assert_eq!(
+            sense_from_segment(&[0, 20, 1]),
+            Err(DecodeError::Truncated("sense data"))
+        );
+        assert_eq!(residual(4096, 4096), Residual::None);
+        assert_eq!(residual(4096, 1024), Residual::Underflow(3072));
+        assert_eq!(residual(1024, 4096), Residual::Overflow(3072));
+    }
+
+    #[test]
+    fn replies_echo_tags() {
+        let ping = NopOut {
+            immediate: true,
+            lun: 5,
+            itt: 9,
+            ttt: RESERVED_TAG,
+            cmd_sn: 3,
+            exp_stat_sn: 4,
+        };
+        let pong = NopIn::reply_to(&ping, 4, 3, 10);
+        assert_eq!((pong.itt, pong.ttt, pong.lun), (9, RESERVED_TAG, 5));
+        let back = NopOut::reply_to(&NopIn { ttt: 0x77, ..pong }, 3, 5);
+        assert_eq!(
+            (back.itt, back.ttt, back.immediate),
+            (RESERVED_TAG, 0x77, true)
+        );
+        let req = LogoutRequest {
+            immediate: true,
+            reason: LogoutReason::CloseSession,
+            itt: 12,
+            cid: 0,
+            cmd_sn: 3,
+            exp_stat_sn: 5,
+        };
+        assert_eq!(
+            LogoutResponse::reply_to(&req, LogoutResponseCode::Success, 5, 4, 10).itt,
+            12
+        );
+    }
+}
