@@ -3,13 +3,15 @@
 //! and 512-bit (VPCLMULQDQ in AVX-512 registers, 4 x 4 lanes) registers, each
 //! with a fused copy variant that stores every loaded vector before folding it.
 //!
-//! All three share one scheme (see `consts`): the first 128/256 bytes are
-//! loaded byte-reversed per 16-byte chunk, the seed is XORed into the top of the
-//! first chunk, every accumulator is folded over the stride of one loop
-//! iteration, then all chunks are folded to the last one in parallel with the
-//! per-distance multipliers, leftover 16-byte chunks are folded serially, a
-//! Barrett step gives the CRC and a tail shorter than 16 bytes goes through
-//! the table kernel.
+//! The 128- and 256-bit kernels share one scheme (see `consts`): the first
+//! 128/256 bytes are loaded byte-reversed per 16-byte chunk, the seed is XORed
+//! into the top of the first chunk, every accumulator is folded over the
+//! stride of one loop iteration, then all chunks are folded to the last one in
+//! parallel with the per-distance multipliers, leftover 16-byte chunks are
+//! folded serially, a Barrett step gives the CRC and a tail shorter than 16
+//! bytes goes through the table kernel. The 512-bit kernel folds the same way
+//! but in the bit-reflected domain (GFNI instead of byte shuffles, see
+//! [`refl_pair`]) and prefetches its input into L1; it shares the tail steps.
 
 use std::arch::x86_64::*;
 
@@ -54,7 +56,7 @@ const K128_LOOP: (u64, u64) = fold_pair(1024);
 const K128_REDUCE: [(u64, u64); 8] = to_last::<8>(128);
 /// One chunk forward (serial tail folds).
 const K128_ONE: (u64, u64) = fold_pair(128);
-/// 256- and 512-bit kernels: 16 chunks per iteration (2048 bits), 16 chunks to reduce.
+/// 256-bit kernel: 16 chunks per iteration (2048 bits), 16 chunks to reduce.
 const K2048_LOOP: (u64, u64) = fold_pair(2048);
 const K16_REDUCE: [(u64, u64); 16] = to_last::<16>(128);
 
@@ -496,3 +498,51 @@ kernel_type!(
     crc_vpclmul512,
     crc_copy_vpclmul512
 );
+
+#[cfg(test)]
+mod tests {
+    use super::super::consts::{clmul_soft, POLY_FULL};
+    use super::*;
+
+    /// Polynomial remainder of a 128-bit value modulo P.
+    fn mod_p(mut v: u128) -> u64 {
+        for bit in (16..128).rev() {
+            if v >> bit & 1 != 0 {
+                v ^= u128::from(POLY_FULL) << (bit - 16);
+            }
+        }
+        v as u64
+    }
+
+    #[test]
+    fn x_inverse_is_the_inverse_of_x() {
+        assert_eq!(mod_p(clmul_soft(X_INV, 2)), 1);
+    }
+
+    #[test]
+    fn mirrored_clmul_gains_one_factor_of_x() {
+        // clmul(rev64(a), rev64(c)) = rev128(a*c*x), the identity refl_pair relies on.
+        let mut a: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..500 {
+            a = a.rotate_left(7).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ 0x94D0_49BB_1331_11EB;
+            let c = a >> 48;
+            let mirrored = clmul_soft(a.reverse_bits(), c.reverse_bits());
+            assert_eq!(mirrored, (clmul_soft(a, c) << 1).reverse_bits());
+        }
+        // And the reflected pairs move a chunk like the normal ones, modulo P.
+        for bits in [0u32, 128, 256, 1024, 2048] {
+            let (hi_refl, lo_refl) = refl_pair(bits);
+            let (hi, lo) = fold_pair(bits);
+            assert_eq!(
+                mod_p(clmul_soft(hi_refl.reverse_bits(), 2)),
+                hi,
+                "bits {bits}"
+            );
+            assert_eq!(
+                mod_p(clmul_soft(lo_refl.reverse_bits(), 2)),
+                lo,
+                "bits {bits}"
+            );
+        }
+    }
+}
