@@ -48,6 +48,9 @@ enum Cmd {
         /// Outstanding requests.
         #[arg(long, default_value_t = 16)]
         depth: u32,
+        /// Message sizes (default 4 KiB, 8 KiB, ... 1 MiB).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -124,7 +127,14 @@ fn report(l: &Line, json: bool) {
     }
 }
 
-fn client(addr: &str, iters: u32, seconds: f64, depth: u32, json: bool) -> Result<()> {
+fn client(
+    addr: &str,
+    iters: u32,
+    seconds: f64,
+    depth: u32,
+    sizes: &[usize],
+    json: bool,
+) -> Result<()> {
     let dev = Mlx5Device::new("mlx5_perf_client");
     let ctx = dev.context();
     let pd = ctx.alloc_pd()?;
@@ -152,8 +162,15 @@ fn client(addr: &str, iters: u32, seconds: f64, depth: u32, json: bool) -> Resul
     };
     let mut wcs = Vec::with_capacity(64);
     let mut sig_errors = 0u32;
-    let mut size = 4096;
-    while size <= MAX {
+    let sizes: Vec<usize> = if sizes.is_empty() {
+        (12..=20).map(|s| 1usize << s).collect()
+    } else {
+        sizes.to_vec()
+    };
+    if let Some(bad) = sizes.iter().find(|&&s| s == 0 || s > MAX || s % 512 != 0) {
+        return Err(anyhow!("size {bad} must be a multiple of 512 up to {MAX}"));
+    }
+    for &size in &sizes {
         for test in ["write_bw", "read_bw", "write_lat", "read_lat", "send_lat"] {
             for use_sig in [false, true] {
                 let sge = if use_sig {
@@ -256,7 +273,6 @@ fn client(addr: &str, iters: u32, seconds: f64, depth: u32, json: bool) -> Resul
                 );
             }
         }
-        size *= 2;
     }
     if sig_errors > 0 {
         eprintln!("warning: {sig_errors} signature checks failed during the run");
@@ -318,8 +334,9 @@ fn main() -> Result<()> {
             iters,
             seconds,
             depth,
+            sizes,
             json,
-        } => client(&addr, iters, seconds, depth, json),
+        } => client(&addr, iters, seconds, depth, &sizes, json),
         Cmd::Anchor { bytes, json } => anchor(bytes, json),
     }
 }
