@@ -655,11 +655,16 @@ impl Conn {
             Some(Transfer::Out(n)) => n,
             _ => 0,
         };
-        // Bytes to receive: what the CDB needs, bounded by what the initiator sends.
-        let want = if cmd.write {
-            out_len.min(cmd.expected_data_transfer_length)
-        } else {
+        // Bytes to receive: what the CDB needs, bounded by what the initiator sends;
+        // a block write the initiator under-sizes is cut to the blocks it covers.
+        let mut cmd = cmd;
+        let edtl = cmd.expected_data_transfer_length;
+        let want = if !cmd.write {
             0
+        } else if let Some(n) = super::task::shorten_write(&mut cmd.cdb, out_len, edtl) {
+            n
+        } else {
+            out_len.min(edtl)
         };
         if want > MAX_WRITE {
             let c = Completion::check_condition(illegal_request((0x55, 0x00)));
@@ -973,13 +978,25 @@ impl Conn {
                 match self.tasks.get(&rtt) {
                     Some(task) if task.cmd.lun == t.lun => self.abort_where(|x| x.cmd.itt == rtt),
                     _ => {
-                        // RFC 7143 section 11.6.1: a task never received whose CmdSN is
-                        // in the window and before the TMF counts as aborted.
-                        let w = self.window;
-                        let seen = super::task::sn_lt(t.ref_cmd_sn, t.cmd_sn)
-                            && super::task::sn_lt(t.ref_cmd_sn, w.exp_cmd_sn)
-                            && super::task::sn_le(w.exp_cmd_sn.wrapping_sub(w.depth), t.ref_cmd_sn);
-                        let code = if seen {
+                        // A command held for a CmdSN gap is dropped; otherwise RFC 7143
+                        // section 11.6.1 decides from RefCmdSN.
+                        let held = self
+                            .ahead
+                            .iter()
+                            .find(|(_, p)| p.header.itt() == rtt)
+                            .map(|(sn, _)| *sn);
+                        let complete = match held {
+                            Some(sn) => {
+                                self.ahead.remove(&sn);
+                                true
+                            }
+                            None => super::task::abort_of_unreceived(
+                                &self.window,
+                                t.ref_cmd_sn,
+                                t.cmd_sn,
+                            ),
+                        };
+                        let code = if complete {
                             TmfResponseCode::Complete
                         } else {
                             TmfResponseCode::TaskDoesNotExist

@@ -62,6 +62,16 @@ impl CmdWindow {
     }
 }
 
+/// ABORT TASK for a task the target does not hold (RFC 7143 section 11.6.1): when
+/// RefCmdSN is inside the window [ExpCmdSN, MaxCmdSN] and before the TMF's CmdSN, the
+/// command was never received and counts as aborted ("Function complete"); otherwise
+/// (typically: it already completed) the answer is "Task does not exist".
+pub fn abort_of_unreceived(window: &CmdWindow, ref_cmd_sn: u32, tmf_cmd_sn: u32) -> bool {
+    sn_le(window.exp_cmd_sn, ref_cmd_sn)
+        && sn_le(ref_cmd_sn, window.max_cmd_sn())
+        && sn_lt(ref_cmd_sn, tmf_cmd_sn)
+}
+
 /// Residual for a transfer: `expected` is the initiator's Expected Data Transfer
 /// Length, `actual` the bytes the command wants to move.
 pub fn residual(expected: u32, actual: u64) -> Residual {
@@ -284,6 +294,34 @@ impl DataOutBuffer {
     }
 }
 
+/// When the initiator expects to send fewer bytes than a WRITE or WRITE AND VERIFY
+/// CDB describes (residual overflow), shorten the CDB's TRANSFER LENGTH to the whole
+/// blocks the Expected Data Transfer Length covers, so that only data the initiator
+/// actually sends reaches the medium. `out_len` is the wire length the CDB describes
+/// (PI bytes included). Returns the new wire length, or `None` when the CDB is not a
+/// block write or needs no change.
+pub fn shorten_write(cdb: &mut [u8], out_len: u32, edtl: u32) -> Option<u32> {
+    if edtl >= out_len {
+        return None;
+    }
+    let (at, width) = match cdb.first()? {
+        0x2a | 0x2e => (7, 2),
+        0xaa | 0xae => (6, 4),
+        0x8a | 0x8e => (10, 4),
+        _ => return None,
+    };
+    let field = cdb.get(at..at + width)?;
+    let blocks = field.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b));
+    if blocks == 0 || out_len % blocks != 0 {
+        return None;
+    }
+    let stride = out_len / blocks;
+    let fit = edtl / stride;
+    let bytes = fit.to_be_bytes();
+    cdb[at..at + width].copy_from_slice(&bytes[4 - width..]);
+    Some(fit * stride)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +343,44 @@ mod tests {
         w.advance();
         assert_eq!(w.exp_cmd_sn, 0);
         assert_eq!(w.max_cmd_sn(), 3);
+    }
+
+    #[test]
+    fn shorten_write_cuts_to_whole_blocks() {
+        let mut w10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 2, 0];
+        assert_eq!(shorten_write(&mut w10, 1024, 512), Some(512));
+        assert_eq!(w10[8], 1);
+        let mut w10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(shorten_write(&mut w10, 512, 200), Some(0));
+        assert_eq!(w10[8], 0);
+        // PI on the wire: 520-byte stride.
+        let mut w16 = [0u8; 16];
+        w16[0] = 0x8a;
+        w16[13] = 4;
+        assert_eq!(shorten_write(&mut w16, 2080, 1100), Some(1040));
+        assert_eq!(w16[13], 2);
+        // No overflow, or not a block write: untouched.
+        let mut w12 = [0xaa, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0];
+        assert_eq!(shorten_write(&mut w12, 1024, 1024), None);
+        let mut caw = [0x89u8; 16];
+        assert_eq!(shorten_write(&mut caw, 1024, 512), None);
+        assert_eq!(caw, [0x89u8; 16]);
+    }
+
+    #[test]
+    fn abort_of_completed_task_is_task_does_not_exist() {
+        let w = CmdWindow {
+            exp_cmd_sn: 10,
+            depth: 8,
+        };
+        // Completed (CmdSN 9 < ExpCmdSN): does not exist.
+        assert!(!abort_of_unreceived(&w, 9, 10));
+        // A gap inside the window before the TMF: counted as received and aborted.
+        assert!(abort_of_unreceived(&w, 11, 12));
+        // Not before the TMF itself.
+        assert!(!abort_of_unreceived(&w, 12, 12));
+        // Beyond MaxCmdSN.
+        assert!(!abort_of_unreceived(&w, 18, 20));
     }
 
     #[test]
