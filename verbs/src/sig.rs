@@ -98,6 +98,8 @@ impl std::fmt::Display for SigErr {
     }
 }
 
+impl std::error::Error for SigErr {}
+
 /// What `check_mr_status` asks about (`IB_MR_CHECK_SIG_STATUS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MrStatusCheck(pub u32);
