@@ -126,9 +126,8 @@ impl Daemon {
                 (Transport::Tcp, other) => {
                     anyhow::bail!("TCP portal with a non-TCP address {other:?}")
                 }
-                (Transport::Iser, addr) => {
-                    tracing::warn!(?addr, "iSER portals are not served by this build; skipping");
-                }
+                // Bound and served by `crate::iser::spawn_portals` below.
+                (Transport::Iser, _) => {}
             }
         }
         let portals: Vec<SocketAddr> = bound.iter().filter_map(iscsi_tcp::portal_addr).collect();
@@ -140,6 +139,7 @@ impl Daemon {
             portals: portals.clone(),
             shutdown: shutdown_rx,
         });
+        crate::iser::spawn_portals(cfg, &ctx)?;
         let listeners = bound.into_iter().map(|l| (l, ctx.clone())).collect();
         let control = match control_socket {
             None => None,

@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod iscsi_tcp;
+pub mod iser;
 pub mod luns;
 pub mod registry;
 pub mod service;

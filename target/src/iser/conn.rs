@@ -1,0 +1,1163 @@
+//! One iSER connection, from the CM connect request to disconnect: the private-data
+//! check and accept, the login over SENDs (one login receive buffer; the full receive
+//! ring is posted before the final Login Response), then the full feature phase.
+//!
+//! The connection runs one received PDU at a time: a SCSI command's data move by RDMA
+//! (see [`super::io`]) and the device server runs on the blocking pool before the next
+//! PDU is taken from the receive CQ. Responses are stamped with StatSN, ExpCmdSN and
+//! MaxCmdSN in send order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iscsi::codec::Action;
+use iscsi::iser::{
+    target_plan, IserCmHdr, IserControl, IserHeader, IserMessage, RemoteBuffer, ISER_HEADER_LEN,
+};
+use iscsi::login::{TargetLogin, TargetLoginConfig, TargetStep};
+use iscsi::negotiate::{NegotiatedParams, SessionType};
+use iscsi::pdu::{
+    reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode,
+    NopIn, NopOut, PduLimits, RejectReason, Residual, Role, ScsiCommand, ScsiResponse,
+    TextRequest, TextResponse, TmfFunction, TmfRequest, TmfResponse, TmfResponseCode, BHS_LEN,
+    RESERVED_TAG,
+};
+use iscsi::text::{split_text, TextKeys};
+use iscsi::{Codec, Pdu};
+use verbs::cm::{CmConnection, ConnectRequest};
+use verbs::{Cq, SendWr};
+
+use super::adapter::{self, IserLoginPolicy};
+use super::io::{
+    self, clip, recv_slot_len, CmdPool, Fabric, LocalView, RecvRing, SendBuf, LOGIN_DATA,
+    LOGIN_WR,
+};
+use super::{IserContext, IserError};
+use crate::device::ProtPlan;
+use crate::iscsi_tcp::command::{absent_lun, illegal_request, lun_number};
+use crate::iscsi_tcp::task::{residual, CmdSnCheck, CmdWindow};
+use crate::registry::{ConnectionInfo, Session};
+use crate::service::{Completion, LunSummary, Nexus, ResetScope, ScsiService, Transfer};
+use crate::stats::IoCounters;
+
+/// How long one login PDU may take to arrive.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long unsolicited Data-Out of one command may take to arrive.
+const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Receive buffers beyond the queue depth, for immediate PDUs (NOP-Out, TMF, Logout).
+const EXTRA_RECVS: u32 = 4;
+/// Largest RDMA READ/WRITE the target issues.
+const MAX_RDMA_OP: u32 = 1 << 20;
+
+/// The CM private data the target answers with: ZBVA_NOT_SUP, and SEND_W_INV_NOT_SUP
+/// when it will not invalidate the initiator's STags (the initiator asked so).
+pub fn accept_private_data(initiator: &IserCmHdr) -> [u8; 4] {
+    let h = IserCmHdr {
+        zbva_not_supported: true,
+        send_w_inv_not_supported: initiator.send_w_inv_not_supported,
+    };
+    let mut out = [0u8; 4];
+    out.copy_from_slice(&h.to_bytes(&()));
+    out
+}
+
+/// Serve one connect request until the connection ends. Never panics on peer input.
+pub async fn serve(
+    req: ConnectRequest,
+    device: verbs::Context,
+    portal: String,
+    ctx: Arc<IserContext>,
+) {
+    let peer = req.peer().to_owned();
+    match serve_inner(req, device, portal, ctx).await {
+        Ok(()) => tracing::debug!(%peer, "iSER connection closed"),
+        Err(IserError::Closed) => tracing::debug!(%peer, "iSER connection closed by the peer"),
+        Err(e) => tracing::info!(%peer, error = %e, "iSER connection ended"),
+    }
+}
+
+async fn serve_inner(
+    req: ConnectRequest,
+    device: verbs::Context,
+    portal: String,
+    ctx: Arc<IserContext>,
+) -> Result<(), IserError> {
+    let ours_on_reject = [0x80u8, 0, 0, 0];
+    let hdr = match IserCmHdr::from_private_data(req.private_data()) {
+        Ok(h) if h.zbva_not_supported => h,
+        Ok(_) => {
+            tracing::info!(peer = req.peer(), "rejecting iSER connect: initiator wants zero-based VAs");
+            req.reject(&ours_on_reject)?;
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::info!(peer = req.peer(), error = %e, "rejecting iSER connect: bad iser_cm_hdr");
+            req.reject(&ours_on_reject)?;
+            return Ok(());
+        }
+    };
+    let peer = req.peer().to_owned();
+    let depth = ctx.policy.queue_depth.max(1);
+    let mut fab = Fabric::new(&device, depth + EXTRA_RECVS)?;
+    let login_ring = RecvRing::new(&fab.pd, 1, recv_slot_len(LOGIN_DATA as u32))?;
+    let mut wr = login_ring.recv_wr(0);
+    wr.wr_id = LOGIN_WR;
+    fab.qp.post_recv_one(wr)?;
+    let send_len = ISER_HEADER_LEN
+        + BHS_LEN
+        + io::AHS_ROOM
+        + (ctx.limits.initiator_recv_data_segment_length as usize).max(LOGIN_DATA)
+        + 4;
+    let send = SendBuf::new(&fab.pd, send_len)?;
+    let cm = req.accept(&fab.qp, &accept_private_data(&hdr))?;
+    let send_inv = !hdr.send_w_inv_not_supported;
+
+    let Some(logged) = login(&mut fab, &login_ring, &send, &cm, &ctx, &peer, &portal).await? else {
+        cm.disconnect();
+        return Ok(());
+    };
+    drop(login_ring);
+    let LoggedIn {
+        params,
+        session,
+        nexus,
+        target,
+        cid,
+        exp_cmd_sn,
+        stat_sn,
+        ring,
+    } = logged;
+    let service = target
+        .as_deref()
+        .and_then(|t| ctx.registry.target(t))
+        .map(|t| t.service.clone());
+    let lun_counters = target
+        .as_deref()
+        .and_then(|t| ctx.registry.target(t))
+        .map(|t| t.counters.clone())
+        .unwrap_or_default();
+    let luns: HashMap<u64, LunSummary> = service
+        .as_ref()
+        .map(|s| s.luns().into_iter().map(|l| (l.lun, l)).collect())
+        .unwrap_or_default();
+    let pool = CmdPool::new(&fab.pd)?;
+    let mut c = Conn {
+        fab,
+        ring,
+        send,
+        pool,
+        params,
+        session: session.clone(),
+        nexus,
+        target,
+        cid,
+        service,
+        lun_counters,
+        luns,
+        window: CmdWindow {
+            exp_cmd_sn,
+            depth,
+        },
+        stat_sn,
+        held: BTreeMap::new(),
+        deferred: VecDeque::new(),
+        send_inv,
+        text_pending: HashMap::new(),
+        next_ttt: 1,
+        closing: false,
+        ctx: ctx.clone(),
+    };
+    let r = c.full_feature(&cm).await;
+    // Disconnect: flush everything posted; MRs and the QP are freed on drop.
+    let _ = c.fab.qp.to_error();
+    cm.disconnect();
+    ctx.registry.close_session(&session);
+    if let Some(s) = &c.service {
+        s.nexus_lost(&c.nexus);
+    }
+    r
+}
+
+struct LoggedIn {
+    params: NegotiatedParams,
+    session: Arc<Session>,
+    nexus: Nexus,
+    target: Option<String>,
+    cid: u16,
+    exp_cmd_sn: u32,
+    stat_sn: u32,
+    ring: RecvRing,
+}
+
+fn random_fill(buf: &mut [u8]) {
+    if getrandom::getrandom(buf).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+}
+
+/// Waits for one receive completion; returns (slot, bytes received).
+async fn next_recv(cq: &Cq, timeout: Option<Duration>) -> Result<(u64, usize), IserError> {
+    let wc = match timeout {
+        Some(t) => tokio::time::timeout(t, cq.next())
+            .await
+            .map_err(|_| IserError::Timeout("receive"))??,
+        None => cq.next().await?,
+    };
+    if wc.status == verbs::WcStatus::WrFlushErr {
+        return Err(IserError::Closed);
+    }
+    if !wc.is_ok() {
+        return Err(IserError::Completion {
+            wr_id: wc.wr_id,
+            what: "receive",
+            status: wc.status,
+        });
+    }
+    Ok((wc.wr_id, wc.byte_len as usize))
+}
+
+/// One iSER SEND of `pdu` (optionally invalidating the initiator's `inv` STag).
+async fn send_pdu(
+    fab: &mut Fabric,
+    send: &SendBuf,
+    pdu: Pdu,
+    inv: Option<u32>,
+) -> Result<(), IserError> {
+    let msg = IserMessage {
+        header: IserHeader::Control(IserControl::default()),
+        pdu: Some(pdu),
+    };
+    let bytes = msg.to_bytes(&PduLimits {
+        max_recv_data_segment_length: u32::MAX,
+    });
+    let sge = send.load(&bytes)?;
+    let wr = match inv {
+        Some(rkey) => SendWr::send_with_inv(0, sge, rkey),
+        None => SendWr::send(0, sge),
+    };
+    fab.run(vec![wr], "SEND").await
+}
+
+async fn login(
+    fab: &mut Fabric,
+    login_ring: &RecvRing,
+    send: &SendBuf,
+    cm: &CmConnection,
+    ctx: &IserContext,
+    peer: &str,
+    portal: &str,
+) -> Result<Option<LoggedIn>, IserError> {
+    let mut random = [0u8; 37];
+    random_fill(&mut random);
+    let cfg = TargetLoginConfig {
+        portal_group_tag: ctx.policy.tpgt,
+        initial_stat_sn: u32::from_be_bytes([0, random[0], random[1], random[2]]),
+        queue_depth: ctx.policy.queue_depth.max(1),
+        new_tsih: ctx.registry.reserve_tsih(),
+        chap_id: random[3],
+        chap_challenge: random[5..].to_vec(),
+        ..TargetLoginConfig::default()
+    };
+    let policy = IserLoginPolicy {
+        inner: &ctx.policy,
+        limits: ctx.limits,
+    };
+    let mut machine = TargetLogin::new(cfg);
+    let limits = PduLimits {
+        max_recv_data_segment_length: LOGIN_DATA as u32,
+    };
+    loop {
+        let (slot, len) = tokio::select! {
+            r = next_recv(&fab.recv_cq, Some(LOGIN_TIMEOUT)) => r?,
+            _ = cm.disconnected() => return Err(IserError::Closed),
+        };
+        if slot != LOGIN_WR {
+            return Err(IserError::Protocol("unexpected receive during login".into()));
+        }
+        let bytes = login_ring.take(0, len)?;
+        let pdu = match IserMessage::decode(&bytes, &limits) {
+            Ok(IserMessage {
+                header: IserHeader::Control(_),
+                pdu: Some(p),
+            }) => p,
+            Ok(_) => {
+                tracing::info!(%peer, "iSER Hello or HelloReply during login; closing");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "malformed PDU during login; closing");
+                return Ok(None);
+            }
+        };
+        let Ok(step) = machine.handle_request(&pdu, &policy) else {
+            return Ok(None);
+        };
+        match step {
+            TargetStep::Continue(resp) => {
+                let mut wr = login_ring.recv_wr(0);
+                wr.wr_id = LOGIN_WR;
+                fab.qp.post_recv_one(wr)?;
+                send_pdu(fab, send, resp, None).await?;
+            }
+            TargetStep::Failed { response, error } => {
+                tracing::info!(%peer, %error, "iSER login refused");
+                send_pdu(fab, send, response, None).await?;
+                return Ok(None);
+            }
+            TargetStep::Complete { response, outcome } => {
+                let p = &outcome.params;
+                if p.session_type == SessionType::Normal && !p.rdma_extensions {
+                    tracing::info!(%peer, "normal session over iSER without RDMAExtensions=Yes; closing");
+                    return Ok(None);
+                }
+                let data = p.target_recv_data_segment_length.max(LOGIN_DATA as u32);
+                let depth = ctx.policy.queue_depth.max(1) + EXTRA_RECVS;
+                let ring = RecvRing::new(&fab.pd, depth as usize, recv_slot_len(data))?;
+                // The full ring goes up before the final Login Response, so the first
+                // command cannot meet an empty receive queue.
+                ring.post_all(&fab.qp)?;
+                let info = ConnectionInfo {
+                    cid: outcome.cid,
+                    peer: peer.to_owned(),
+                    portal: format!("iser:{portal}"),
+                    digests: (false, false),
+                };
+                let session = ctx.registry.open_session(
+                    outcome.tsih,
+                    &outcome.initiator_name,
+                    outcome.isid.0,
+                    outcome.target_name.as_deref(),
+                    info,
+                );
+                send_pdu(fab, send, response, None).await?;
+                tracing::info!(
+                    %peer,
+                    initiator = %outcome.initiator_name,
+                    target = outcome.target_name.as_deref().unwrap_or("(discovery)"),
+                    tsih = session.tsih,
+                    target_recv = p.target_recv_data_segment_length,
+                    initiator_recv = p.initiator_recv_data_segment_length,
+                    "iSER login complete"
+                );
+                let nexus = Nexus {
+                    initiator: outcome.initiator_name.clone(),
+                    isid: outcome.isid.0,
+                    tsih: session.tsih,
+                };
+                return Ok(Some(LoggedIn {
+                    params: outcome.params.clone(),
+                    session,
+                    nexus,
+                    target: outcome.target_name.clone(),
+                    cid: outcome.cid,
+                    exp_cmd_sn: outcome.exp_cmd_sn,
+                    stat_sn: outcome.next_stat_sn,
+                    ring,
+                }));
+            }
+        }
+    }
+}
+
+/// A received control-type message: the iSER header and its PDU.
+#[derive(Debug)]
+struct Msg {
+    iser: IserControl,
+    pdu: Pdu,
+}
+
+struct Conn {
+    fab: Fabric,
+    ring: RecvRing,
+    send: SendBuf,
+    pool: CmdPool,
+    params: NegotiatedParams,
+    session: Arc<Session>,
+    nexus: Nexus,
+    target: Option<String>,
+    cid: u16,
+    service: Option<Arc<dyn ScsiService>>,
+    lun_counters: BTreeMap<u64, Arc<IoCounters>>,
+    luns: HashMap<u64, LunSummary>,
+    window: CmdWindow,
+    stat_sn: u32,
+    /// Commands received ahead of ExpCmdSN, by CmdSN.
+    held: BTreeMap<u32, Msg>,
+    /// Messages received while a command collected its Data-Out, in arrival order.
+    deferred: VecDeque<Msg>,
+    send_inv: bool,
+    text_pending: HashMap<u32, Vec<Vec<u8>>>,
+    next_ttt: u32,
+    closing: bool,
+    ctx: Arc<IserContext>,
+}
+
+/// What a received message turned into.
+enum Received {
+    Msg(Msg),
+    /// Malformed: answered with a Reject (or the connection must close).
+    Rejected,
+}
+
+impl Conn {
+    async fn full_feature(&mut self, cm: &CmConnection) -> Result<(), IserError> {
+        let mut closed = self.session.closed();
+        let mut shutdown = self.ctx.shutdown.clone();
+        while !self.closing {
+            let msg = if let Some(m) = self.deferred.pop_front() {
+                m
+            } else {
+                let r = tokio::select! {
+                    r = next_recv(&self.fab.recv_cq, None) => r,
+                    _ = cm.disconnected() => return Err(IserError::Closed),
+                    r = closed.changed() => {
+                        if r.is_err() || *closed.borrow() {
+                            tracing::debug!(tsih = self.session.tsih, "session closed");
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    r = shutdown.changed() => {
+                        if r.is_err() || *shutdown.borrow() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                };
+                let (slot, len) = r?;
+                match self.receive(slot, len).await? {
+                    Received::Msg(m) => m,
+                    Received::Rejected => continue,
+                }
+            };
+            self.on_msg(msg).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies a receive out of its slot, reposts the slot, and decodes it.
+    async fn receive(&mut self, slot: u64, len: usize) -> Result<Received, IserError> {
+        let slot = usize::try_from(slot).unwrap_or(usize::MAX);
+        let bytes = self.ring.take(slot, len)?;
+        self.fab.qp.post_recv_one(self.ring.recv_wr(slot))?;
+        let limits = self.params.recv_limits(Role::Target);
+        match IserMessage::decode(&bytes, &limits) {
+            Ok(IserMessage {
+                header: IserHeader::Control(iser),
+                pdu: Some(pdu),
+            }) => Ok(Received::Msg(Msg { iser, pdu })),
+            Ok(_) => Err(IserError::Protocol(
+                "iSER Hello in full feature phase".into(),
+            )),
+            Err(e) => {
+                let Some(bhs) = bytes
+                    .get(ISER_HEADER_LEN..ISER_HEADER_LEN + BHS_LEN)
+                    .and_then(|b| <[u8; BHS_LEN]>::try_from(b).ok())
+                else {
+                    return Err(IserError::Protocol(format!("short iSER message: {e}")));
+                };
+                match e.action() {
+                    Action::Reject(reason) => {
+                        tracing::debug!(error = %e, "malformed PDU; Reject");
+                        self.reject(reason, &bhs).await?;
+                        Ok(Received::Rejected)
+                    }
+                    Action::CloseConnection => {
+                        Err(IserError::Protocol(format!("malformed PDU: {e}")))
+                    }
+                }
+            }
+        }
+    }
+
+    fn max_cmd_sn(&self) -> u32 {
+        self.window.max_cmd_sn()
+    }
+
+    /// Stamps StatSN/ExpCmdSN/MaxCmdSN and sends `pdu` as one SEND.
+    async fn send(&mut self, mut pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
+        let (exp, max) = (self.window.exp_cmd_sn, self.max_cmd_sn());
+        let advance = |sn: &mut u32| {
+            let s = *sn;
+            *sn = sn.wrapping_add(1);
+            s
+        };
+        match &mut pdu.header {
+            Header::ScsiResponse(h) => {
+                h.stat_sn = advance(&mut self.stat_sn);
+                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+            }
+            Header::TmfResponse(h) => {
+                h.stat_sn = advance(&mut self.stat_sn);
+                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+            }
+            Header::TextResponse(h) => {
+                h.stat_sn = advance(&mut self.stat_sn);
+                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+            }
+            Header::LogoutResponse(h) => {
+                h.stat_sn = advance(&mut self.stat_sn);
+                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+            }
+            Header::Reject(h) => {
+                h.stat_sn = advance(&mut self.stat_sn);
+                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+            }
+            Header::NopIn(h) => {
+                // A NOP-In answering a NOP-Out advances StatSN; an unsolicited one not.
+                h.stat_sn = if h.itt != RESERVED_TAG {
+                    advance(&mut self.stat_sn)
+                } else {
+                    self.stat_sn
+                };
+                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+            }
+            _ => {}
+        }
+        let inv = inv.filter(|_| self.send_inv);
+        send_pdu(&mut self.fab, &self.send, pdu, inv).await
+    }
+
+    async fn reject(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Result<(), IserError> {
+        let pdu = reject_pdu(reason, bhs, 0, 0, 0);
+        self.send(pdu, None).await
+    }
+
+    /// CmdSN ordering, then dispatch; commands held ahead of ExpCmdSN follow once
+    /// the gap closes.
+    async fn on_msg(&mut self, msg: Msg) -> Result<(), IserError> {
+        let h = &msg.pdu.header;
+        if let (Some(sn), false) = (h.cmd_sn(), h.immediate()) {
+            match self.window.check(sn) {
+                CmdSnCheck::InOrder => {
+                    self.window.advance();
+                    self.dispatch(msg).await?;
+                    while let Some(next) = self.held.remove(&self.window.exp_cmd_sn) {
+                        self.window.advance();
+                        self.dispatch(next).await?;
+                    }
+                }
+                CmdSnCheck::Ahead => {
+                    if self.held.len() < self.window.depth as usize {
+                        self.held.insert(sn, msg);
+                    }
+                }
+                CmdSnCheck::OutOfWindow => {
+                    tracing::debug!(cmd_sn = sn, exp = self.window.exp_cmd_sn, "CmdSN outside the window; ignored");
+                }
+            }
+            return Ok(());
+        }
+        if let (Some(sn), true) = (h.cmd_sn(), h.immediate()) {
+            if !self.window.immediate_ok(sn) {
+                tracing::debug!(cmd_sn = sn, "immediate CmdSN outside the window; ignored");
+                return Ok(());
+            }
+        }
+        self.dispatch(msg).await
+    }
+
+    async fn dispatch(&mut self, msg: Msg) -> Result<(), IserError> {
+        let bhs = msg.pdu.bhs_bytes();
+        match msg.pdu.header {
+            Header::ScsiCommand(cmd) => self.on_command(msg.iser, cmd, msg.pdu.data).await,
+            Header::NopOut(n) => self.on_nop_out(n, msg.pdu.data).await,
+            Header::TmfRequest(t) => self.on_tmf(t).await,
+            Header::TextRequest(t) => self.on_text(t, &msg.pdu.data).await,
+            Header::LogoutRequest(l) => self.on_logout(l).await,
+            Header::DataOut(_) => {
+                // Solicited data moves by RDMA READ; unsolicited Data-Out is taken by
+                // its command. Anything else names no task awaiting data.
+                self.reject(RejectReason::ProtocolError, &bhs).await
+            }
+            Header::SnackRequest(_) => self.reject(RejectReason::SnackReject, &bhs).await,
+            _ => self.reject(RejectReason::CommandNotSupported, &bhs).await,
+        }
+    }
+
+    async fn on_nop_out(&mut self, n: NopOut, data: Vec<u8>) -> Result<(), IserError> {
+        if n.itt == RESERVED_TAG {
+            // The answer to a NOP-In ping (or a ping that wants no answer).
+            return Ok(());
+        }
+        let max = self.params.max_send_data_segment(Role::Target) as usize;
+        let mut data = data;
+        data.truncate(max);
+        let pdu = Pdu::with_data(
+            NopIn {
+                lun: n.lun,
+                itt: n.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+            },
+            data,
+        );
+        self.send(pdu, None).await
+    }
+
+    fn counters_for(&self, lun: Option<u64>) -> Vec<Arc<IoCounters>> {
+        let mut v = vec![self.session.counters.clone()];
+        if let Some(c) = lun.and_then(|l| self.lun_counters.get(&l)) {
+            v.push(c.clone());
+        }
+        v
+    }
+
+    /// Collects the unsolicited Data-Out PDUs of `cmd` into the command buffer, up to
+    /// `until` bytes; other messages arriving meanwhile are kept for later. Returns
+    /// the bytes received.
+    async fn collect_data_out(
+        &mut self,
+        cmd: &ScsiCommand,
+        have: u32,
+        until: u32,
+    ) -> Result<u32, IserError> {
+        let mut got = have;
+        let deadline = tokio::time::Instant::now() + DATA_OUT_TIMEOUT;
+        // Each Data-Out carries at least one byte, so `until` bounds the PDUs.
+        for _ in 0..=until {
+            if got >= until {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            let (slot, len) = next_recv(&self.fab.recv_cq, Some(left)).await?;
+            let Received::Msg(m) = self.receive(slot, len).await? else {
+                continue;
+            };
+            match &m.pdu.header {
+                Header::DataOut(d) if d.itt == cmd.itt && d.ttt == RESERVED_TAG => {
+                    let d: DataOut = *d;
+                    let end = d.buffer_offset.checked_add(m.pdu.data.len() as u32);
+                    match end {
+                        Some(end) if end <= until && !m.pdu.data.is_empty() => {
+                            let buf = self
+                                .pool
+                                .data()
+                                .ok_or(IserError::Protocol("command buffer missing".into()))?;
+                            buf.write_at(d.buffer_offset as usize, &m.pdu.data)?;
+                            got = got.max(end);
+                            if d.final_ {
+                                break;
+                            }
+                        }
+                        _ => {
+                            let bhs = m.pdu.bhs_bytes();
+                            self.reject(RejectReason::ProtocolError, &bhs).await?;
+                            return Ok(got);
+                        }
+                    }
+                }
+                _ => self.deferred.push_back(m),
+            }
+        }
+        Ok(got)
+    }
+
+    async fn on_command(
+        &mut self,
+        iser: IserControl,
+        cmd: ScsiCommand,
+        immediate: Vec<u8>,
+    ) -> Result<(), IserError> {
+        let Some(service) = self.service.clone() else {
+            // Discovery sessions carry no SCSI commands.
+            let bhs = Pdu::new(cmd.clone()).bhs_bytes();
+            return self.reject(RejectReason::ProtocolError, &bhs).await;
+        };
+        let lun = lun_number(cmd.lun).filter(|l| service.has_lun(*l));
+        let edtl = cmd.expected_data_transfer_length;
+        let transfer = match lun {
+            Some(l) => service.transfer(l, &cmd.cdb),
+            None => Transfer::None,
+        };
+        let summary = lun.and_then(|l| self.luns.get(&l).cloned());
+        let plan = summary
+            .as_ref()
+            .and_then(|s| adapter::wire_pi_plan(s, &cmd.cdb));
+        let counters = self.counters_for(lun);
+
+        // ---- Data-Out -------------------------------------------------------
+        let out_len = match transfer {
+            Transfer::Out(n) => n,
+            _ => 0,
+        };
+        let mut data_out_len = 0u32;
+        let mut pi_failure: Option<(u8, Vec<u8>)> = None;
+        let want = edtl.min(out_len);
+        if cmd.write && want > 0 {
+            if self.pool.buffer(&self.fab.pd, want as usize).is_err() {
+                let c = Completion::check_condition(illegal_request((0x24, 0x00)));
+                return self.respond(&cmd, &iser, &c, 0, 0, out_len, &counters).await;
+            }
+            let imm = (immediate.len() as u32).min(want);
+            if imm > 0 {
+                if let Some(buf) = self.pool.data() {
+                    buf.write_at(0, &immediate[..imm as usize])?;
+                }
+            }
+            let mut unsolicited = imm;
+            let first_burst = self.params.first_burst_length.min(edtl);
+            if !self.params.initial_r2t && !cmd.final_ && unsolicited < first_burst {
+                unsolicited = self.collect_data_out(&cmd, unsolicited, first_burst).await?;
+            }
+            match target_plan(
+                &cmd,
+                &iser,
+                unsolicited,
+                self.params.max_burst_length,
+                MAX_RDMA_OP,
+            ) {
+                Ok(p) => {
+                    let reads = clip(&p.rdma_reads, want);
+                    let stride = plan.map_or(1, |p| p.wire_stride() as u32);
+                    let through_sig = plan.is_some_and(|p| {
+                        p.wire_len() == want as usize && unsolicited % stride == 0
+                    });
+                    if let (true, Some(p)) = (through_sig, plan.as_ref()) {
+                        self.fetch_checked(p, &reads, want).await?;
+                        if let Some(e) = io::sig_status(&self.pool)? {
+                            pi_failure = Some(self.sig_error(summary.as_ref(), p, &e));
+                        }
+                    } else {
+                        io::rdma_reads(&mut self.fab, &self.pool, &reads, LocalView::Plain)
+                            .await?;
+                    }
+                    data_out_len = want;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, itt = cmd.itt, "command without the STag it needs");
+                    let bhs = Pdu::new(cmd.clone()).bhs_bytes();
+                    return self.reject(RejectReason::ProtocolError, &bhs).await;
+                }
+            }
+        } else if cmd.read {
+            if let Err(e) = target_plan(&cmd, &iser, 0, self.params.max_burst_length, MAX_RDMA_OP)
+            {
+                tracing::debug!(error = %e, itt = cmd.itt, "command without the STag it needs");
+                let bhs = Pdu::new(cmd.clone()).bhs_bytes();
+                return self.reject(RejectReason::ProtocolError, &bhs).await;
+            }
+        }
+
+        // ---- execute ----------------------------------------------------------
+        let completion = if let Some((status, sense)) = pi_failure {
+            // The data failed its check in the HCA: nothing reaches the medium.
+            Completion {
+                status,
+                sense,
+                data_in: Vec::new(),
+            }
+        } else {
+            let data = match (data_out_len, self.pool.data()) {
+                (0, _) | (_, None) => Vec::new(),
+                (n, Some(buf)) => buf.to_vec(0, n as usize)?,
+            };
+            let nexus = self.nexus.clone();
+            let cdb = cmd.cdb.clone();
+            let svc = service.clone();
+            tokio::task::spawn_blocking(move || match lun {
+                Some(l) => svc.execute(&nexus, l, &cdb, &data),
+                None => absent_lun(svc.as_ref(), &nexus, &cdb, &data),
+            })
+            .await
+            .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
+        };
+
+        // ---- Data-In ----------------------------------------------------------
+        let mut completion = completion;
+        let mut sent = 0u32;
+        if cmd.read && !completion.data_in.is_empty() {
+            let send_len = completion.data_in.len().min(edtl as usize) as u32;
+            let p = target_plan(&cmd, &iser, 0, self.params.max_burst_length, MAX_RDMA_OP)
+                .map_err(|e| IserError::Protocol(e.to_string()))?;
+            let writes = clip(&p.rdma_writes, send_len);
+            let buf = self.pool.buffer(&self.fab.pd, send_len as usize)?;
+            buf.write_at(0, &completion.data_in[..send_len as usize])?;
+            let checked = plan.filter(|p| {
+                completion.status == 0 && p.wire_len() == send_len as usize
+            });
+            if let Some(p) = checked {
+                self.deliver_checked(&p, &writes, send_len).await?;
+                if let Some(e) = io::sig_status(&self.pool)? {
+                    let (status, sense) = self.sig_error(summary.as_ref(), &p, &e);
+                    completion.status = status;
+                    completion.sense = sense;
+                }
+            } else {
+                io::rdma_writes(&mut self.fab, &self.pool, &writes, LocalView::Plain).await?;
+            }
+            sent = send_len;
+        }
+        self.respond(&cmd, &iser, &completion, sent, data_out_len, out_len, &counters)
+            .await
+    }
+
+    /// RDMA READ through the signature MR bound over the wire-form buffer (PASS).
+    async fn fetch_checked(
+        &mut self,
+        plan: &ProtPlan,
+        reads: &[iscsi::iser::RdmaOp],
+        len: u32,
+    ) -> Result<(), IserError> {
+        let attrs = adapter::pass_attrs(plan)
+            .ok_or(IserError::Protocol("PASS plan without a DIF domain".into()))?;
+        io::register_sig(&mut self.fab, &self.pool, len as usize, attrs).await?;
+        io::rdma_reads(&mut self.fab, &self.pool, reads, LocalView::Signature).await
+    }
+
+    /// RDMA WRITE through the signature MR bound over the wire-form buffer (PASS).
+    async fn deliver_checked(
+        &mut self,
+        plan: &ProtPlan,
+        writes: &[iscsi::iser::RdmaOp],
+        len: u32,
+    ) -> Result<(), IserError> {
+        let attrs = adapter::pass_attrs(plan)
+            .ok_or(IserError::Protocol("PASS plan without a DIF domain".into()))?;
+        io::register_sig(&mut self.fab, &self.pool, len as usize, attrs).await?;
+        io::rdma_writes(&mut self.fab, &self.pool, writes, LocalView::Signature).await
+    }
+
+    fn sig_error(
+        &self,
+        lun: Option<&LunSummary>,
+        plan: &ProtPlan,
+        e: &verbs::SigErr,
+    ) -> (u8, Vec<u8>) {
+        let f = adapter::sig_failure(plan, e);
+        tracing::warn!(
+            tsih = self.session.tsih,
+            lun = lun.map(|l| l.lun),
+            lba = f.lba,
+            kind = %f.kind,
+            expected = f.expected,
+            actual = f.actual,
+            "PI check failed in the HCA"
+        );
+        let fallback = LunSummary {
+            lun: 0,
+            blocks: 0,
+            block_size: plan.block_size,
+            pi_type: 1,
+            backing: String::new(),
+        };
+        adapter::sig_sense(lun.unwrap_or(&fallback), &f)
+    }
+
+    /// Records the command and sends its SCSI Response (invalidating the initiator's
+    /// STag when SEND with invalidate is in use).
+    #[allow(clippy::too_many_arguments)]
+    async fn respond(
+        &mut self,
+        cmd: &ScsiCommand,
+        iser: &IserControl,
+        c: &Completion,
+        sent: u32,
+        data_out_len: u32,
+        out_len: u32,
+        counters: &[Arc<IoCounters>],
+    ) -> Result<(), IserError> {
+        for k in counters {
+            k.record(&cmd.cdb, u64::from(sent), u64::from(data_out_len), &c.sense);
+        }
+        let edtl = cmd.expected_data_transfer_length;
+        let resid = if cmd.read {
+            residual(edtl, c.data_in.len() as u64)
+        } else if cmd.write || out_len > 0 {
+            residual(edtl, u64::from(out_len))
+        } else if !c.data_in.is_empty() {
+            residual(0, c.data_in.len() as u64)
+        } else {
+            Residual::None
+        };
+        let mut data = Vec::new();
+        if !c.sense.is_empty() {
+            data.extend_from_slice(&(c.sense.len() as u16).to_be_bytes());
+            data.extend_from_slice(&c.sense);
+        }
+        let pdu = Pdu::with_data(
+            ScsiResponse {
+                bidi_read_residual: Residual::None,
+                residual: resid,
+                response: 0,
+                status: c.status,
+                itt: cmd.itt,
+                snack_tag: 0,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                exp_data_sn: 0,
+            },
+            data,
+        );
+        let inv = invalidate_stag(iser);
+        self.send(pdu, inv).await
+    }
+
+    async fn tmf_response(&mut self, itt: u32, response: TmfResponseCode) -> Result<(), IserError> {
+        let pdu = Pdu::new(TmfResponse {
+            response,
+            itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        });
+        self.send(pdu, None).await
+    }
+
+    async fn on_tmf(&mut self, t: TmfRequest) -> Result<(), IserError> {
+        let Some(service) = self.service.clone() else {
+            return self.tmf_response(t.itt, TmfResponseCode::Rejected).await;
+        };
+        let lun = lun_number(t.lun).filter(|l| service.has_lun(*l));
+        let needs_lun = matches!(
+            t.function,
+            TmfFunction::AbortTask
+                | TmfFunction::AbortTaskSet
+                | TmfFunction::ClearTaskSet
+                | TmfFunction::LogicalUnitReset
+        );
+        if needs_lun && lun.is_none() {
+            return self
+                .tmf_response(t.itt, TmfResponseCode::LunDoesNotExist)
+                .await;
+        }
+        // Commands run to completion one at a time, so only commands held ahead of
+        // ExpCmdSN can still be aborted.
+        let code = match t.function {
+            TmfFunction::AbortTask => {
+                let rtt = t.referenced_task_tag;
+                let held = self
+                    .held
+                    .iter()
+                    .find(|(_, m)| m.pdu.header.itt() == rtt)
+                    .map(|(sn, _)| *sn);
+                match held {
+                    Some(sn) => {
+                        self.held.remove(&sn);
+                        TmfResponseCode::Complete
+                    }
+                    // Already answered (or never seen): nothing left to abort.
+                    None if crate::iscsi_tcp::task::sn_lt(t.ref_cmd_sn, self.window.exp_cmd_sn) => {
+                        TmfResponseCode::Complete
+                    }
+                    None => TmfResponseCode::TaskDoesNotExist,
+                }
+            }
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
+                let raw = t.lun;
+                self.held.retain(|_, m| {
+                    !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw)
+                });
+                service.reset(
+                    &self.nexus,
+                    ResetScope::TaskSet {
+                        lun: lun.unwrap_or(0),
+                        clear: t.function == TmfFunction::ClearTaskSet,
+                    },
+                );
+                TmfResponseCode::Complete
+            }
+            TmfFunction::LogicalUnitReset => {
+                let raw = t.lun;
+                self.held.retain(|_, m| {
+                    !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw)
+                });
+                service.reset(&self.nexus, ResetScope::LogicalUnit(lun.unwrap_or(0)));
+                TmfResponseCode::Complete
+            }
+            TmfFunction::TargetWarmReset => {
+                self.held.clear();
+                service.reset(&self.nexus, ResetScope::Target);
+                TmfResponseCode::Complete
+            }
+            TmfFunction::TargetColdReset => {
+                self.held.clear();
+                service.reset(&self.nexus, ResetScope::Target);
+                self.closing = true;
+                TmfResponseCode::Complete
+            }
+            TmfFunction::TaskReassign => TmfResponseCode::ReassignmentNotSupported,
+            _ => TmfResponseCode::NotSupported,
+        };
+        self.tmf_response(t.itt, code).await
+    }
+
+    fn send_targets(&self, what: &str) -> TextKeys {
+        let mut out = TextKeys::new();
+        let policy = &self.ctx.policy;
+        for t in &policy.targets {
+            let listed = match what {
+                "All" if self.target.is_none() => true,
+                "All" | "" => self.target.as_deref() == Some(t.iqn.as_str()),
+                name => {
+                    name.eq_ignore_ascii_case(&t.iqn)
+                        && (self.target.is_none() || self.target.as_deref() == Some(name))
+                }
+            };
+            if !listed || !t.allows(&self.nexus.initiator) {
+                continue;
+            }
+            out.push("TargetName", t.iqn.clone());
+            for p in &self.ctx.portals {
+                let host = match p {
+                    std::net::SocketAddr::V4(a) => a.to_string(),
+                    std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                };
+                out.push("TargetAddress", format!("{host},{}", policy.tpgt));
+            }
+        }
+        out
+    }
+
+    async fn on_text(&mut self, t: TextRequest, data: &[u8]) -> Result<(), IserError> {
+        let max = self.params.max_send_data_segment(Role::Target).max(512) as usize;
+        if t.ttt != RESERVED_TAG {
+            let (seg, rest) = match self.text_pending.remove(&t.ttt) {
+                Some(mut rest) if !rest.is_empty() => {
+                    let seg = rest.remove(0);
+                    (seg, rest)
+                }
+                _ => (Vec::new(), Vec::new()),
+            };
+            return self.send_text(t.itt, t.lun, seg, rest, Some(t.ttt)).await;
+        }
+        let keys = TextKeys::parse(data).unwrap_or_default();
+        let mut out = TextKeys::new();
+        for (k, v) in keys.iter() {
+            if k == "SendTargets" {
+                out.0.extend(self.send_targets(v).0);
+            } else if iscsi::negotiate::key_def(k).is_some() {
+                out.push(k, iscsi::negotiate::REJECT);
+            } else {
+                out.push(k, iscsi::negotiate::NOT_UNDERSTOOD);
+            }
+        }
+        let mut segs = split_text(&out.encode(), max);
+        let first = if segs.is_empty() {
+            Vec::new()
+        } else {
+            segs.remove(0)
+        };
+        self.send_text(t.itt, t.lun, first, segs, None).await
+    }
+
+    async fn send_text(
+        &mut self,
+        itt: u32,
+        lun: u64,
+        seg: Vec<u8>,
+        rest: Vec<Vec<u8>>,
+        ttt: Option<u32>,
+    ) -> Result<(), IserError> {
+        let more = !rest.is_empty();
+        let ttt = if more {
+            let ttt = ttt.unwrap_or_else(|| {
+                let t = self.next_ttt;
+                self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+                if self.next_ttt == RESERVED_TAG {
+                    self.next_ttt = 1;
+                }
+                t
+            });
+            self.text_pending.insert(ttt, rest);
+            ttt
+        } else {
+            RESERVED_TAG
+        };
+        let pdu = Pdu::with_data(
+            TextResponse {
+                final_: !more,
+                continue_: more,
+                lun,
+                itt,
+                ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+            },
+            seg,
+        );
+        self.send(pdu, None).await
+    }
+
+    async fn on_logout(&mut self, l: LogoutRequest) -> Result<(), IserError> {
+        let response = match l.reason {
+            LogoutReason::CloseSession => LogoutResponseCode::Success,
+            LogoutReason::CloseConnection if l.cid == self.cid => LogoutResponseCode::Success,
+            LogoutReason::CloseConnection => LogoutResponseCode::CidNotFound,
+            LogoutReason::RemoveForRecovery => LogoutResponseCode::RecoveryNotSupported,
+            _ => LogoutResponseCode::CleanupFailed,
+        };
+        let pdu = Pdu::new(LogoutResponse {
+            response,
+            itt: l.itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            time2wait: 0,
+            time2retain: 0,
+        });
+        if response == LogoutResponseCode::Success {
+            self.held.clear();
+            self.closing = true;
+            if l.reason == LogoutReason::CloseSession {
+                self.session.close();
+            }
+        }
+        self.send(pdu, None).await
+    }
+}
+
+/// The STag the SCSI Response invalidates at the initiator: the Read STag, else the
+/// Write STag (one registration per command, as Linux iSER uses it).
+pub fn invalidate_stag(iser: &IserControl) -> Option<u32> {
+    iser.read
+        .or(iser.write)
+        .map(|b: RemoteBuffer| b.stag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_mirrors_send_with_invalidate() {
+        let both = IserCmHdr {
+            zbva_not_supported: true,
+            send_w_inv_not_supported: true,
+        };
+        assert_eq!(accept_private_data(&both), [0xc0, 0, 0, 0]);
+        let inv_ok = IserCmHdr {
+            zbva_not_supported: true,
+            send_w_inv_not_supported: false,
+        };
+        assert_eq!(accept_private_data(&inv_ok), [0x80, 0, 0, 0]);
+    }
+
+    #[test]
+    fn response_invalidates_read_stag_first() {
+        let b = |stag| Some(RemoteBuffer { stag, va: 0x1000 });
+        let both = IserControl {
+            write: b(1),
+            read: b(2),
+        };
+        assert_eq!(invalidate_stag(&both), Some(2));
+        let w = IserControl {
+            write: b(1),
+            read: None,
+        };
+        assert_eq!(invalidate_stag(&w), Some(1));
+        assert_eq!(invalidate_stag(&IserControl::default()), None);
+    }
+}

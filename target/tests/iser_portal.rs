@@ -1,0 +1,637 @@
+//! The iSER portal against a minimal iSER initiator built here from `verbs`, the soft
+//! mlx5 HCA and `iscsi`: CM private data, login over SENDs, WRITE/READ with and
+//! without PI on the wire (Type 1 / 512 and Type 3 / 4096), a bad guard from the
+//! initiator, a fault injected in the target's HCA, Reject, NOP, SendTargets, logout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iscsi::iser::{IserControl, IserHeader, IserMessage, RemoteBuffer};
+use iscsi::login::{InitiatorLogin, InitiatorLoginConfig, InitiatorStep};
+use iscsi::negotiate::LocalParams;
+use iscsi::pdu::{
+    Header, Isid, LogoutReason, LogoutRequest, NopOut, PduLimits, ScsiCommand, TaskAttr,
+    TextRequest, RESERVED_TAG,
+};
+use iscsi::text::TextKeys;
+use iscsi::{Codec, Pdu};
+use mlx5::{FaultDirection, FaultScope, FaultSpec, FaultTarget, Mlx5Device};
+use target::device::{Lun, LunDesc};
+use target::iscsi_tcp::login::{PortalPolicy, TargetEntry};
+use target::iser::{run_portal, IserContext, IserLimits, IserPortal};
+use target::luns::TargetLuns;
+use target::registry::Registry;
+use target::service::ScsiService;
+use verbs::cm::{self, CmAddr, CmConnection, CmError, ConnParam};
+use verbs::{AccessFlags, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, WcStatus};
+
+const IQN: &str = "iqn.2026-11.test:iser";
+const INITIATOR: &str = "iqn.2026-11.test:ini";
+const T: Duration = Duration::from_secs(10);
+const RW: AccessFlags = AccessFlags(
+    AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0 | AccessFlags::REMOTE_READ.0,
+);
+const SLOT: usize = 16 * 1024;
+const SLOTS: usize = 16;
+
+/// LUN 0: Type 1, 512-byte blocks; LUN 1: Type 3, 4096-byte blocks; LUN 2: no PI.
+struct TargetUnderTest {
+    rt: tokio::runtime::Runtime,
+    dev: Arc<Mlx5Device>,
+    addr: CmAddr,
+    registry: Arc<Registry>,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_target() -> TargetUnderTest {
+    let dir = tempfile::tempdir().unwrap();
+    let luns = vec![
+        Lun::open(LunDesc::ram(0, 1 << 20, 512).with_pi(1)).unwrap(),
+        Lun::open(LunDesc::ram(1, 4 << 20, 4096).with_pi(3)).unwrap(),
+        Lun::open(LunDesc::ram(2, 1 << 20, 512)).unwrap(),
+    ];
+    let svc: Arc<dyn ScsiService> = Arc::new(TargetLuns::from_luns(IQN, luns));
+    let registry = Arc::new(Registry::new(vec![(IQN.to_owned(), svc)]));
+    let policy = PortalPolicy {
+        targets: vec![TargetEntry {
+            iqn: IQN.into(),
+            acl: vec![],
+            chap: None,
+        }],
+        discovery_chap: None,
+        local: LocalParams::default(),
+        queue_depth: 8,
+        tpgt: 1,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(IserContext {
+        policy: Arc::new(policy),
+        registry: registry.clone(),
+        limits: IserLimits {
+            initiator_recv_data_segment_length: 8192,
+            target_recv_data_segment_length: 8192,
+        },
+        portals: vec!["127.0.0.1:3260".parse().unwrap()],
+        shutdown: rx,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dev = Mlx5Device::new("iser_target_hca");
+    let addr = CmAddr::Unix(dir.path().join("iser.sock"));
+    let portal = {
+        let _g = rt.enter();
+        IserPortal::bind(&dev.context(), &addr).unwrap()
+    };
+    rt.spawn(run_portal(portal, ctx));
+    TargetUnderTest {
+        rt,
+        dev,
+        addr,
+        registry,
+        _shutdown: tx,
+        _dir: dir,
+    }
+}
+
+/// What a SCSI command came back with.
+#[derive(Debug)]
+struct Outcome {
+    status: u8,
+    sense: Vec<u8>,
+    data: Vec<u8>,
+    invalidated: Option<u32>,
+    read_stag: Option<u32>,
+}
+
+impl Outcome {
+    /// (sense key, ASC, ASCQ, INFORMATION) of fixed-format sense.
+    fn sense_fields(&self) -> (u8, u8, u8, u32) {
+        let s = &self.sense;
+        assert!(s.len() >= 14, "sense {s:02x?}");
+        assert_eq!(s[0] & 0x7f, 0x70);
+        (
+            s[2] & 0x0f,
+            s[12],
+            s[13],
+            u32::from_be_bytes([s[3], s[4], s[5], s[6]]),
+        )
+    }
+}
+
+/// A minimal iSER initiator: one RC QP, a receive ring, blocking calls.
+struct Initiator {
+    _dev: Arc<Mlx5Device>,
+    pd: Pd,
+    send_cq: Cq,
+    recv_cq: Cq,
+    qp: Qp,
+    conn: Option<CmConnection>,
+    recv: Mr,
+    send: Mr,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    itt: u32,
+}
+
+impl Initiator {
+    fn connect(addr: &CmAddr, flags: u8) -> Result<Initiator, CmError> {
+        let dev = Mlx5Device::new("iser_initiator_hca");
+        let ctx = dev.context();
+        let pd = ctx.alloc_pd().unwrap();
+        let send_cq = ctx.create_cq(64).unwrap();
+        let recv_cq = ctx.create_cq(64).unwrap();
+        let qp = pd
+            .create_qp(&send_cq, &recv_cq, &QpInitAttr::default())
+            .unwrap();
+        let recv = pd.reg_mr(SLOT * SLOTS, AccessFlags::LOCAL_WRITE).unwrap();
+        let wrs: Vec<RecvWr> = (0..SLOTS)
+            .map(|i| RecvWr::new(i as u64, recv.sge(i * SLOT, SLOT as u32)))
+            .collect();
+        qp.post_recv(&wrs).unwrap();
+        let send = pd.reg_mr(SLOT, AccessFlags::NONE).unwrap();
+        let conn = cm::connect_blocking(
+            &ctx,
+            &qp,
+            addr,
+            &ConnParam::with_private_data(&[flags, 0, 0, 0]),
+        )?;
+        Ok(Initiator {
+            _dev: dev,
+            pd,
+            send_cq,
+            recv_cq,
+            qp,
+            conn: Some(conn),
+            recv,
+            send,
+            cmd_sn: 0,
+            exp_stat_sn: 0,
+            itt: 0x100,
+        })
+    }
+
+    fn peer_private_data(&self) -> Vec<u8> {
+        self.conn.as_ref().unwrap().peer_private_data().to_vec()
+    }
+
+    fn send_bytes(&self, bytes: &[u8]) {
+        self.send.write_at(0, bytes).unwrap();
+        self.qp
+            .post_send_one(SendWr::send(1, self.send.sge(0, bytes.len() as u32)))
+            .unwrap();
+        let wc = self.send_cq.next_blocking(T).unwrap().expect("SEND completion");
+        assert_eq!(wc.status, WcStatus::Success, "SEND");
+    }
+
+    fn send_pdu(&self, ctl: IserControl, pdu: Pdu) {
+        let msg = IserMessage {
+            header: IserHeader::Control(ctl),
+            pdu: Some(pdu),
+        };
+        self.send_bytes(&msg.to_bytes(&PduLimits::default()));
+    }
+
+    /// The next PDU the target sent, and the rkey it invalidated (if any).
+    fn recv_pdu(&mut self) -> (Pdu, Option<u32>) {
+        let wc = self
+            .recv_cq
+            .next_blocking(T)
+            .unwrap()
+            .expect("a PDU from the target");
+        assert_eq!(wc.status, WcStatus::Success, "receive");
+        let slot = wc.wr_id as usize;
+        let bytes = self.recv.to_vec(slot * SLOT, wc.byte_len as usize).unwrap();
+        self.qp
+            .post_recv_one(RecvWr::new(wc.wr_id, self.recv.sge(slot * SLOT, SLOT as u32)))
+            .unwrap();
+        let msg = IserMessage::decode(
+            &bytes,
+            &PduLimits {
+                max_recv_data_segment_length: SLOT as u32,
+            },
+        )
+        .expect("well-formed iSER message");
+        let pdu = msg.pdu.expect("control PDU");
+        if let Some((stat_sn, _, _)) = pdu.header.stat_fields() {
+            if !matches!(pdu.header, Header::NopIn(ref n) if n.itt == RESERVED_TAG) {
+                self.exp_stat_sn = stat_sn.wrapping_add(1);
+            }
+        }
+        (pdu, wc.invalidated_rkey)
+    }
+
+    fn login(&mut self) {
+        let local = LocalParams {
+            rdma_extensions: true,
+            initiator_recv_data_segment_length: 8192,
+            target_recv_data_segment_length: 8192,
+            ..LocalParams::default()
+        };
+        let cfg = InitiatorLoginConfig {
+            local,
+            ..InitiatorLoginConfig::normal(INITIATOR, IQN, Isid([0x40, 0, 0, 0, 0, 1]))
+        };
+        let mut m = InitiatorLogin::new(cfg);
+        let mut pdu = m.start().unwrap();
+        for _ in 0..16 {
+            self.send_pdu(IserControl::default(), pdu);
+            let (resp, _) = self.recv_pdu();
+            match m.handle_response(&resp).unwrap() {
+                InitiatorStep::Send(p) => pdu = p,
+                InitiatorStep::Complete(o) => {
+                    assert!(o.params.rdma_extensions, "RDMAExtensions=Yes");
+                    assert_eq!(o.params.target_recv_data_segment_length, 8192);
+                    assert!(!o.params.header_digest && !o.params.data_digest);
+                    self.cmd_sn = o.cmd_sn;
+                    self.exp_stat_sn = o.exp_stat_sn;
+                    return;
+                }
+            }
+        }
+        panic!("login did not complete");
+    }
+
+    fn next_itt(&mut self) -> u32 {
+        self.itt += 1;
+        self.itt
+    }
+
+    /// One SCSI command: `write` is the Data-Out (the first `immediate` bytes go as
+    /// immediate data, the rest is fetched by the target with RDMA READ), `read_len`
+    /// the Data-In expected.
+    fn scsi(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        write: Option<&[u8]>,
+        immediate: usize,
+        read_len: usize,
+    ) -> Outcome {
+        let itt = self.next_itt();
+        let wmr = write.map(|w| {
+            let m = self.pd.reg_mr(w.len().max(1), RW).unwrap();
+            m.write_at(0, w).unwrap();
+            m
+        });
+        let rmr = (read_len > 0).then(|| self.pd.reg_mr(read_len, RW).unwrap());
+        let edtl = write.map_or(read_len, <[u8]>::len) as u32;
+        let imm = write.map_or(0, |w| immediate.min(w.len()));
+        let ctl = IserControl {
+            write: wmr
+                .as_ref()
+                .filter(|_| imm < edtl as usize)
+                .map(|m| RemoteBuffer {
+                    stag: m.rkey(),
+                    va: m.addr() + imm as u64,
+                }),
+            read: rmr.as_ref().map(|m| RemoteBuffer {
+                stag: m.rkey(),
+                va: m.addr(),
+            }),
+        };
+        let cmd = ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: read_len > 0,
+            write: write.is_some(),
+            attr: TaskAttr::Simple,
+            lun: lun << 48,
+            itt,
+            expected_data_transfer_length: edtl,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: cdb.to_vec(),
+            bidi_read_length: None,
+        };
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        let data = write.map_or(Vec::new(), |w| w[..imm].to_vec());
+        self.send_pdu(ctl, Pdu::with_data(cmd, data));
+        let (resp, invalidated) = self.recv_pdu();
+        let Header::ScsiResponse(r) = resp.header else {
+            panic!("expected a SCSI Response, got {:?}", resp.header);
+        };
+        assert_eq!(r.itt, itt);
+        let sense = if resp.data.len() >= 2 {
+            let n = u16::from_be_bytes([resp.data[0], resp.data[1]]) as usize;
+            resp.data[2..2 + n].to_vec()
+        } else {
+            Vec::new()
+        };
+        let data = rmr
+            .as_ref()
+            .map(|m| m.to_vec(0, read_len).unwrap())
+            .unwrap_or_default();
+        Outcome {
+            status: r.status,
+            sense,
+            data,
+            invalidated,
+            read_stag: rmr.as_ref().map(Mr::rkey),
+        }
+    }
+
+    fn logout(&mut self) {
+        let itt = self.next_itt();
+        let req = LogoutRequest {
+            immediate: true,
+            reason: LogoutReason::CloseSession,
+            itt,
+            cid: 0,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+        };
+        self.send_pdu(IserControl::default(), Pdu::new(req));
+        let (resp, _) = self.recv_pdu();
+        assert!(
+            matches!(resp.header, Header::LogoutResponse(ref l) if l.itt == itt),
+            "{:?}",
+            resp.header
+        );
+        let conn = self.conn.take().unwrap();
+        assert!(
+            conn.wait_disconnected_blocking(T).is_some(),
+            "the target disconnects after logout"
+        );
+    }
+}
+
+fn rw16(op: u8, protect: u8, lba: u64, blocks: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = op;
+    c[1] = protect << 5;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+const READ16: u8 = 0x88;
+const WRITE16: u8 = 0x8a;
+
+/// Data for `blocks` blocks: a pattern that differs per block and per `seed`.
+fn pattern(blocks: u32, bs: usize, seed: u8) -> Vec<u8> {
+    (0..blocks as usize * bs)
+        .map(|i| (i as u8).wrapping_mul(7) ^ seed ^ (i / bs) as u8)
+        .collect()
+}
+
+/// DIF-interleave `data` with tuples: Type 1 ref tag = LBA, Type 3 ref tag 0xFFFFFFFF.
+fn with_pi(data: &[u8], bs: usize, lba: u64, type3: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / bs * (bs + 8));
+    for (i, b) in data.chunks(bs).enumerate() {
+        out.extend_from_slice(b);
+        out.extend_from_slice(&t10pi::crc16_t10dif(0, b).to_be_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        let r = if type3 {
+            0xFFFF_FFFF
+        } else {
+            (lba + i as u64) as u32
+        };
+        out.extend_from_slice(&r.to_be_bytes());
+    }
+    out
+}
+
+fn strip(wire: &[u8], bs: usize) -> Vec<u8> {
+    wire.chunks(bs + 8).flat_map(|c| c[..bs].to_vec()).collect()
+}
+
+fn logged_in(t: &TargetUnderTest, flags: u8) -> Initiator {
+    let mut ini = Initiator::connect(&t.addr, flags).expect("connect");
+    ini.login();
+    // Each LUN first reports POWER ON, RESET; TEST UNIT READY takes it.
+    for lun in 0..3 {
+        let first = ini.scsi(lun, &[0u8; 6], None, 0, 0);
+        if first.status != 0 {
+            assert_eq!(first.sense_fields().0, 0x06, "unit attention first");
+            assert_eq!(ini.scsi(lun, &[0u8; 6], None, 0, 0).status, 0);
+        }
+    }
+    ini
+}
+
+fn write_read_roundtrip(lun: u64, bs: usize, type3: bool) {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    // PI on the wire: WRPROTECT/RDPROTECT 1, PASS through the target's sig MR.
+    let (lba, blocks) = (10u64, 8u32);
+    let wire = with_pi(&pattern(blocks, bs, 1), bs, lba, type3);
+    let w = ini.scsi(lun, &rw16(WRITE16, 1, lba, blocks), Some(&wire), 0, 0);
+    assert_eq!((w.status, w.sense.len()), (0, 0), "protected WRITE: {w:?}");
+    let r = ini.scsi(lun, &rw16(READ16, 1, lba, blocks), None, 0, wire.len());
+    assert_eq!(r.status, 0, "protected READ: {r:?}");
+    assert!(r.data == wire, "data and PI read back as written");
+    // No PI on the wire: the target inserts PI on the write and strips it on the read.
+    let (lba2, blocks2) = (40u64, 4u32);
+    let plain = pattern(blocks2, bs, 2);
+    let w = ini.scsi(lun, &rw16(WRITE16, 0, lba2, blocks2), Some(&plain), 0, 0);
+    assert_eq!(w.status, 0, "plain WRITE: {w:?}");
+    let r = ini.scsi(lun, &rw16(READ16, 0, lba2, blocks2), None, 0, plain.len());
+    assert_eq!(r.status, 0, "plain READ: {r:?}");
+    assert!(r.data == plain, "plain data read back");
+    // The PI the target generated is valid on a protected read.
+    let r = ini.scsi(lun, &rw16(READ16, 1, lba2, blocks2), None, 0, plain.len() / bs * (bs + 8));
+    assert_eq!(r.status, 0, "protected READ of generated PI: {r:?}");
+    assert!(r.data == with_pi(&plain, bs, lba2, type3), "generated PI");
+    // Immediate data (one whole wire block) plus RDMA READ of the rest.
+    let wire3 = with_pi(&pattern(blocks, bs, 3), bs, 100, type3);
+    let w = ini.scsi(lun, &rw16(WRITE16, 1, 100, blocks), Some(&wire3), bs + 8, 0);
+    assert_eq!(w.status, 0, "WRITE with immediate data: {w:?}");
+    let r = ini.scsi(lun, &rw16(READ16, 0, 100, blocks), None, 0, blocks as usize * bs);
+    assert!(r.status == 0 && r.data == strip(&wire3, bs), "immediate + solicited data");
+    ini.logout();
+}
+
+#[test]
+fn type1_512_write_read_with_and_without_pi() {
+    write_read_roundtrip(0, 512, false);
+}
+
+#[test]
+fn type3_4096_write_read_with_and_without_pi() {
+    write_read_roundtrip(1, 4096, true);
+}
+
+#[test]
+fn lun_without_pi_moves_plain_data_and_refuses_protect() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let data = pattern(16, 512, 9);
+    let w = ini.scsi(2, &rw16(WRITE16, 0, 0, 16), Some(&data), 1024, 0);
+    assert_eq!(w.status, 0, "{w:?}");
+    let r = ini.scsi(2, &rw16(READ16, 0, 0, 16), None, 0, data.len());
+    assert!(r.status == 0 && r.data == data);
+    // RDPROTECT != 0 on a LUN without PI: ILLEGAL REQUEST, INVALID FIELD IN CDB.
+    let r = ini.scsi(2, &rw16(READ16, 1, 0, 1), None, 0, 520);
+    assert_eq!(r.status, 2);
+    let (key, asc, ascq, _) = r.sense_fields();
+    assert_eq!((key, asc, ascq), (0x05, 0x24, 0x00));
+}
+
+#[test]
+fn bad_guard_from_the_initiator_is_aborted_command_with_its_lba() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let (lba, blocks) = (200u64, 6u32);
+    let good = with_pi(&pattern(blocks, 512, 4), 512, lba, false);
+    assert_eq!(ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&good), 0, 0).status, 0);
+    let mut bad = with_pi(&pattern(blocks, 512, 5), 512, lba, false);
+    bad[3 * 520 + 512] ^= 0x01; // guard of block 3
+    let w = ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&bad), 0, 0);
+    assert_eq!(w.status, 2, "CHECK CONDITION");
+    assert_eq!(w.sense_fields(), (0x0b, 0x10, 0x01, (lba + 3) as u32));
+    // Nothing of the failed write reached the medium.
+    let r = ini.scsi(0, &rw16(READ16, 1, lba, blocks), None, 0, good.len());
+    assert!(r.status == 0 && r.data == good, "old data kept");
+    // A bad reference tag names its own LBA and ASCQ.
+    let mut bad_ref = good.clone();
+    bad_ref[5 * 520 + 519] ^= 0x10;
+    let w = ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&bad_ref), 0, 0);
+    assert_eq!(w.sense_fields(), (0x0b, 0x10, 0x03, (lba + 5) as u32));
+    let status = t.registry.report();
+    let counters = &status.targets[0].luns[0].counters;
+    assert_eq!((counters.guard_errors, counters.ref_tag_errors), (1, 1));
+}
+
+#[test]
+fn fault_in_the_target_hca_on_read_is_reported_with_its_lba() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let (lba, blocks) = (300u64, 4u32);
+    let wire = with_pi(&pattern(blocks, 512, 6), 512, lba, false);
+    assert_eq!(ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&wire), 0, 0).status, 0);
+    t.dev.inject_fault(FaultSpec {
+        scope: FaultScope::Any,
+        direction: FaultDirection::Outbound,
+        block: 2,
+        target: FaultTarget::Data { byte: 17, bit: 3 },
+        once: true,
+    });
+    let r = ini.scsi(0, &rw16(READ16, 1, lba, blocks), None, 0, wire.len());
+    assert_eq!(r.status, 2, "CHECK CONDITION: {r:?}");
+    assert_eq!(r.sense_fields(), (0x0b, 0x10, 0x01, (lba + 2) as u32));
+    assert!(t.dev.armed_faults().is_empty(), "the fault fired once");
+    // The medium is intact: the next read is good.
+    let r = ini.scsi(0, &rw16(READ16, 1, lba, blocks), None, 0, wire.len());
+    assert!(r.status == 0 && r.data == wire);
+}
+
+#[test]
+fn send_with_invalidate_only_when_the_initiator_allows_it() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0x80);
+    assert_eq!(ini.peer_private_data()[..4], [0x80, 0, 0, 0]);
+    let r = ini.scsi(2, &rw16(READ16, 0, 0, 2), None, 0, 1024);
+    assert_eq!(r.status, 0);
+    assert_eq!(r.invalidated, r.read_stag, "the Read STag is invalidated");
+    let t2 = start_target();
+    let mut ini2 = logged_in(&t2, 0xc0);
+    assert_eq!(ini2.peer_private_data()[..4], [0xc0, 0, 0, 0]);
+    let r = ini2.scsi(2, &rw16(READ16, 0, 0, 2), None, 0, 1024);
+    assert_eq!((r.status, r.invalidated), (0, None));
+}
+
+#[test]
+fn connect_requests_without_zbva_not_sup_or_short_private_data_are_rejected() {
+    let t = start_target();
+    for flags in [0x00u8, 0x40] {
+        match Initiator::connect(&t.addr, flags) {
+            Err(CmError::Rejected { private_data }) => {
+                assert_eq!(private_data.get(..4), Some(&[0x80, 0, 0, 0][..]));
+            }
+            other => panic!("expected a reject, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn nop_text_reject_and_unknown_lun() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    // NOP-Out ping: echoed.
+    let itt = ini.next_itt();
+    let nop = NopOut {
+        immediate: true,
+        lun: 0,
+        itt,
+        ttt: RESERVED_TAG,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+    };
+    ini.send_pdu(IserControl::default(), Pdu::with_data(nop, b"ping".to_vec()));
+    let (p, _) = ini.recv_pdu();
+    assert!(matches!(p.header, Header::NopIn(ref n) if n.itt == itt));
+    assert_eq!(p.data, b"ping");
+    // SendTargets=All inside a normal session lists its own target.
+    let itt = ini.next_itt();
+    let mut keys = TextKeys::new();
+    keys.push("SendTargets", "All");
+    let text = TextRequest {
+        immediate: false,
+        final_: true,
+        continue_: false,
+        lun: 0,
+        itt,
+        ttt: RESERVED_TAG,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+    };
+    ini.cmd_sn += 1;
+    ini.send_pdu(IserControl::default(), Pdu::with_data(text, keys.encode()));
+    let (p, _) = ini.recv_pdu();
+    assert!(matches!(p.header, Header::TextResponse(ref r) if r.itt == itt));
+    let got = TextKeys::parse(&p.data).unwrap();
+    let map: BTreeMap<_, _> = got.iter().collect();
+    assert_eq!(map.get("TargetName"), Some(&IQN));
+    // A vendor-specific opcode: Reject, and the connection carries on.
+    let mut msg = IserMessage {
+        header: IserHeader::Control(IserControl::default()),
+        pdu: None,
+    }
+    .to_bytes(&PduLimits::default());
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x1c;
+    bhs[16..20].copy_from_slice(&0x77u32.to_be_bytes());
+    msg.extend_from_slice(&bhs);
+    ini.send_bytes(&msg);
+    let (p, _) = ini.recv_pdu();
+    assert!(matches!(p.header, Header::Reject(_)), "{:?}", p.header);
+    assert_eq!(&p.data[..48], &bhs[..]);
+    // A LUN that does not exist: LOGICAL UNIT NOT SUPPORTED.
+    let r = ini.scsi(9, &rw16(READ16, 0, 0, 1), None, 0, 512);
+    assert_eq!(r.status, 2);
+    assert_eq!(r.sense_fields().1, 0x25);
+    // The session is still usable.
+    let r = ini.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512);
+    assert_eq!(r.status, 0);
+    ini.logout();
+    // The registry forgot the session.
+    let deadline = std::time::Instant::now() + T;
+    while t.registry.session_count() != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(t.registry.session_count(), 0);
+    drop(t.rt);
+}
+
+#[test]
+fn disconnect_mid_session_frees_the_connection() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let r = ini.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512);
+    assert_eq!(r.status, 0);
+    assert_eq!(t.registry.session_count(), 1);
+    drop(ini);
+    let deadline = std::time::Instant::now() + T;
+    while t.registry.session_count() != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(t.registry.session_count(), 0, "session closed on disconnect");
+    // A new initiator can log in again.
+    let mut again = logged_in(&t, 0xc0);
+    assert_eq!(again.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512).status, 0);
+}
