@@ -4,6 +4,20 @@
 //! Nothing in this crate opens a socket, reads a clock or draws random numbers: the
 //! daemons feed bytes (and randomness) in and take PDUs (and bytes) out, so every rule
 //! is tested deterministically. See the README for the call order of each machine.
+//!
+//! ```
+//! use iscsi::pdu::{NopOut, RESERVED_TAG};
+//! use iscsi::{Codec, Digests, Framer, Pdu, PduLimits, WireConfig};
+//!
+//! let cfg = WireConfig { digests: Digests { header: true, data: true }, limits: PduLimits::default() };
+//! let ping = Pdu::with_data(NopOut { itt: 1, ttt: RESERVED_TAG, ..NopOut::default() }, b"ping".to_vec());
+//! let bytes = ping.to_bytes(&cfg);
+//!
+//! let mut framer = Framer::new(cfg);
+//! assert_eq!(framer.needed(), 48);
+//! assert_eq!(framer.feed(&bytes), bytes.len());
+//! assert_eq!(framer.poll(), Some(Ok(ping)));
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +39,7 @@ pub mod transfer;
 pub use codec::{Action, Codec, DecodeError, Reader};
 pub use digest::Digests;
 pub use framer::{FrameError, Framer};
-pub use pdu::{Header, Pdu, PduLimits, WireConfig};
+pub use pdu::{Header, Pdu, PduLimits, Role, WireConfig};
 
 #[cfg(test)]
 mod tests {

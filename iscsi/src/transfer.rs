@@ -4,9 +4,9 @@
 //! ([`WriteTracker`]). Over iSER the same plan becomes RDMA operations (see `iser`).
 //!
 //! Target write call order: `WriteTracker::new` (after the SCSI Command, with the
-//! immediate data length) → `on_data_out` for every Data-Out → `next_r2t` whenever it
-//! may solicit more (it returns `None` while MaxOutstandingR2T R2Ts are open or nothing
-//! is left) → `is_complete`. The tracker requires DataPDUInOrder=Yes and
+//! immediate data length) → `on_data_out` for every Data-Out → `next_r2t` with a fresh TTT while
+//! `can_solicit` (false while MaxOutstandingR2T R2Ts are open or nothing is left) →
+//! `is_complete`. The tracker requires DataPDUInOrder=Yes and
 //! DataSequenceInOrder=Yes (a target keeping the default Yes always gets that, as both
 //! keys are OR).
 
@@ -283,13 +283,15 @@ impl WriteTracker {
         self.received
     }
 
-    /// The next R2T to send with tag `ttt`, if data remains unsolicited and fewer than
-    /// MaxOutstandingR2T are open.
+    /// True when an R2T may go out now: data remains unsolicited and fewer than
+    /// MaxOutstandingR2T are open. Check it before allocating a TTT.
+    pub fn can_solicit(&self) -> bool {
+        self.next_solicit < self.edtl && self.open.len() < self.max_outstanding
+    }
+
+    /// The next R2T to send with tag `ttt`, if [`WriteTracker::can_solicit`].
     pub fn next_r2t(&mut self, ttt: u32) -> Option<R2tGrant> {
-        if self.next_solicit >= self.edtl
-            || self.open.len() >= self.max_outstanding
-            || ttt == RESERVED_TAG
-        {
+        if !self.can_solicit() || ttt == RESERVED_TAG {
             return None;
         }
         let length = self.max_burst.min(self.edtl - self.next_solicit);

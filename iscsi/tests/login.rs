@@ -596,3 +596,52 @@ fn initiator_rejects_bad_responses() {
     ));
     assert_eq!(ini.handle_response(&bad), Err(LoginFailure::Finished));
 }
+
+#[test]
+fn iser_login_negotiates_rdma_keys() {
+    let target_local = LocalParams {
+        rdma_extensions: true,
+        header_digest: vec![DigestKind::Crc32c, DigestKind::None],
+        initiator_recv_data_segment_length: 8192,
+        target_recv_data_segment_length: 262_144,
+        max_outstanding_unexpected_pdus: 0,
+        ..LocalParams::default()
+    };
+    let policy = Policy {
+        local: target_local,
+        ..Policy::default()
+    };
+    let mut cfg = InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID);
+    cfg.local = LocalParams {
+        rdma_extensions: true,
+        header_digest: vec![DigestKind::Crc32c],
+        initiator_recv_data_segment_length: 65_536,
+        target_recv_data_segment_length: 65_536,
+        max_outstanding_unexpected_pdus: 32,
+        ..LocalParams::default()
+    };
+    let (i, t, _) = run(cfg, &policy);
+    let (i, t) = (i.unwrap().params, t.unwrap().params);
+    assert_eq!(i, t);
+    assert!(i.rdma_extensions);
+    assert!(!i.header_digest, "digests are irrelevant over iSER");
+    assert_eq!(i.initiator_recv_data_segment_length, 8192);
+    assert_eq!(i.target_recv_data_segment_length, 65_536);
+    assert_eq!(i.max_outstanding_unexpected_pdus, 32, "0 means unlimited");
+    assert_eq!(i.max_send_data_segment(Role::Initiator), 65_536);
+    assert_eq!(i.max_send_data_segment(Role::Target), 8192);
+    assert_eq!(i.digests(), iscsi::Digests::NONE);
+
+    // A TCP-only target answers RDMAExtensions=No: the iSER keys become irrelevant.
+    let (i, _, _) = run(
+        {
+            let mut c = InitiatorLoginConfig::normal(INITIATOR, TARGET, ISID);
+            c.local.rdma_extensions = true;
+            c
+        },
+        &Policy::default(),
+    );
+    let i = i.unwrap().params;
+    assert!(!i.rdma_extensions);
+    assert_eq!(i.initiator_recv_data_segment_length, 8192);
+}
