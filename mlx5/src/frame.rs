@@ -234,8 +234,12 @@ pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Header, Fr
     r.read_exact(&mut hb)?;
     let (h, n) = decode_header(&hb)?;
     payload.clear();
-    payload.resize(n, 0);
-    r.read_exact(payload)?;
+    payload.reserve(n);
+    // `read_to_end` fills spare capacity without zeroing it first.
+    let got = r.by_ref().take(n as u64).read_to_end(payload)?;
+    if got != n {
+        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     let mut tb = [0u8; TRAILER_LEN];
     r.read_exact(&mut tb)?;
     let carried = u32::from_be_bytes(tb);
