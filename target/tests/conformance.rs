@@ -104,7 +104,8 @@ protection = {{ type = 3 }}
 /// Run the suite against `url`, killing it after SUITE_TIMEOUT.
 fn run_suite(url: &str) -> String {
     let mut child = Command::new("iscsi-test-cu")
-        .args(["-d", url])
+        // The URL twice: the second session lets the MultipathIO suite run.
+        .args(["-d", url, url])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -666,6 +666,18 @@ impl Conn {
         } else {
             out_len.min(edtl)
         };
+        if lun.is_some() && super::task::caw_count_wrapped(&cmd.cdb, cmd.write, edtl) {
+            let sense =
+                scsi::Sense::invalid_field_in_cdb(13, None).to_bytes(scsi::SenseFormat::Fixed);
+            self.complete_now(
+                cmd,
+                lun,
+                out_len,
+                Vec::new(),
+                Completion::check_condition(sense),
+            );
+            return;
+        }
         if want > MAX_WRITE {
             let c = Completion::check_condition(illegal_request((0x55, 0x00)));
             self.complete_now(cmd, lun, out_len, Vec::new(), c);

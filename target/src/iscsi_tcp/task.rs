@@ -62,6 +62,14 @@ impl CmdWindow {
     }
 }
 
+/// COMPARE AND WRITE carries its block count in one byte: a count of 0 with Data-Out
+/// offered means the initiator asked for 256 or more blocks, beyond any MAXIMUM
+/// COMPARE AND WRITE LENGTH; the transport refuses it (INVALID FIELD IN CDB, byte 13)
+/// rather than running a no-op that would report success.
+pub fn caw_count_wrapped(cdb: &[u8], write: bool, edtl: u32) -> bool {
+    write && edtl > 0 && cdb.len() >= 16 && cdb[0] == 0x89 && cdb[13] == 0
+}
+
 /// ABORT TASK for a task the target does not hold (RFC 7143 section 11.6.1): when
 /// RefCmdSN is inside the window [ExpCmdSN, MaxCmdSN] and before the TMF's CmdSN, the
 /// command was never received and counts as aborted ("Function complete"); otherwise
@@ -381,6 +389,19 @@ mod tests {
         assert!(!abort_of_unreceived(&w, 12, 12));
         // Beyond MaxCmdSN.
         assert!(!abort_of_unreceived(&w, 18, 20));
+    }
+
+    #[test]
+    fn caw_with_wrapped_count() {
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        assert!(caw_count_wrapped(&caw, true, 262_144));
+        assert!(
+            !caw_count_wrapped(&caw, true, 0),
+            "0 blocks and no data is a no-op"
+        );
+        caw[13] = 1;
+        assert!(!caw_count_wrapped(&caw, true, 1024));
     }
 
     #[test]
