@@ -55,6 +55,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// CPU cost of the signature engine alone (no network): gather of a plain MR
+    /// versus INSERT and STRIP through a signature MR, per message size.
+    Engine {
+        /// Message sizes in data bytes.
+        #[arg(long, value_delimiter = ',', default_value = "4096,131072,1048576")]
+        sizes: Vec<usize>,
+        /// Time per case.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Raw TCP and UNIX stream throughput on this machine.
     Anchor {
         /// Bytes to move per transport.
@@ -107,6 +120,23 @@ struct Line {
     size: usize,
     iters: u32,
     secs: f64,
+    cpu: f64,
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` writes a `rusage` into the pointer, which points to a
+    // zeroed, properly aligned `rusage` that lives for the whole call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: zero-initialised and, on success, filled in by the kernel; every bit
+    // pattern is a valid `rusage` (plain integers).
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn report(l: &Line, json: bool) {
@@ -114,10 +144,11 @@ fn report(l: &Line, json: bool) {
     // Ping-pong latency is reported one way (half the round trip), as perftest does.
     let rtt_div = if l.test == "send_lat" { 2.0 } else { 1.0 };
     let lat_us = l.secs / f64::from(l.iters) * 1e6 / rtt_div;
+    let cpu_us = l.cpu / f64::from(l.iters) * 1e6;
     if json {
         println!(
             "{}",
-            serde_json::json!({"test": l.test, "sig": if l.sig {"insert_t1_512"} else {"none"}, "size": l.size, "iters": l.iters, "gbit_s": gbps, "avg_us": lat_us})
+            serde_json::json!({"test": l.test, "sig": if l.sig {"insert_t1_512"} else {"none"}, "size": l.size, "iters": l.iters, "gbit_s": gbps, "avg_us": lat_us, "client_cpu_us_per_op": cpu_us})
         );
     } else {
         println!(
@@ -199,6 +230,7 @@ fn client(
                 } else {
                     local.sge(0, size as u32)
                 };
+                let cpu0 = cpu_seconds();
                 if test == "send_lat" {
                     let start = Instant::now();
                     let limit = Duration::from_secs_f64(seconds);
@@ -226,6 +258,7 @@ fn client(
                             size,
                             iters: n,
                             secs: start.elapsed().as_secs_f64(),
+                            cpu: cpu_seconds() - cpu0,
                         },
                         json,
                     );
@@ -268,6 +301,7 @@ fn client(
                         size,
                         iters: done,
                         secs: start.elapsed().as_secs_f64(),
+                        cpu: cpu_seconds() - cpu0,
                     },
                     json,
                 );
@@ -278,6 +312,77 @@ fn client(
         eprintln!("warning: {sig_errors} signature checks failed during the run");
     }
     conn.disconnect();
+    Ok(())
+}
+
+/// The signature engine alone: memory view to wire view of one message through a
+/// plain MR (a copy) and through a signature MR (INSERT out, STRIP in).
+fn engine(sizes: &[usize], seconds: f64, json: bool) -> Result<()> {
+    use mlx5::mr::{Segment, SigBinding};
+    let eng = t10pi::Engine::new();
+    for &size in sizes {
+        if size == 0 || size % 512 != 0 {
+            return Err(anyhow!("size {size} must be a multiple of 512"));
+        }
+        let blocks = (size / 512) as u64;
+        let buf = verbs::DmaBuf::new(size)?;
+        buf.write(|b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8));
+        let b = SigBinding {
+            data: Segment {
+                buf: std::sync::Arc::clone(&buf),
+                offset: 0,
+                len: size,
+            },
+            prot: None,
+            mem: SigDomain::None,
+            wire: SigDomain::T10Dif(T10DifDomain::type1(GuardType::Crc, 512, 0)),
+            check_mask: check_mask::ALL,
+            interval: 512,
+            blocks,
+        };
+        let mut out = Vec::with_capacity(size + size / 64);
+        let mut wire = Vec::new();
+        mlx5::sig::outbound(&eng, &b, 0, blocks, &mut wire, None).map_err(|e| anyhow!("{e}"))?;
+        let limit = Duration::from_secs_f64(seconds);
+        let mut cases: Vec<(&str, f64)> = Vec::new();
+        for case in ["plain_copy", "insert", "strip"] {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < limit {
+                out.clear();
+                match case {
+                    "plain_copy" => buf.extend_into(0, size, &mut out)?,
+                    "insert" => {
+                        mlx5::sig::outbound(&eng, &b, 0, blocks, &mut out, None)
+                            .map_err(|e| anyhow!("{e}"))?;
+                    }
+                    _ => {
+                        if mlx5::sig::inbound(&eng, &b, 0, &mut wire, None)
+                            .map_err(|e| anyhow!("{e}"))?
+                            .is_some()
+                        {
+                            return Err(anyhow!("strip reported a signature error on valid PI"));
+                        }
+                    }
+                }
+                n += 1;
+            }
+            let gbps = (size as f64 * n as f64) / start.elapsed().as_secs_f64() / 1e9 * 8.0;
+            cases.push((case, gbps));
+        }
+        for (case, gbps) in cases {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"test": "engine", "case": case, "size": size, "gbit_s": gbps})
+                );
+            } else {
+                println!(
+                    "engine {case:<10} size={size:>8} {gbps:>8.2} Gbit/s (one core, data bytes)"
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -338,5 +443,10 @@ fn main() -> Result<()> {
             json,
         } => client(&addr, iters, seconds, depth, &sizes, json),
         Cmd::Anchor { bytes, json } => anchor(bytes, json),
+        Cmd::Engine {
+            sizes,
+            seconds,
+            json,
+        } => engine(&sizes, seconds, json),
     }
 }
