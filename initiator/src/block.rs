@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use crate::command::Completion;
 use crate::error::Error;
+use crate::link::Link;
 use crate::lun::{
     encode_lun, parse_capacity10, parse_capacity16, parse_inquiry, parse_report_luns, LunInfo,
 };
 use crate::protection::{CommandProtection, Direction};
-use crate::session::{DataDir, Session};
+use crate::session::DataDir;
 
 /// Who produced the sense data of an outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,7 +83,7 @@ impl IoOutcome {
 
 /// Run a command, retrying (at most 3 times) while the target reports UNIT ATTENTION.
 pub async fn command(
-    session: &Session,
+    session: &Link,
     lun: u16,
     cdb: &Cdb,
     dir: DataDir,
@@ -133,7 +134,9 @@ pub fn status_name(s: Status) -> String {
 }
 
 /// LUN numbers the target reports.
-pub async fn report_luns(session: &Session) -> Result<Vec<u16>, Error> {
+pub async fn report_luns(session: &(impl Clone + Into<Link>)) -> Result<Vec<u16>, Error> {
+    let session: Link = session.clone().into();
+    let session = &session;
     let alloc = 8 + 8 * 256;
     let out = command(
         session,
@@ -150,7 +153,9 @@ pub async fn report_luns(session: &Session) -> Result<Vec<u16>, Error> {
 }
 
 /// Probe one LUN: TEST UNIT READY, INQUIRY, READ CAPACITY(16) (10 as a fallback).
-pub async fn probe(session: &Session, lun: u16) -> Result<LunInfo, Error> {
+pub async fn probe(session: &(impl Clone + Into<Link>), lun: u16) -> Result<LunInfo, Error> {
+    let session: Link = session.clone().into();
+    let session = &session;
     let tur = command(session, lun, &Cdb::TestUnitReady, DataDir::None).await?;
     need_good("TEST UNIT READY", lun, &tur)?;
     let inq = command(
@@ -220,7 +225,7 @@ pub async fn probe(session: &Session, lun: u16) -> Result<LunInfo, Error> {
 /// One LUN of a session under a protection policy.
 #[derive(Debug, Clone)]
 pub struct BlockDevice {
-    session: Session,
+    session: Link,
     info: LunInfo,
     policy: ProtectionPolicy,
 }
@@ -232,7 +237,12 @@ pub const MAX_BLOCKS_PER_COMMAND: u32 = 2048;
 impl BlockDevice {
     /// Probe `lun` and check `policy` against it (a mismatch names the LUN and what it
     /// supports).
-    pub async fn open(session: Session, lun: u16, policy: ProtectionPolicy) -> Result<Self, Error> {
+    pub async fn open(
+        session: impl Into<Link>,
+        lun: u16,
+        policy: ProtectionPolicy,
+    ) -> Result<Self, Error> {
+        let session: Link = session.into();
         let info = probe(&session, lun).await?;
         policy
             .check_against(info.caps())
@@ -259,7 +269,7 @@ impl BlockDevice {
     }
 
     /// The session.
-    pub fn session(&self) -> &Session {
+    pub fn session(&self) -> &Link {
         &self.session
     }
 
@@ -298,13 +308,11 @@ impl BlockDevice {
         let edtl = u64::from(blocks) * u64::from(p.wire_block());
         let edtl =
             u32::try_from(edtl).map_err(|_| Error::Invalid("read larger than 4 GiB".into()))?;
-        let mut out = command(
-            &self.session,
-            self.info.lun,
-            &self.cdb(&p, RwKind::Read, lba, blocks),
-            DataDir::Read(edtl),
-        )
-        .await?;
+        let cdb = self.cdb(&p, RwKind::Read, lba, blocks);
+        if let Link::Iser(s) = &self.session {
+            return self.iser_io(s, &p, &cdb, lba, blocks, None).await;
+        }
+        let mut out = command(&self.session, self.info.lun, &cdb, DataDir::Read(edtl)).await?;
         if !out.is_good() {
             return Ok(out);
         }
@@ -325,6 +333,48 @@ impl BlockDevice {
                 Ok(IoOutcome::local_check_condition(sense))
             }
         }
+    }
+
+    /// A protected READ or WRITE over iSER: the signature MR does the PI work; a
+    /// signature error it recorded overrides the target's status.
+    async fn iser_io(
+        &self,
+        s: &crate::iser::IserSession,
+        p: &CommandProtection,
+        cdb: &Cdb,
+        lba: u64,
+        blocks: u32,
+        write: Option<(&[u8], Option<&[u8]>)>,
+    ) -> Result<IoOutcome, Error> {
+        let bytes = cdb
+            .to_bytes()
+            .map_err(|e| Error::Invalid(format!("CDB: {e}")))?;
+        let lun = encode_lun(self.info.lun);
+        // At most 3 tries while the target reports UNIT ATTENTION.
+        for _ in 0..3 {
+            let pc = s
+                .execute_protected(lun, &bytes, p, lba, blocks, write)
+                .await?;
+            if let Some(sense) = pc.sig_sense {
+                return Ok(IoOutcome::local_check_condition(sense));
+            }
+            let mut out = IoOutcome::from_target(pc.completion);
+            let ua = out.status == Status::CHECK_CONDITION
+                && out
+                    .sense
+                    .as_ref()
+                    .is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION);
+            if ua {
+                continue;
+            }
+            if out.is_good() {
+                out.pi = pc.pi;
+            } else {
+                out.data.clear();
+            }
+            return Ok(out);
+        }
+        Err(Error::Protocol("UNIT ATTENTION did not clear".into()))
     }
 
     /// WRITE `data` at `lba`; `pi` is the host's DIX PI (pass and strip modes; when
@@ -355,17 +405,17 @@ impl BlockDevice {
             }
             None => None,
         };
+        let cdb = self.cdb(&p, RwKind::Write, lba, blocks);
+        if let Link::Iser(s) = &self.session {
+            return self
+                .iser_io(s, &p, &cdb, lba, blocks, Some((data, pi)))
+                .await;
+        }
         let wire = match p.build_write(lba, data, pi)? {
             Ok(w) => w,
             Err(sense) => return Ok(IoOutcome::local_check_condition(sense)),
         };
-        command(
-            &self.session,
-            self.info.lun,
-            &self.cdb(&p, RwKind::Write, lba, blocks),
-            DataDir::Write(wire),
-        )
-        .await
+        command(&self.session, self.info.lun, &cdb, DataDir::Write(wire)).await
     }
 
     /// SYNCHRONIZE CACHE over the whole LUN.

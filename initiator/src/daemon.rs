@@ -15,7 +15,9 @@ use tracing::{error, info, warn};
 
 use crate::block::{BlockDevice, SharedLun};
 use crate::error::Error;
-use crate::session::{Session, SessionConfig};
+use crate::iser::IserConfig;
+use crate::link::{Link, TransportChoice};
+use crate::session::SessionConfig;
 
 /// Run the daemon until SIGINT or SIGTERM.
 pub async fn run(config: InitiatorConfig) -> Result<(), Error> {
@@ -74,14 +76,12 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let target = sc.target.as_str().to_owned();
-    if sc.transport == SessionTransport::Iser {
-        return Err(Error::Invalid(format!(
-            "session {target}: transport \"iser\" is not available in this build; use \"tcp\" or \"auto\""
-        )));
-    }
-    if sc.transport == SessionTransport::Auto {
-        info!(%target, "transport auto: iSER is not available in this build, using iSCSI over TCP");
-    }
+    let choice = match sc.transport {
+        SessionTransport::Tcp => TransportChoice::Tcp,
+        SessionTransport::Iser => TransportChoice::Iser,
+        SessionTransport::Auto => TransportChoice::Auto,
+    };
+    let fabric = IserConfig::fabric_for(&sc);
     let cfg = SessionConfig::from_conf(&iqn, &sc)?;
     let mut exports: HashMap<u16, Export> = HashMap::new();
     let mut failures = 0u32;
@@ -89,7 +89,7 @@ async fn supervise(
         if *stop.borrow() {
             return Ok(());
         }
-        match Session::connect(cfg.clone()).await {
+        match Link::connect(cfg.clone(), Some(fabric.clone()), choice).await {
             Ok(session) => {
                 failures = 0;
                 attach_luns(&session, &sc, &mut exports, cfg.command_timeout).await;
@@ -127,7 +127,7 @@ async fn supervise(
 }
 
 async fn attach_luns(
-    session: &Session,
+    session: &Link,
     sc: &SessionConf,
     exports: &mut HashMap<u16, Export>,
     wait: Duration,

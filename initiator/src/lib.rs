@@ -18,6 +18,8 @@ pub mod command;
 pub mod daemon;
 pub mod discovery;
 pub mod error;
+pub mod iser;
+pub mod link;
 pub mod login;
 pub mod lun;
 pub mod nbd;
@@ -26,4 +28,5 @@ pub mod session;
 
 pub use block::{BlockDevice, IoOutcome};
 pub use error::{Error, LoginError};
+pub use link::{Link, TransportChoice};
 pub use session::{Session, SessionConfig};

@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use conf::initiator::InitiatorConfig;
 use conf::protection::{ProtectionMode, ProtectionPolicy};
 use initiator::block::{report_luns, status_name, IoOutcome};
-use initiator::{BlockDevice, Error, Session, SessionConfig};
+use initiator::iser::IserConfig;
+use initiator::{BlockDevice, Error, Link, Session, SessionConfig, TransportChoice};
 use serde_json::json;
 
 /// iSCSI/iSER initiator with end-to-end T10 protection information.
@@ -84,6 +85,10 @@ struct TargetArgs {
     /// Transport: tcp, iser or auto (iSER first, then TCP).
     #[arg(long, value_enum, default_value = "auto")]
     transport: Transport,
+    /// The target's iSER portal on the soft fabric: ip:port or unix:/path (default: the
+    /// configured session's iser_portal, else the portal's IP with port 3261).
+    #[arg(long)]
+    iser_portal: Option<String>,
     /// Protection mode (default: the configured session's policy; without one, insert
     /// on a LUN with PI and off on a LUN without).
     #[arg(long, value_enum)]
@@ -283,12 +288,14 @@ fn session_for(
     config: &InitiatorConfig,
     a: &TargetArgs,
 ) -> Result<(SessionConfig, Option<ProtectionPolicy>), Failure> {
-    match a.transport {
-        Transport::Tcp => {}
-        Transport::Auto => tracing::info!("iSER is not available in this build; using iSCSI over TCP"),
-        Transport::Iser => {
-            return Err(fail("transport iser is not available in this build (the iSER transport is not implemented yet); use --transport tcp or auto"))
-        }
+    if a.transport == Transport::Iser
+        && a.iser_portal.is_none()
+        && !config
+            .sessions
+            .iter()
+            .any(|s| s.target.as_str() == a.target)
+    {
+        tracing::info!("no --iser-portal: using the portal's address with port 3261");
     }
     let configured = config
         .sessions
@@ -363,9 +370,39 @@ fn policy_for(
     p
 }
 
+/// Connect by `--transport`: iSER at `--iser-portal` (or the configured session's
+/// `iser_portal`, or the portal's IP with port 3261), TCP at `--portal`.
+async fn connect(
+    config: &InitiatorConfig,
+    a: &TargetArgs,
+    cfg: SessionConfig,
+) -> Result<Link, Failure> {
+    let fabric = match &a.iser_portal {
+        Some(f) => f
+            .parse::<verbs::cm::CmAddr>()
+            .map_err(|e| fail(format!("--iser-portal: {e}")))?,
+        None => match config
+            .sessions
+            .iter()
+            .find(|s| s.target.as_str() == a.target)
+        {
+            Some(s) => IserConfig::fabric_for(s),
+            None => verbs::cm::CmAddr::Tcp(
+                SocketAddr::new(a.portal.ip(), conf::initiator::DEFAULT_ISER_PORT).to_string(),
+            ),
+        },
+    };
+    let choice = match a.transport {
+        Transport::Tcp => TransportChoice::Tcp,
+        Transport::Iser => TransportChoice::Iser,
+        Transport::Auto => TransportChoice::Auto,
+    };
+    Ok(Link::connect(cfg, Some(fabric), choice).await?)
+}
+
 async fn open(config: &InitiatorConfig, a: &TargetArgs, lun: u16) -> Result<BlockDevice, Failure> {
     let (cfg, configured) = session_for(config, a)?;
-    let s = Session::connect(cfg).await?;
+    let s = connect(config, a, cfg).await?;
     let info = match initiator::block::probe(&s, lun).await {
         Ok(i) => i,
         Err(e) => {
@@ -385,7 +422,7 @@ async fn open(config: &InitiatorConfig, a: &TargetArgs, lun: u16) -> Result<Bloc
 
 async fn login(config: &InitiatorConfig, a: TargetArgs) -> Result<u8, Failure> {
     let (cfg, _) = session_for(config, &a)?;
-    let s = Session::connect(cfg).await?;
+    let s = connect(config, &a, cfg).await?;
     let mut luns = Vec::new();
     let result: Result<(), Error> = async {
         for lun in report_luns(&s).await? {
@@ -397,7 +434,11 @@ async fn login(config: &InitiatorConfig, a: TargetArgs) -> Result<u8, Failure> {
         Ok(())
     }
     .await;
-    let p = s.params().clone();
+    let p = s
+        .params()
+        .cloned()
+        .ok_or_else(|| fail("no negotiated parameters"))?;
+    let transport = s.transport_name();
     s.logout().await?;
     result?;
     if a.json {
@@ -408,7 +449,7 @@ async fn login(config: &InitiatorConfig, a: TargetArgs) -> Result<u8, Failure> {
         println!(
             "{}",
             json!({
-                "target": a.target, "portal": a.portal.to_string(), "transport": "tcp",
+                "target": a.target, "portal": a.portal.to_string(), "transport": transport,
                 "header_digest": p.header_digest, "data_digest": p.data_digest,
                 "max_burst_length": p.max_burst_length, "first_burst_length": p.first_burst_length,
                 "immediate_data": p.immediate_data, "initial_r2t": p.initial_r2t,
@@ -418,7 +459,7 @@ async fn login(config: &InitiatorConfig, a: TargetArgs) -> Result<u8, Failure> {
         );
     } else {
         println!(
-            "logged in to {} at {} over tcp (logged out again)",
+            "logged in to {} at {} over {transport} (logged out again)",
             a.target, a.portal
         );
         println!(
