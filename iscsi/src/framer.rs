@@ -32,6 +32,8 @@ impl FrameError {
 pub struct Framer {
     cfg: WireConfig,
     buf: Vec<u8>,
+    /// End of BHS + AHS + HeaderDigest while the header digest is not yet checked.
+    header_end: Option<usize>,
     total: Option<usize>,
     ready: Option<Result<Pdu, FrameError>>,
     broken: bool,
@@ -43,6 +45,7 @@ impl Framer {
         Framer {
             cfg,
             buf: Vec::with_capacity(BHS_LEN),
+            header_end: None,
             total: None,
             ready: None,
             broken: false,
@@ -76,9 +79,10 @@ impl Framer {
         if self.broken || self.ready.is_some() {
             return 0;
         }
-        match self.total {
-            None => BHS_LEN - self.buf.len(),
-            Some(t) => t - self.buf.len(),
+        match (self.header_end, self.total) {
+            (Some(h), _) => h - self.buf.len(),
+            (None, Some(t)) => t - self.buf.len(),
+            (None, None) => BHS_LEN - self.buf.len(),
         }
     }
 
@@ -94,8 +98,11 @@ impl Framer {
             let n = want.min(input.len() - used);
             self.buf.extend_from_slice(&input[used..used + n]);
             used += n;
-            if self.buf.len() == BHS_LEN && self.total.is_none() {
-                self.header_complete();
+            if self.buf.len() == BHS_LEN && self.total.is_none() && self.header_end.is_none() {
+                self.bhs_complete();
+            }
+            if self.header_end == Some(self.buf.len()) {
+                self.header_digest_complete();
             }
             if let Some(t) = self.total {
                 if self.buf.len() == t {
@@ -117,23 +124,57 @@ impl Framer {
         b
     }
 
+    fn fail(&mut self, error: DecodeError) {
+        let bhs = self.bhs();
+        self.ready = Some(Err(FrameError {
+            error,
+            bhs: Some(bhs),
+        }));
+        self.broken = true;
+        self.buf.clear();
+        self.header_end = None;
+        self.total = None;
+    }
+
+    /// The BHS is in: with header digests, first collect the AHS and the digest and
+    /// check them before trusting DataSegmentLength.
+    fn bhs_complete(&mut self) {
+        if self.cfg.digests.header {
+            self.header_end = Some(BHS_LEN + usize::from(self.buf[4]) * 4 + 4);
+        } else {
+            self.header_complete();
+        }
+    }
+
+    fn header_digest_complete(&mut self) {
+        self.header_end = None;
+        let n = self.buf.len();
+        let computed = crate::digest::crc32c(&self.buf[..n - 4]);
+        let received = crate::digest::digest_from_wire([
+            self.buf[n - 4],
+            self.buf[n - 3],
+            self.buf[n - 2],
+            self.buf[n - 1],
+        ]);
+        if computed != received {
+            self.fail(DecodeError::HeaderDigest { computed, received });
+            return;
+        }
+        self.header_complete();
+    }
+
     fn header_complete(&mut self) {
         let bhs = self.bhs();
         let lengths = frame_lengths(&bhs, self.cfg.digests);
         let limit = self.cfg.limits.max_recv_data_segment_length;
         if lengths.data as u64 > u64::from(limit) {
-            self.ready = Some(Err(FrameError {
-                error: DecodeError::DataSegmentTooLong {
-                    len: lengths.data as u32,
-                    limit,
-                },
-                bhs: Some(bhs),
-            }));
-            self.broken = true;
-            self.buf.clear();
+            self.fail(DecodeError::DataSegmentTooLong {
+                len: lengths.data as u32,
+                limit,
+            });
             return;
         }
-        self.buf.reserve_exact(lengths.total - BHS_LEN);
+        self.buf.reserve_exact(lengths.total - self.buf.len());
         self.total = Some(lengths.total);
     }
 

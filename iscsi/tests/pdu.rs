@@ -241,9 +241,19 @@ fn framer_reports_what_it_needs() {
     assert_eq!(f.feed(&bytes[..10]), 10);
     assert_eq!(f.needed(), 38);
     assert_eq!(f.feed(&bytes[10..48]), 38);
-    assert_eq!(f.needed(), 16);
+    // The HeaderDigest first, then the padded data and its digest.
+    assert_eq!(f.needed(), 4);
+    assert_eq!(
+        f.feed(&bytes[48..]),
+        16,
+        "feed goes on past the checked header"
+    );
+    assert!(f.poll().is_some());
+    let mut f = Framer::new(c);
+    assert_eq!(f.feed(&bytes[..52]), 52);
+    assert_eq!(f.needed(), 12);
     assert!(f.poll().is_none());
-    assert_eq!(f.feed(&bytes[48..]), 16);
+    assert_eq!(f.feed(&bytes[52..]), 12);
     assert_eq!(f.needed(), 0);
     assert!(f.poll().unwrap().is_ok());
     assert_eq!(f.needed(), 48);
@@ -367,4 +377,42 @@ fn bidirectional_read_length_ahs() {
         Pdu::decode(&bytes, &WireConfig::default()).unwrap(),
         Pdu::new(cmd)
     );
+}
+
+#[test]
+fn header_digest_is_checked_before_the_lengths_are_trusted() {
+    let c = cfg(true, true);
+    let mut bytes = Pdu::with_data(
+        NopOut {
+            ttt: RESERVED_TAG,
+            ..NopOut::default()
+        },
+        vec![9; 100],
+    )
+    .to_bytes(&c);
+    bytes[6] = 0x7f; // corrupt DataSegmentLength (now beyond the limit)
+    let mut f = Framer::new(c);
+    assert_eq!(f.feed(&bytes), 52, "BHS and HeaderDigest only");
+    let err = f.poll().unwrap().unwrap_err();
+    assert!(
+        matches!(err.error, DecodeError::HeaderDigest { .. }),
+        "{err:?}"
+    );
+    assert!(f.is_broken());
+    // The same with a plausible length: reported at once, without waiting for data.
+    let mut bytes = Pdu::with_data(
+        NopOut {
+            ttt: RESERVED_TAG,
+            ..NopOut::default()
+        },
+        vec![9; 100],
+    )
+    .to_bytes(&c);
+    bytes[7] = 0x10;
+    let mut f = Framer::new(c);
+    assert_eq!(f.feed(&bytes[..52]), 52);
+    assert!(matches!(
+        f.poll().unwrap().unwrap_err().error,
+        DecodeError::HeaderDigest { .. }
+    ));
 }
