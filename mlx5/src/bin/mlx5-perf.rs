@@ -48,6 +48,9 @@ enum Cmd {
         /// Outstanding requests.
         #[arg(long, default_value_t = 16)]
         depth: u32,
+        /// Runs per case, alternating plain and signature; the median is reported.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// Message sizes (default 4 KiB, 8 KiB, ... 1 MiB).
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<usize>,
@@ -123,6 +126,12 @@ struct Line {
     cpu: f64,
 }
 
+impl Line {
+    fn rate(&self) -> f64 {
+        f64::from(self.iters) / self.secs
+    }
+}
+
 /// User + system CPU seconds of this process so far.
 fn cpu_seconds() -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -152,17 +161,19 @@ fn report(l: &Line, json: bool) {
         );
     } else {
         println!(
-            "{:<10} sig={:<5} size={:>8} iters={:>6} {:>8.2} Gbit/s {:>9.2} us/op",
-            l.test, l.sig, l.size, l.iters, gbps, lat_us
+            "{:<10} sig={:<5} size={:>8} iters={:>6} {:>8.2} Gbit/s {:>9.2} us/op {:>8.2} client-cpu-us/op",
+            l.test, l.sig, l.size, l.iters, gbps, lat_us, cpu_us
         );
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn client(
     addr: &str,
     iters: u32,
     seconds: f64,
     depth: u32,
+    repeat: u32,
     sizes: &[usize],
     json: bool,
 ) -> Result<()> {
@@ -203,7 +214,8 @@ fn client(
     }
     for &size in &sizes {
         for test in ["write_bw", "read_bw", "write_lat", "read_lat", "send_lat"] {
-            for use_sig in [false, true] {
+            let mut runs: [Vec<Line>; 2] = [Vec::new(), Vec::new()];
+            for use_sig in (0..repeat.max(1)).flat_map(|_| [false, true]) {
                 let sge = if use_sig {
                     if sig.check_status()?.is_some() {
                         sig_errors += 1;
@@ -251,17 +263,14 @@ fn client(
                         }
                         n += 1;
                     }
-                    report(
-                        &Line {
-                            test,
-                            sig: use_sig,
-                            size,
-                            iters: n,
-                            secs: start.elapsed().as_secs_f64(),
-                            cpu: cpu_seconds() - cpu0,
-                        },
-                        json,
-                    );
+                    runs[usize::from(use_sig)].push(Line {
+                        test,
+                        sig: use_sig,
+                        size,
+                        iters: n,
+                        secs: start.elapsed().as_secs_f64(),
+                        cpu: cpu_seconds() - cpu0,
+                    });
                     continue;
                 }
                 let d = if test.ends_with("_lat") { 1 } else { depth };
@@ -294,17 +303,20 @@ fn client(
                     }
                     done += wcs.len() as u32;
                 }
-                report(
-                    &Line {
-                        test,
-                        sig: use_sig,
-                        size,
-                        iters: done,
-                        secs: start.elapsed().as_secs_f64(),
-                        cpu: cpu_seconds() - cpu0,
-                    },
-                    json,
-                );
+                runs[usize::from(use_sig)].push(Line {
+                    test,
+                    sig: use_sig,
+                    size,
+                    iters: done,
+                    secs: start.elapsed().as_secs_f64(),
+                    cpu: cpu_seconds() - cpu0,
+                });
+            }
+            for mut r in runs {
+                r.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+                if let Some(median) = r.get(r.len() / 2) {
+                    report(median, json);
+                }
             }
         }
     }
@@ -439,9 +451,10 @@ fn main() -> Result<()> {
             iters,
             seconds,
             depth,
+            repeat,
             sizes,
             json,
-        } => client(&addr, iters, seconds, depth, &sizes, json),
+        } => client(&addr, iters, seconds, depth, repeat, &sizes, json),
         Cmd::Anchor { bytes, json } => anchor(bytes, json),
         Cmd::Engine {
             sizes,
