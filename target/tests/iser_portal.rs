@@ -3,7 +3,7 @@
 //! without PI on the wire (Type 1 / 512 and Type 3 / 4096), a bad guard from the
 //! initiator, a fault injected in the target's HCA, Reject, NOP, SendTargets, logout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use iscsi::iser::{IserControl, IserHeader, IserMessage, RemoteBuffer};
 use iscsi::login::{InitiatorLogin, InitiatorLoginConfig, InitiatorStep};
 use iscsi::negotiate::LocalParams;
 use iscsi::pdu::{
-    Header, Isid, LogoutReason, LogoutRequest, NopOut, PduLimits, ScsiCommand, TaskAttr,
+    DataOut, Header, Isid, LogoutReason, LogoutRequest, NopOut, PduLimits, ScsiCommand, TaskAttr,
     TextRequest, RESERVED_TAG,
 };
 use iscsi::text::TextKeys;
@@ -46,6 +46,10 @@ struct TargetUnderTest {
 }
 
 fn start_target() -> TargetUnderTest {
+    start_target_with(LocalParams::default())
+}
+
+fn start_target_with(local: LocalParams) -> TargetUnderTest {
     let dir = tempfile::tempdir().unwrap();
     let luns = vec![
         Lun::open(LunDesc::ram(0, 1 << 20, 512).with_pi(1)).unwrap(),
@@ -61,7 +65,7 @@ fn start_target() -> TargetUnderTest {
             chap: None,
         }],
         discovery_chap: None,
-        local: LocalParams::default(),
+        local,
         queue_depth: 8,
         tpgt: 1,
     };
@@ -74,6 +78,7 @@ fn start_target() -> TargetUnderTest {
             target_recv_data_segment_length: 8192,
         },
         portals: vec!["127.0.0.1:3260".parse().unwrap()],
+        app_tags: HashMap::new(),
         shutdown: rx,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,7 +189,11 @@ impl Initiator {
         self.qp
             .post_send_one(SendWr::send(1, self.send.sge(0, bytes.len() as u32)))
             .unwrap();
-        let wc = self.send_cq.next_blocking(T).unwrap().expect("SEND completion");
+        let wc = self
+            .send_cq
+            .next_blocking(T)
+            .unwrap()
+            .expect("SEND completion");
         assert_eq!(wc.status, WcStatus::Success, "SEND");
     }
 
@@ -207,7 +216,10 @@ impl Initiator {
         let slot = wc.wr_id as usize;
         let bytes = self.recv.to_vec(slot * SLOT, wc.byte_len as usize).unwrap();
         self.qp
-            .post_recv_one(RecvWr::new(wc.wr_id, self.recv.sge(slot * SLOT, SLOT as u32)))
+            .post_recv_one(RecvWr::new(
+                wc.wr_id,
+                self.recv.sge(slot * SLOT, SLOT as u32),
+            ))
             .unwrap();
         let msg = IserMessage::decode(
             &bytes,
@@ -226,11 +238,15 @@ impl Initiator {
     }
 
     fn login(&mut self) {
+        self.login_with(LocalParams::default());
+    }
+
+    fn login_with(&mut self, base: LocalParams) {
         let local = LocalParams {
             rdma_extensions: true,
             initiator_recv_data_segment_length: 8192,
             target_recv_data_segment_length: 8192,
-            ..LocalParams::default()
+            ..base
         };
         let cfg = InitiatorLoginConfig {
             local,
@@ -434,15 +450,30 @@ fn write_read_roundtrip(lun: u64, bs: usize, type3: bool) {
     assert_eq!(r.status, 0, "plain READ: {r:?}");
     assert!(r.data == plain, "plain data read back");
     // The PI the target generated is valid on a protected read.
-    let r = ini.scsi(lun, &rw16(READ16, 1, lba2, blocks2), None, 0, plain.len() / bs * (bs + 8));
+    let r = ini.scsi(
+        lun,
+        &rw16(READ16, 1, lba2, blocks2),
+        None,
+        0,
+        plain.len() / bs * (bs + 8),
+    );
     assert_eq!(r.status, 0, "protected READ of generated PI: {r:?}");
     assert!(r.data == with_pi(&plain, bs, lba2, type3), "generated PI");
     // Immediate data (one whole wire block) plus RDMA READ of the rest.
     let wire3 = with_pi(&pattern(blocks, bs, 3), bs, 100, type3);
     let w = ini.scsi(lun, &rw16(WRITE16, 1, 100, blocks), Some(&wire3), bs + 8, 0);
     assert_eq!(w.status, 0, "WRITE with immediate data: {w:?}");
-    let r = ini.scsi(lun, &rw16(READ16, 0, 100, blocks), None, 0, blocks as usize * bs);
-    assert!(r.status == 0 && r.data == strip(&wire3, bs), "immediate + solicited data");
+    let r = ini.scsi(
+        lun,
+        &rw16(READ16, 0, 100, blocks),
+        None,
+        0,
+        blocks as usize * bs,
+    );
+    assert!(
+        r.status == 0 && r.data == strip(&wire3, bs),
+        "immediate + solicited data"
+    );
     ini.logout();
 }
 
@@ -478,7 +509,11 @@ fn bad_guard_from_the_initiator_is_aborted_command_with_its_lba() {
     let mut ini = logged_in(&t, 0xc0);
     let (lba, blocks) = (200u64, 6u32);
     let good = with_pi(&pattern(blocks, 512, 4), 512, lba, false);
-    assert_eq!(ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&good), 0, 0).status, 0);
+    assert_eq!(
+        ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&good), 0, 0)
+            .status,
+        0
+    );
     let mut bad = with_pi(&pattern(blocks, 512, 5), 512, lba, false);
     bad[3 * 520 + 512] ^= 0x01; // guard of block 3
     let w = ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&bad), 0, 0);
@@ -503,7 +538,11 @@ fn fault_in_the_target_hca_on_read_is_reported_with_its_lba() {
     let mut ini = logged_in(&t, 0xc0);
     let (lba, blocks) = (300u64, 4u32);
     let wire = with_pi(&pattern(blocks, 512, 6), 512, lba, false);
-    assert_eq!(ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&wire), 0, 0).status, 0);
+    assert_eq!(
+        ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&wire), 0, 0)
+            .status,
+        0
+    );
     t.dev.inject_fault(FaultSpec {
         scope: FaultScope::Any,
         direction: FaultDirection::Outbound,
@@ -562,7 +601,10 @@ fn nop_text_reject_and_unknown_lun() {
         cmd_sn: ini.cmd_sn,
         exp_stat_sn: ini.exp_stat_sn,
     };
-    ini.send_pdu(IserControl::default(), Pdu::with_data(nop, b"ping".to_vec()));
+    ini.send_pdu(
+        IserControl::default(),
+        Pdu::with_data(nop, b"ping".to_vec()),
+    );
     let (p, _) = ini.recv_pdu();
     assert!(matches!(p.header, Header::NopIn(ref n) if n.itt == itt));
     assert_eq!(p.data, b"ping");
@@ -630,8 +672,127 @@ fn disconnect_mid_session_frees_the_connection() {
     while t.registry.session_count() != 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(t.registry.session_count(), 0, "session closed on disconnect");
+    assert_eq!(
+        t.registry.session_count(),
+        0,
+        "session closed on disconnect"
+    );
     // A new initiator can log in again.
     let mut again = logged_in(&t, 0xc0);
-    assert_eq!(again.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512).status, 0);
+    assert_eq!(
+        again.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512).status,
+        0
+    );
+}
+
+#[test]
+fn fault_in_the_target_hca_on_strip_read_and_pass_write() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let (lba, blocks) = (400u64, 4u32);
+    let plain = pattern(blocks, 512, 7);
+    assert_eq!(
+        ini.scsi(0, &rw16(WRITE16, 0, lba, blocks), Some(&plain), 0, 0)
+            .status,
+        0
+    );
+    // RDPROTECT 0: the HCA checks the stored PI while stripping it.
+    t.dev.inject_fault(FaultSpec {
+        scope: FaultScope::Any,
+        direction: FaultDirection::Outbound,
+        block: 1,
+        target: FaultTarget::Data { byte: 100, bit: 0 },
+        once: true,
+    });
+    let r = ini.scsi(0, &rw16(READ16, 0, lba, blocks), None, 0, plain.len());
+    assert_eq!(r.status, 2, "{r:?}");
+    assert_eq!(r.sense_fields(), (0x0b, 0x10, 0x01, (lba + 1) as u32));
+    let r = ini.scsi(0, &rw16(READ16, 0, lba, blocks), None, 0, plain.len());
+    assert!(r.status == 0 && r.data == plain, "medium intact");
+    // A reference tag bit flipped on arrival of a protected write: 10h/03h, not stored.
+    t.dev.inject_fault(FaultSpec {
+        scope: FaultScope::Any,
+        direction: FaultDirection::Inbound,
+        block: 3,
+        target: FaultTarget::RefTag { bit: 9 },
+        once: true,
+    });
+    let other = with_pi(&pattern(blocks, 512, 8), 512, lba, false);
+    let w = ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&other), 0, 0);
+    assert_eq!(w.sense_fields(), (0x0b, 0x10, 0x03, (lba + 3) as u32));
+    let r = ini.scsi(0, &rw16(READ16, 0, lba, blocks), None, 0, plain.len());
+    assert!(r.status == 0 && r.data == plain, "failed write not stored");
+}
+
+#[test]
+fn unsolicited_data_out_sends_with_initial_r2t_no() {
+    let params = LocalParams {
+        initial_r2t: false,
+        first_burst_length: 4096,
+        ..LocalParams::default()
+    };
+    let t = start_target_with(params.clone());
+    let mut ini = Initiator::connect(&t.addr, 0xc0).expect("connect");
+    ini.login_with(params);
+    for lun in 0..3 {
+        ini.scsi(lun, &[0u8; 6], None, 0, 0);
+    }
+    // 8 KiB to the LUN without PI: 1 KiB immediate, 3 KiB in two Data-Out SENDs (the
+    // first burst), the last 4 KiB fetched by RDMA READ at the Write VA.
+    let data = pattern(16, 512, 11);
+    let wmr = ini.pd.reg_mr(data.len(), RW).unwrap();
+    wmr.write_at(0, &data).unwrap();
+    let itt = ini.next_itt();
+    let cmd = ScsiCommand {
+        immediate: false,
+        final_: false,
+        read: false,
+        write: true,
+        attr: TaskAttr::Simple,
+        lun: 2 << 48,
+        itt,
+        expected_data_transfer_length: data.len() as u32,
+        cmd_sn: ini.cmd_sn,
+        exp_stat_sn: ini.exp_stat_sn,
+        cdb: rw16(WRITE16, 0, 32, 16),
+        bidi_read_length: None,
+    };
+    ini.cmd_sn += 1;
+    let ctl = IserControl {
+        write: Some(RemoteBuffer {
+            stag: wmr.rkey(),
+            va: wmr.addr() + 4096,
+        }),
+        read: None,
+    };
+    ini.send_pdu(ctl, Pdu::with_data(cmd, data[..1024].to_vec()));
+    for (sn, (off, len, fin)) in [(1024usize, 1024usize, false), (2048, 2048, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let d = DataOut {
+            final_: fin,
+            lun: 2 << 48,
+            itt,
+            ttt: RESERVED_TAG,
+            exp_stat_sn: ini.exp_stat_sn,
+            data_sn: sn as u32,
+            buffer_offset: off as u32,
+        };
+        ini.send_pdu(
+            IserControl::default(),
+            Pdu::with_data(d, data[off..off + len].to_vec()),
+        );
+    }
+    let (resp, _) = ini.recv_pdu();
+    assert!(
+        matches!(resp.header, Header::ScsiResponse(ref r) if r.itt == itt && r.status == 0),
+        "{:?}",
+        resp.header
+    );
+    let r = ini.scsi(2, &rw16(READ16, 0, 32, 16), None, 0, data.len());
+    assert!(
+        r.status == 0 && r.data == data,
+        "all three parts landed in order"
+    );
 }

@@ -3,19 +3,18 @@
 //! protection plan of a block command (for the signature MR), and PI sense data for
 //! a signature error the HCA reported.
 //!
-//! The device server is reached through [`ScsiService`], whose data are in wire form
-//! (PI interleaved when the plan puts it on the wire). The plan is therefore rebuilt
-//! here from the CDB with the device server's own [`check_prot`] and
-//! [`ProtPlan::build`], and the signature MR binds the wire-form buffer with the same
-//! DIF domain on both sides (PASS, checked in the HCA); commands whose plan is INSERT
-//! or STRIP move plain bytes and the device server generates or checks the PI.
+//! The device server is reached through [`ScsiService`](crate::service::ScsiService),
+//! whose data are in wire form (PI interleaved when the plan puts it on the wire). The
+//! plan is therefore rebuilt here from the CDB with the device server's own
+//! [`check_prot`] and [`ProtPlan::build`]; see [`HcaPlan`] for how each operation
+//! maps onto the signature MR.
 
 use iscsi::chap::ChapCredentials;
 use iscsi::login::{AuthRequirement, LoginPolicy, TargetLookup};
 use iscsi::negotiate::{DigestKind, LocalParams};
 use iscsi::pdu::Isid;
-use scsi::{Cdb, RwKind, SenseFormat};
-use t10pi::{DifType, PiErrorKind};
+use scsi::{Cdb, Form, RwKind, SenseFormat};
+use t10pi::{DifType, PiErrorKind, TUPLE_SIZE};
 use verbs::{SigAttrs, SigDomain, SigErr, SigErrType};
 
 use super::IserLimits;
@@ -74,10 +73,48 @@ impl LoginPolicy for IserLoginPolicy<'_> {
     }
 }
 
-/// The protection plan of `cdb` on `lun` when its blocks carry PI on the wire
-/// (a READ or WRITE with RDPROTECT/WRPROTECT != 0 on a PI LUN: PASS), else `None`.
-/// Commands the device server will refuse also give `None`; it reports the sense.
-pub fn wire_pi_plan(lun: &LunSummary, cdb: &[u8]) -> Option<ProtPlan> {
+/// How one block command's PI is applied by the signature MR.
+///
+/// The device server's [`ScsiService`](crate::service::ScsiService) takes and returns
+/// blocks in wire form, so the command buffer always holds DIF-interleaved blocks
+/// (data + 8-byte tuple per block) and the signature MR translates between that
+/// memory view and the wire:
+/// - PASS (PROTECT != 0): memory DIF, wire DIF, the CDB's checks;
+/// - INSERT (WRPROTECT 0 on a Type 1/3 LUN): memory DIF, wire none: the HCA
+///   generates the tuples as the data arrive; the device server is handed the CDB
+///   with WRPROTECT 1, so it verifies and stores them as a PASS;
+/// - STRIP (RDPROTECT 0 on a Type 1/3 LUN): the device server is asked with
+///   RDPROTECT 1 (whose checks equal RDPROTECT 0's) and returns the blocks with
+///   their PI; the HCA checks the memory tuples and sends data only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HcaPlan {
+    /// The command's own plan (operation, checks, first LBA, geometry).
+    pub plan: ProtPlan,
+    /// The signature attributes to bind.
+    pub attrs: SigAttrs,
+    /// The CDB the device server is given (PROTECT 1 for INSERT and STRIP).
+    pub device_cdb: Vec<u8>,
+    /// Bytes of the command buffer: blocks with their tuples.
+    pub mem_len: usize,
+    /// Bytes on the wire.
+    pub wire_len: usize,
+}
+
+/// The CDB with its RDPROTECT/WRPROTECT field (byte 1, bits 7:5) set to `protect`.
+fn with_protect(cdb: &[u8], protect: u8) -> Vec<u8> {
+    let mut c = cdb.to_vec();
+    if let Some(b) = c.get_mut(1) {
+        *b = (*b & 0x1f) | (protect << 5);
+    }
+    c
+}
+
+/// The signature-MR plan of `cdb` on `lun` (whose stored PI carries `app_tag` when
+/// the target generates it), or `None` when no PI moves: LUN without PI, a command
+/// other than READ/WRITE(10/12/16/32), zero blocks, or one the device server will
+/// refuse (it reports the sense). INSERT and STRIP are offered for Types 1 and 3 on
+/// 10/12/16-byte CDBs; Type 2 needs the 32-byte CDB's tags and stays in software.
+pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
     let pi = match lun.pi_type {
         1 => DifType::Type1,
         2 => DifType::Type2,
@@ -92,7 +129,7 @@ pub fn wire_pi_plan(lun: &LunSummary, cdb: &[u8]) -> Option<ProtPlan> {
         RwKind::Write => ProtDir::Write,
         _ => return None,
     };
-    if rw.blocks == 0 || rw.protect == 0 {
+    if rw.blocks == 0 {
         return None;
     }
     let d = check_prot(rw.protect, dir, Some(pi), true, cdb.len()).ok()?;
@@ -104,19 +141,41 @@ pub fn wire_pi_plan(lun: &LunSummary, cdb: &[u8]) -> Option<ProtPlan> {
         rw.lba,
         rw.blocks,
         rw.tags,
-        0,
+        app_tag,
     );
-    (plan.op == ProtOp::Pass && plan.wire_has_pi).then_some(plan)
-}
-
-/// Signature attributes for a PASS plan over a wire-form (DIF-interleaved) buffer:
-/// the same DIF domain in memory and on the wire, the plan's checks.
-pub fn pass_attrs(plan: &ProtPlan) -> Option<SigAttrs> {
-    let dom = plan.wire.or(plan.mem)?;
-    Some(SigAttrs {
-        check_mask: plan.check_mask,
-        mem: SigDomain::T10Dif(dom),
-        wire: SigDomain::T10Dif(dom),
+    let mem = plan.mem?;
+    let blocks = rw.blocks as usize;
+    let bs = lun.block_size as usize;
+    let mem_len = blocks * (bs + TUPLE_SIZE);
+    let rewritable =
+        pi != DifType::Type2 && matches!(rw.form, Form::Ten | Form::Twelve | Form::Sixteen);
+    let (attrs, device_cdb, wire_len) = match plan.op {
+        ProtOp::Pass => (
+            SigAttrs {
+                check_mask: plan.check_mask,
+                mem: SigDomain::T10Dif(mem),
+                wire: SigDomain::T10Dif(plan.wire.unwrap_or(mem)),
+            },
+            cdb.to_vec(),
+            mem_len,
+        ),
+        ProtOp::Insert | ProtOp::Strip if rewritable => (
+            SigAttrs {
+                check_mask: plan.check_mask,
+                mem: SigDomain::T10Dif(mem),
+                wire: SigDomain::None,
+            },
+            with_protect(cdb, 1),
+            blocks * bs,
+        ),
+        _ => return None,
+    };
+    Some(HcaPlan {
+        plan,
+        attrs,
+        device_cdb,
+        mem_len,
+        wire_len,
     })
 }
 
@@ -154,6 +213,7 @@ pub fn sig_sense(lun: &LunSummary, f: &PiFailure) -> (u8, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use t10pi::check_mask;
 
     fn lun(pi_type: u8, block_size: u32) -> LunSummary {
         LunSummary {
@@ -175,29 +235,42 @@ mod tests {
     }
 
     #[test]
-    fn pass_only_with_pi_on_the_wire() {
+    fn pass_insert_strip_domains() {
         let t1 = lun(1, 512);
-        let p = wire_pi_plan(&t1, &rw16(0x8a, 1, 100, 4)).expect("WRPROTECT 1 is PASS");
-        assert_eq!(p.op, ProtOp::Pass);
-        assert_eq!(p.wire_stride(), 520);
-        assert_eq!(p.first_lba, 100);
-        let a = pass_attrs(&p).unwrap();
-        assert_eq!(a.check_mask, t10pi::check_mask::GUARD | t10pi::check_mask::REFTAG);
-        assert_eq!(a.wire_len(4), Some(4 * 520));
-        // PROTECT 0 on a PI LUN: INSERT/STRIP in the device server, no wire PI.
-        assert!(wire_pi_plan(&t1, &rw16(0x88, 0, 0, 4)).is_none());
-        // No PI LUN, or a bad PROTECT value: the device server answers.
-        assert!(wire_pi_plan(&lun(0, 512), &rw16(0x88, 1, 0, 4)).is_none());
-        assert!(wire_pi_plan(&t1, &rw16(0x88, 6, 0, 4)).is_none());
+        let p = hca_plan(&t1, &rw16(0x8a, 1, 100, 4), 0).expect("WRPROTECT 1 is PASS");
+        assert_eq!(p.plan.op, ProtOp::Pass);
+        assert_eq!((p.mem_len, p.wire_len), (4 * 520, 4 * 520));
+        assert_eq!(p.device_cdb, rw16(0x8a, 1, 100, 4));
+        assert_eq!(p.attrs.check_mask, check_mask::GUARD | check_mask::REFTAG);
+        assert!(p.attrs.mem.dif().is_some() && p.attrs.wire.dif().is_some());
+        // WRPROTECT 0: INSERT in the HCA; the device server verifies as WRPROTECT 1.
+        let i = hca_plan(&t1, &rw16(0x8a, 0, 7, 2), 0x1234).unwrap();
+        assert_eq!(i.plan.op, ProtOp::Insert);
+        assert_eq!((i.mem_len, i.wire_len), (2 * 520, 2 * 512));
+        assert_eq!(i.device_cdb, rw16(0x8a, 1, 7, 2));
+        assert_eq!(i.attrs.wire, SigDomain::None);
+        assert_eq!(i.attrs.mem.dif().unwrap().app_tag, 0x1234);
+        // RDPROTECT 0: STRIP in the HCA with RDPROTECT 0's checks.
+        let s = hca_plan(&t1, &rw16(0x88, 0, 7, 2), 0).unwrap();
+        assert_eq!(s.plan.op, ProtOp::Strip);
+        assert_eq!(s.device_cdb, rw16(0x88, 1, 7, 2));
+        assert_eq!(s.attrs.check_mask, check_mask::GUARD | check_mask::REFTAG);
+        // No PI LUN, a bad PROTECT value, Type 2 without the 32-byte CDB: software.
+        assert!(hca_plan(&lun(0, 512), &rw16(0x88, 1, 0, 4), 0).is_none());
+        assert!(hca_plan(&t1, &rw16(0x88, 6, 0, 4), 0).is_none());
+        assert!(hca_plan(&lun(2, 512), &rw16(0x88, 0, 0, 4), 0).is_none());
+        assert!(hca_plan(&t1, &rw16(0x88, 0, 0, 0), 0).is_none());
         // Type 3: no reference tag check.
-        let p3 = wire_pi_plan(&lun(3, 4096), &rw16(0x88, 1, 0, 2)).unwrap();
-        assert_eq!(p3.check_mask, t10pi::check_mask::GUARD);
-        assert_eq!(p3.wire_stride(), 4104);
+        let p3 = hca_plan(&lun(3, 4096), &rw16(0x88, 1, 0, 2), 0).unwrap();
+        assert_eq!(p3.attrs.check_mask, check_mask::GUARD);
+        assert_eq!(p3.wire_len, 2 * 4104);
     }
 
     #[test]
     fn sig_error_names_the_lba() {
-        let p = wire_pi_plan(&lun(1, 512), &rw16(0x88, 1, 1000, 8)).unwrap();
+        let p = hca_plan(&lun(1, 512), &rw16(0x88, 1, 1000, 8), 0)
+            .unwrap()
+            .plan;
         let e = SigErr {
             err_type: SigErrType::BadRefTag,
             expected: 1003,
@@ -212,6 +285,9 @@ mod tests {
         assert_eq!(sense[0] & 0x7f, 0x70);
         assert_eq!(sense[2] & 0x0f, 0x0b);
         assert_eq!((sense[12], sense[13]), (0x10, 0x03));
-        assert_eq!(u32::from_be_bytes([sense[3], sense[4], sense[5], sense[6]]), 1003);
+        assert_eq!(
+            u32::from_be_bytes([sense[3], sense[4], sense[5], sense[6]]),
+            1003
+        );
     }
 }

@@ -19,9 +19,8 @@ use iscsi::login::{TargetLogin, TargetLoginConfig, TargetStep};
 use iscsi::negotiate::{NegotiatedParams, SessionType};
 use iscsi::pdu::{
     reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode,
-    NopIn, NopOut, PduLimits, RejectReason, Residual, Role, ScsiCommand, ScsiResponse,
-    TextRequest, TextResponse, TmfFunction, TmfRequest, TmfResponse, TmfResponseCode, BHS_LEN,
-    RESERVED_TAG,
+    NopIn, NopOut, PduLimits, RejectReason, Residual, Role, ScsiCommand, ScsiResponse, TextRequest,
+    TextResponse, TmfFunction, TmfRequest, TmfResponse, TmfResponseCode, BHS_LEN, RESERVED_TAG,
 };
 use iscsi::text::{split_text, TextKeys};
 use iscsi::{Codec, Pdu};
@@ -30,8 +29,7 @@ use verbs::{Cq, SendWr};
 
 use super::adapter::{self, IserLoginPolicy};
 use super::io::{
-    self, clip, recv_slot_len, CmdPool, Fabric, LocalView, RecvRing, SendBuf, LOGIN_DATA,
-    LOGIN_WR,
+    self, clip, recv_slot_len, CmdPool, Fabric, LocalView, RecvRing, SendBuf, LOGIN_DATA, LOGIN_WR,
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
@@ -87,7 +85,10 @@ async fn serve_inner(
     let hdr = match IserCmHdr::from_private_data(req.private_data()) {
         Ok(h) if h.zbva_not_supported => h,
         Ok(_) => {
-            tracing::info!(peer = req.peer(), "rejecting iSER connect: initiator wants zero-based VAs");
+            tracing::info!(
+                peer = req.peer(),
+                "rejecting iSER connect: initiator wants zero-based VAs"
+            );
             req.reject(&ours_on_reject)?;
             return Ok(());
         }
@@ -155,10 +156,7 @@ async fn serve_inner(
         service,
         lun_counters,
         luns,
-        window: CmdWindow {
-            exp_cmd_sn,
-            depth,
-        },
+        window: CmdWindow { exp_cmd_sn, depth },
         stat_sn,
         held: BTreeMap::new(),
         deferred: VecDeque::new(),
@@ -279,7 +277,9 @@ async fn login(
             _ = cm.disconnected() => return Err(IserError::Closed),
         };
         if slot != LOGIN_WR {
-            return Err(IserError::Protocol("unexpected receive during login".into()));
+            return Err(IserError::Protocol(
+                "unexpected receive during login".into(),
+            ));
         }
         let bytes = login_ring.take(0, len)?;
         let pdu = match IserMessage::decode(&bytes, &limits) {
@@ -550,7 +550,11 @@ impl Conn {
                     }
                 }
                 CmdSnCheck::OutOfWindow => {
-                    tracing::debug!(cmd_sn = sn, exp = self.window.exp_cmd_sn, "CmdSN outside the window; ignored");
+                    tracing::debug!(
+                        cmd_sn = sn,
+                        exp = self.window.exp_cmd_sn,
+                        "CmdSN outside the window; ignored"
+                    );
                 }
             }
             return Ok(());
@@ -663,6 +667,12 @@ impl Conn {
         Ok(got)
     }
 
+    async fn reject_cmd(&mut self, cmd: &ScsiCommand, why: String) -> Result<(), IserError> {
+        tracing::debug!(error = %why, itt = cmd.itt, "SCSI Command rejected");
+        let bhs = Pdu::new(cmd.clone()).bhs_bytes();
+        self.reject(RejectReason::ProtocolError, &bhs).await
+    }
+
     async fn on_command(
         &mut self,
         iser: IserControl,
@@ -671,8 +681,9 @@ impl Conn {
     ) -> Result<(), IserError> {
         let Some(service) = self.service.clone() else {
             // Discovery sessions carry no SCSI commands.
-            let bhs = Pdu::new(cmd.clone()).bhs_bytes();
-            return self.reject(RejectReason::ProtocolError, &bhs).await;
+            return self
+                .reject_cmd(&cmd, "SCSI Command in a discovery session".into())
+                .await;
         };
         let lun = lun_number(cmd.lun).filter(|l| service.has_lun(*l));
         let edtl = cmd.expected_data_transfer_length;
@@ -681,23 +692,46 @@ impl Conn {
             None => Transfer::None,
         };
         let summary = lun.and_then(|l| self.luns.get(&l).cloned());
-        let plan = summary
+        let app_tag = lun
+            .zip(self.target.as_deref())
+            .and_then(|(l, t)| self.ctx.app_tags.get(&(t.to_owned(), l)).copied())
+            .unwrap_or(0);
+        let hca = summary
             .as_ref()
-            .and_then(|s| adapter::wire_pi_plan(s, &cmd.cdb));
+            .and_then(|s| adapter::hca_plan(s, &cmd.cdb, app_tag))
+            .filter(|h| h.wire_len == edtl as usize);
         let counters = self.counters_for(lun);
+        // The STags the command's data transfer needs must be there.
+        let unsolicited_max = (immediate.len() as u32).min(edtl);
+        if let Err(e) = target_plan(
+            &cmd,
+            &iser,
+            unsolicited_max,
+            self.params.max_burst_length,
+            MAX_RDMA_OP,
+        ) {
+            if cmd.write && self.params.initial_r2t || cmd.read {
+                return self.reject_cmd(&cmd, e.to_string()).await;
+            }
+        }
 
         // ---- Data-Out -------------------------------------------------------
         let out_len = match transfer {
             Transfer::Out(n) => n,
             _ => 0,
         };
-        let mut data_out_len = 0u32;
-        let mut pi_failure: Option<(u8, Vec<u8>)> = None;
         let want = edtl.min(out_len);
+        let mut device_out: Option<(Vec<u8>, Vec<u8>)> = None; // (cdb, data)
+        let mut pi_failure: Option<(u8, Vec<u8>)> = None;
         if cmd.write && want > 0 {
-            if self.pool.buffer(&self.fab.pd, want as usize).is_err() {
+            let buf_len = hca
+                .as_ref()
+                .map_or(want as usize, |h| h.mem_len.max(want as usize));
+            if self.pool.buffer(&self.fab.pd, buf_len).is_err() {
                 let c = Completion::check_condition(illegal_request((0x24, 0x00)));
-                return self.respond(&cmd, &iser, &c, 0, 0, out_len, &counters).await;
+                return self
+                    .respond(&cmd, &iser, &c, 0, 0, out_len, &counters)
+                    .await;
             }
             let imm = (immediate.len() as u32).min(want);
             if imm > 0 {
@@ -706,51 +740,62 @@ impl Conn {
                 }
             }
             let mut unsolicited = imm;
-            let first_burst = self.params.first_burst_length.min(edtl);
+            let first_burst = self.params.first_burst_length.min(want);
             if !self.params.initial_r2t && !cmd.final_ && unsolicited < first_burst {
-                unsolicited = self.collect_data_out(&cmd, unsolicited, first_burst).await?;
+                unsolicited = self
+                    .collect_data_out(&cmd, unsolicited, first_burst)
+                    .await?;
             }
-            match target_plan(
+            let p = match target_plan(
                 &cmd,
                 &iser,
                 unsolicited,
                 self.params.max_burst_length,
                 MAX_RDMA_OP,
             ) {
-                Ok(p) => {
-                    let reads = clip(&p.rdma_reads, want);
-                    let stride = plan.map_or(1, |p| p.wire_stride() as u32);
-                    let through_sig = plan.is_some_and(|p| {
-                        p.wire_len() == want as usize && unsolicited % stride == 0
-                    });
-                    if let (true, Some(p)) = (through_sig, plan.as_ref()) {
-                        self.fetch_checked(p, &reads, want).await?;
-                        if let Some(e) = io::sig_status(&self.pool)? {
-                            pi_failure = Some(self.sig_error(summary.as_ref(), p, &e));
-                        }
-                    } else {
-                        io::rdma_reads(&mut self.fab, &self.pool, &reads, LocalView::Plain)
-                            .await?;
+                Ok(p) => p,
+                Err(e) => return self.reject_cmd(&cmd, e.to_string()).await,
+            };
+            let reads = clip(&p.rdma_reads, want);
+            // Through the signature MR when the unsolicited part ends on a block of
+            // the wire view (PASS), or when there is none (INSERT: the HCA generates
+            // every tuple).
+            let checked = hca.as_ref().filter(|h| match h.plan.op {
+                crate::device::ProtOp::Pass => unsolicited as usize % h.plan.wire_stride() == 0,
+                _ => unsolicited == 0,
+            });
+            match checked {
+                Some(h) => {
+                    io::register_sig(&mut self.fab, &self.pool, h.mem_len, h.attrs).await?;
+                    io::rdma_reads(&mut self.fab, &self.pool, &reads, LocalView::Signature).await?;
+                    if let Some(e) = io::sig_status(&self.pool)? {
+                        pi_failure = Some(self.sig_error(summary.as_ref(), &h.plan, &e));
                     }
-                    data_out_len = want;
+                    let data = self.command_bytes(h.mem_len)?;
+                    device_out = Some((h.device_cdb.clone(), data));
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, itt = cmd.itt, "command without the STag it needs");
-                    let bhs = Pdu::new(cmd.clone()).bhs_bytes();
-                    return self.reject(RejectReason::ProtocolError, &bhs).await;
+                None => {
+                    io::rdma_reads(&mut self.fab, &self.pool, &reads, LocalView::Plain).await?;
+                    device_out = Some((cmd.cdb.clone(), self.command_bytes(want as usize)?));
                 }
-            }
-        } else if cmd.read {
-            if let Err(e) = target_plan(&cmd, &iser, 0, self.params.max_burst_length, MAX_RDMA_OP)
-            {
-                tracing::debug!(error = %e, itt = cmd.itt, "command without the STag it needs");
-                let bhs = Pdu::new(cmd.clone()).bhs_bytes();
-                return self.reject(RejectReason::ProtocolError, &bhs).await;
             }
         }
 
         // ---- execute ----------------------------------------------------------
-        let completion = if let Some((status, sense)) = pi_failure {
+        // A read through the signature MR asks the device server for the blocks with
+        // their PI (STRIP is applied by the HCA).
+        let read_hca = hca
+            .as_ref()
+            .filter(|h| h.plan.dir == crate::device::ProtDir::Read);
+        let (exec_cdb, data) = match device_out {
+            Some(d) => d,
+            None => (
+                read_hca.map_or_else(|| cmd.cdb.clone(), |h| h.device_cdb.clone()),
+                Vec::new(),
+            ),
+        };
+        let data_out_len = if cmd.write { want } else { 0 };
+        let mut completion = if let Some((status, sense)) = pi_failure {
             // The data failed its check in the HCA: nothing reaches the medium.
             Completion {
                 status,
@@ -758,74 +803,84 @@ impl Conn {
                 data_in: Vec::new(),
             }
         } else {
-            let data = match (data_out_len, self.pool.data()) {
-                (0, _) | (_, None) => Vec::new(),
-                (n, Some(buf)) => buf.to_vec(0, n as usize)?,
-            };
             let nexus = self.nexus.clone();
-            let cdb = cmd.cdb.clone();
             let svc = service.clone();
             tokio::task::spawn_blocking(move || match lun {
-                Some(l) => svc.execute(&nexus, l, &cdb, &data),
-                None => absent_lun(svc.as_ref(), &nexus, &cdb, &data),
+                Some(l) => svc.execute(&nexus, l, &exec_cdb, &data),
+                None => absent_lun(svc.as_ref(), &nexus, &exec_cdb, &data),
             })
             .await
             .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
         };
 
         // ---- Data-In ----------------------------------------------------------
-        let mut completion = completion;
         let mut sent = 0u32;
+        let mut read_len = completion.data_in.len();
         if cmd.read && !completion.data_in.is_empty() {
-            let send_len = completion.data_in.len().min(edtl as usize) as u32;
-            let p = target_plan(&cmd, &iser, 0, self.params.max_burst_length, MAX_RDMA_OP)
-                .map_err(|e| IserError::Protocol(e.to_string()))?;
-            let writes = clip(&p.rdma_writes, send_len);
-            let buf = self.pool.buffer(&self.fab.pd, send_len as usize)?;
-            buf.write_at(0, &completion.data_in[..send_len as usize])?;
-            let checked = plan.filter(|p| {
-                completion.status == 0 && p.wire_len() == send_len as usize
-            });
-            if let Some(p) = checked {
-                self.deliver_checked(&p, &writes, send_len).await?;
-                if let Some(e) = io::sig_status(&self.pool)? {
-                    let (status, sense) = self.sig_error(summary.as_ref(), &p, &e);
-                    completion.status = status;
-                    completion.sense = sense;
+            let p = match target_plan(&cmd, &iser, 0, self.params.max_burst_length, MAX_RDMA_OP) {
+                Ok(p) => p,
+                Err(e) => return self.reject_cmd(&cmd, e.to_string()).await,
+            };
+            match read_hca {
+                Some(h) if completion.data_in.len() == h.mem_len => {
+                    read_len = h.wire_len;
+                    let writes = clip(&p.rdma_writes, h.wire_len as u32);
+                    let buf = self.pool.buffer(&self.fab.pd, h.mem_len)?;
+                    buf.write_at(0, &completion.data_in)?;
+                    io::register_sig(&mut self.fab, &self.pool, h.mem_len, h.attrs).await?;
+                    io::rdma_writes(&mut self.fab, &self.pool, &writes, LocalView::Signature)
+                        .await?;
+                    sent = h.wire_len as u32;
+                    if let Some(e) = io::sig_status(&self.pool)? {
+                        let (status, sense) = self.sig_error(summary.as_ref(), &h.plan, &e);
+                        completion.status = status;
+                        completion.sense = sense;
+                    }
                 }
-            } else {
-                io::rdma_writes(&mut self.fab, &self.pool, &writes, LocalView::Plain).await?;
+                Some(h) => {
+                    tracing::warn!(
+                        got = completion.data_in.len(),
+                        expected = h.mem_len,
+                        "device server returned an unexpected read length"
+                    );
+                    read_len = 0;
+                    completion = Completion::check_condition(
+                        scsi::Sense::new(
+                            scsi::SenseKey::HARDWARE_ERROR,
+                            scsi::asc::INTERNAL_TARGET_FAILURE,
+                        )
+                        .to_bytes(scsi::SenseFormat::Fixed),
+                    );
+                }
+                None => {
+                    let send_len = completion.data_in.len().min(edtl as usize) as u32;
+                    let writes = clip(&p.rdma_writes, send_len);
+                    let buf = self.pool.buffer(&self.fab.pd, send_len as usize)?;
+                    buf.write_at(0, &completion.data_in[..send_len as usize])?;
+                    io::rdma_writes(&mut self.fab, &self.pool, &writes, LocalView::Plain).await?;
+                    sent = send_len;
+                }
             }
-            sent = send_len;
         }
-        self.respond(&cmd, &iser, &completion, sent, data_out_len, out_len, &counters)
-            .await
+        completion.data_in.truncate(read_len);
+        self.respond(
+            &cmd,
+            &iser,
+            &completion,
+            sent,
+            data_out_len,
+            out_len,
+            &counters,
+        )
+        .await
     }
 
-    /// RDMA READ through the signature MR bound over the wire-form buffer (PASS).
-    async fn fetch_checked(
-        &mut self,
-        plan: &ProtPlan,
-        reads: &[iscsi::iser::RdmaOp],
-        len: u32,
-    ) -> Result<(), IserError> {
-        let attrs = adapter::pass_attrs(plan)
-            .ok_or(IserError::Protocol("PASS plan without a DIF domain".into()))?;
-        io::register_sig(&mut self.fab, &self.pool, len as usize, attrs).await?;
-        io::rdma_reads(&mut self.fab, &self.pool, reads, LocalView::Signature).await
-    }
-
-    /// RDMA WRITE through the signature MR bound over the wire-form buffer (PASS).
-    async fn deliver_checked(
-        &mut self,
-        plan: &ProtPlan,
-        writes: &[iscsi::iser::RdmaOp],
-        len: u32,
-    ) -> Result<(), IserError> {
-        let attrs = adapter::pass_attrs(plan)
-            .ok_or(IserError::Protocol("PASS plan without a DIF domain".into()))?;
-        io::register_sig(&mut self.fab, &self.pool, len as usize, attrs).await?;
-        io::rdma_writes(&mut self.fab, &self.pool, writes, LocalView::Signature).await
+    /// A copy of the first `len` bytes of the command buffer.
+    fn command_bytes(&self, len: usize) -> Result<Vec<u8>, IserError> {
+        match self.pool.data() {
+            Some(b) if len > 0 => Ok(b.to_vec(0, len)?),
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn sig_error(
@@ -956,9 +1011,9 @@ impl Conn {
             }
             TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
                 let raw = t.lun;
-                self.held.retain(|_, m| {
-                    !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw)
-                });
+                self.held.retain(
+                    |_, m| !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw),
+                );
                 service.reset(
                     &self.nexus,
                     ResetScope::TaskSet {
@@ -970,9 +1025,9 @@ impl Conn {
             }
             TmfFunction::LogicalUnitReset => {
                 let raw = t.lun;
-                self.held.retain(|_, m| {
-                    !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw)
-                });
+                self.held.retain(
+                    |_, m| !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw),
+                );
                 service.reset(&self.nexus, ResetScope::LogicalUnit(lun.unwrap_or(0)));
                 TmfResponseCode::Complete
             }
@@ -1122,9 +1177,7 @@ impl Conn {
 /// The STag the SCSI Response invalidates at the initiator: the Read STag, else the
 /// Write STag (one registration per command, as Linux iSER uses it).
 pub fn invalidate_stag(iser: &IserControl) -> Option<u32> {
-    iser.read
-        .or(iser.write)
-        .map(|b: RemoteBuffer| b.stag)
+    iser.read.or(iser.write).map(|b: RemoteBuffer| b.stag)
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use iscsi::iser::{RdmaOp, ISER_HEADER_LEN};
 use iscsi::pdu::BHS_LEN;
 use verbs::{
-    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, SigAttrs, SigErr, SigMr,
-    Sge, WcOpcode, WorkCompletion,
+    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, Sge, SigAttrs, SigErr, SigMr,
+    WcOpcode, WorkCompletion,
 };
 
 use super::IserError;

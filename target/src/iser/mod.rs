@@ -12,6 +12,7 @@ pub mod adapter;
 pub mod conn;
 pub mod io;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +93,9 @@ pub struct IserContext {
     pub limits: IserLimits,
     /// The TCP portals, for SendTargets' TargetAddress.
     pub portals: Vec<SocketAddr>,
+    /// Application tag of the PI the target generates, by (target name, LUN); the
+    /// signature MR inserts it on WRPROTECT 0 writes (absent = 0).
+    pub app_tags: HashMap<(String, u64), u16>,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -181,6 +185,18 @@ pub fn spawn_portals(
         registry: tcp.registry.clone(),
         limits: IserLimits::from(&cfg.iser),
         portals: tcp.portals.clone(),
+        app_tags: cfg
+            .targets
+            .iter()
+            .flat_map(|t| {
+                t.luns.iter().map(move |l| {
+                    (
+                        (t.iqn.as_str().to_owned(), u64::from(l.id)),
+                        l.protection.app_tag,
+                    )
+                })
+            })
+            .collect(),
         shutdown: tcp.shutdown.clone(),
     });
     for p in iser {
