@@ -306,7 +306,7 @@ impl StatusReport {
                     s.lun,
                     s.blocks,
                     s.block_size,
-                    s.blocks * u64::from(s.block_size) >> 20,
+                    (s.blocks * u64::from(s.block_size)) >> 20,
                     s.pi_type,
                     s.backing
                 );

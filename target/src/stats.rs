@@ -53,7 +53,7 @@ pub fn io_kind(cdb: &[u8]) -> IoKind {
         Some(0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 | 0x89) => IoKind::Write,
         Some(0x7f) if cdb.len() >= 10 => match u16::from_be_bytes([cdb[8], cdb[9]]) {
             0x0009 => IoKind::Read,
-            0x000b | 0x000c | 0x000d => IoKind::Write,
+            0x000b..=0x000d => IoKind::Write,
             _ => IoKind::Other,
         },
         _ => IoKind::Other,

@@ -182,6 +182,66 @@ fn digests_and_unsolicited_data() {
 }
 
 #[test]
+fn data_digest_error_on_data_out_ends_the_task() {
+    let dir = tempdir();
+    let d = Daemon::start(dir.path(), &luns_config());
+    let mut c = Client::login(
+        d.addr,
+        Some(IQN),
+        &LoginOptions {
+            digests: true,
+            ..Default::default()
+        },
+    )
+    .expect("login");
+    c.clear_ua(0);
+    let itt = c.next_itt();
+    let cmd = ScsiCommand {
+        immediate: false,
+        final_: true,
+        read: false,
+        write: true,
+        attr: TaskAttr::Simple,
+        lun: 0,
+        itt,
+        expected_data_transfer_length: 4096,
+        cmd_sn: c.cmd_sn,
+        exp_stat_sn: c.exp_stat_sn,
+        cdb: rw10(0x2a, 0, 0, 8, false),
+        bidi_read_length: None,
+    };
+    c.cmd_sn += 1;
+    c.send(&Pdu::new(cmd));
+    let p = c.recv();
+    let Header::R2t(r) = p.header else {
+        panic!("expected R2T, got {:?}", p.header)
+    };
+    let out = iscsi::pdu::DataOut {
+        final_: true,
+        lun: 0,
+        itt,
+        ttt: r.ttt,
+        exp_stat_sn: c.exp_stat_sn,
+        data_sn: 0,
+        buffer_offset: 0,
+    };
+    let mut bytes = iscsi::Codec::to_bytes(&Pdu::with_data(out, vec![0x5a; 4096]), &c.wire);
+    bytes[48 + 4 + 100] ^= 1; // BHS, header digest, then data: corrupt one data byte
+    c.stream.write_all_bytes(&bytes);
+    let p = c.recv();
+    let Header::Reject(rej) = p.header else {
+        panic!("expected Reject, got {:?}", p.header)
+    };
+    assert_eq!(rej.reason, RejectReason::DataDigestError);
+    let p = c.recv();
+    let Header::ScsiResponse(resp) = p.header else {
+        panic!("expected SCSI Response, got {:?}", p.header)
+    };
+    assert_eq!((resp.itt, resp.status), (itt, 2));
+    assert_eq!(sense_key_asc(&p.data[2..]), Some((0x0b, 0x47, 0x05)));
+}
+
+#[test]
 fn chap_wrong_secret_fails_and_right_secret_logs_in() {
     let dir = tempdir();
     let cfg = luns_config().replace(

@@ -435,7 +435,10 @@ async fn full_feature(
                         Action::Reject(reason) => {
                             tracing::debug!(error = %e, "malformed PDU: Reject");
                             match e.bhs {
-                                Some(bhs) => c.reject(reason, &bhs),
+                                Some(bhs) => {
+                                    c.reject(reason, &bhs);
+                                    c.fail_data_out(&bhs);
+                                }
                                 None => reading = false,
                             }
                         }
@@ -846,6 +849,31 @@ impl Conn {
         self.advance_write(d.itt);
     }
 
+    /// A Data-Out that was rejected (bad data digest, malformed) leaves a hole in its
+    /// task's buffer; without within-command recovery (ErrorRecoveryLevel 0) the task
+    /// ends with CHECK CONDITION, ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (47h/05h).
+    fn fail_data_out(&mut self, bhs: &[u8; BHS_LEN]) {
+        if bhs[0] & 0x3f != 0x05 {
+            return;
+        }
+        let itt = u32::from_be_bytes([bhs[16], bhs[17], bhs[18], bhs[19]]);
+        let receiving = self
+            .tasks
+            .get(&itt)
+            .is_some_and(|t| matches!(t.state, TaskState::Receiving(_)));
+        if let Some(task) = receiving.then(|| self.tasks.remove(&itt)).flatten() {
+            let sense = scsi::Sense::new(scsi::SenseKey(0x0b), (0x47, 0x05))
+                .to_bytes(scsi::SenseFormat::Fixed);
+            self.complete_now(
+                task.cmd,
+                task.lun,
+                task.out_len,
+                Vec::new(),
+                Completion::check_condition(sense),
+            );
+        }
+    }
+
     fn job(
         &self,
         cmd: &ScsiCommand,
@@ -1164,13 +1192,8 @@ impl Conn {
             LogoutReason::CloseSession => LogoutResponseCode::Success,
             LogoutReason::CloseConnection if l.cid == self.cid => LogoutResponseCode::Success,
             LogoutReason::CloseConnection => LogoutResponseCode::CidNotFound,
-            LogoutReason::RemoveForRecovery if l.cid == self.cid || l.cid != self.cid => {
-                if self.params.error_recovery_level >= 2 {
-                    LogoutResponseCode::Success
-                } else {
-                    LogoutResponseCode::RecoveryNotSupported
-                }
-            }
+            // ErrorRecoveryLevel is 0: no connection recovery.
+            LogoutReason::RemoveForRecovery => LogoutResponseCode::RecoveryNotSupported,
             _ => LogoutResponseCode::CleanupFailed,
         };
         let pdu = Pdu::new(LogoutResponse {
