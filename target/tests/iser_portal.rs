@@ -26,8 +26,8 @@ use target::service::ScsiService;
 use verbs::cm::{self, CmAddr, CmConnection, CmError, ConnParam};
 use verbs::{AccessFlags, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, WcStatus};
 
-const IQN: &str = "iqn.2026-11.test:iser";
-const INITIATOR: &str = "iqn.2026-11.test:ini";
+const IQN: &str = "iqn.2026-11.io.iser-pi:iser";
+const INITIATOR: &str = "iqn.2026-11.io.iser-pi:ini";
 const T: Duration = Duration::from_secs(10);
 const RW: AccessFlags = AccessFlags(
     AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0 | AccessFlags::REMOTE_READ.0,
@@ -795,4 +795,123 @@ fn unsolicited_data_out_sends_with_initial_r2t_no() {
         r.status == 0 && r.data == data,
         "all three parts landed in order"
     );
+}
+
+/// The `iser-target` binary with an iSER portal on a UNIX socket from its
+/// configuration, and `MLX5_SOFT_FAULT` arming a fault in its HCA; killed on drop.
+struct DaemonProcess {
+    child: std::process::Child,
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(dir: &std::path::Path, fault: &str) -> (DaemonProcess, CmAddr) {
+    use std::io::BufRead;
+    let sock = dir.join("fabric.sock");
+    let config = dir.join("target.toml");
+    let text = format!(
+        r#"worker_threads = 2
+portals = [
+  {{ transport = "tcp", listen = "127.0.0.1:0" }},
+  {{ transport = "iser", listen = "unix:{}" }},
+]
+
+[iscsi]
+nop_in_interval = 0
+queue_depth = 8
+
+[iser]
+initiator_recv_data_segment_length = 8192
+target_recv_data_segment_length = 8192
+
+[[targets]]
+iqn = "{IQN}"
+
+[[targets.luns]]
+id = 0
+backing = {{ type = "ram", size = "4MiB" }}
+protection = {{ type = 1, app_tag = 0x1234 }}
+"#,
+        sock.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iser-target"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .env("MLX5_SOFT_FAULT", fault)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn iser-target");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let d = DaemonProcess { child };
+    let line = rx.recv_timeout(T).expect("iser-target reports its portals");
+    assert!(line.starts_with("listening "), "{line}");
+    (d, CmAddr::Unix(sock))
+}
+
+#[test]
+fn daemon_serves_iser_portal_from_config_with_env_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, addr) = start_daemon(dir.path(), "dir=out,block=1,target=guard:5,once");
+    let mut ini = Initiator::connect(&addr, 0xc0).expect("connect to the daemon's iSER portal");
+    assert_eq!(ini.peer_private_data()[..4], [0xc0, 0, 0, 0]);
+    ini.login();
+    if ini.scsi(0, &[0u8; 6], None, 0, 0).status != 0 {
+        assert_eq!(ini.scsi(0, &[0u8; 6], None, 0, 0).status, 0);
+    }
+    // WRPROTECT 0: the target's HCA inserts PI with the LUN's application tag.
+    let (lba, blocks) = (8u64, 4u32);
+    let plain = pattern(blocks, 512, 12);
+    assert_eq!(
+        ini.scsi(0, &rw16(WRITE16, 0, lba, blocks), Some(&plain), 0, 0)
+            .status,
+        0
+    );
+    // The armed fault flips a guard bit of block 1 on the first outbound transfer.
+    let r = ini.scsi(
+        0,
+        &rw16(READ16, 1, lba, blocks),
+        None,
+        0,
+        blocks as usize * 520,
+    );
+    assert_eq!(r.status, 2, "{r:?}");
+    assert_eq!(r.sense_fields(), (0x0b, 0x10, 0x01, (lba + 1) as u32));
+    let r = ini.scsi(
+        0,
+        &rw16(READ16, 1, lba, blocks),
+        None,
+        0,
+        blocks as usize * 520,
+    );
+    assert_eq!(r.status, 0, "the fault fired once: {r:?}");
+    for (i, b) in r.data.chunks(520).enumerate() {
+        assert_eq!(&b[..512], &plain[i * 512..(i + 1) * 512]);
+        assert_eq!(
+            u16::from_be_bytes([b[512], b[513]]),
+            t10pi::crc16_t10dif(0, &b[..512])
+        );
+        assert_eq!(u16::from_be_bytes([b[514], b[515]]), 0x1234, "LUN app tag");
+        assert_eq!(
+            u32::from_be_bytes([b[516], b[517], b[518], b[519]]),
+            (lba + i as u64) as u32
+        );
+    }
+    ini.logout();
 }
