@@ -249,6 +249,7 @@ pub fn key_def(name: &str) -> Option<&'static KeyDef> {
 
 /// Keys evaluated first in a batch because they decide whether others are relevant.
 const FIRST: &[&str] = &[
+    "SessionType",
     "RDMAExtensions",
     "InitialR2T",
     "ImmediateData",
@@ -260,6 +261,18 @@ const ISER_KEYS: &[&str] = &[
     "InitiatorRecvDataSegmentLength",
     "TargetRecvDataSegmentLength",
     "MaxOutstandingUnexpectedPDUs",
+];
+
+/// Keys that are irrelevant in a discovery session (RFC 7143 section 13).
+const NORMAL_ONLY_KEYS: &[&str] = &[
+    "MaxConnections",
+    "InitialR2T",
+    "ImmediateData",
+    "MaxBurstLength",
+    "FirstBurstLength",
+    "MaxOutstandingR2T",
+    "DataPDUInOrder",
+    "DataSequenceInOrder",
 ];
 
 /// Obsolete RFC 3720 marker keys; RFC 7143 section 13.25 forbids NotUnderstood for them.
@@ -625,6 +638,11 @@ impl Negotiation {
     }
 
     fn irrelevant(&self, key: &str) -> bool {
+        let discovery = self.peer_declared("SessionType") == Some("Discovery")
+            || self.result("SessionType") == Some("Discovery");
+        if discovery && NORMAL_ONLY_KEYS.contains(&key) {
+            return true;
+        }
         if ISER_KEYS.contains(&key) {
             return !self.prospective_bool("RDMAExtensions");
         }
@@ -698,7 +716,7 @@ impl Negotiation {
     /// offers. Returns the answers to send.
     pub fn handle(&mut self, incoming: &TextKeys) -> Result<TextKeys, NegotiationError> {
         let mut order: Vec<(&str, &str)> = incoming.iter().collect();
-        order.sort_by_key(|(k, _)| !FIRST.contains(k));
+        order.sort_by_key(|(k, _)| FIRST.iter().position(|f| f == k).unwrap_or(FIRST.len()));
         let mut out = TextKeys::new();
         for (k, v) in order {
             if let Some(off) = self.offered.remove(k) {
@@ -1144,6 +1162,23 @@ mod tests {
         // InitialR2T=Yes (default) with ImmediateData=No: FirstBurstLength is irrelevant.
         assert_eq!(p.first_burst_length, 0);
         assert!(!p.immediate_data);
+    }
+
+    #[test]
+    fn discovery_sessions_ignore_normal_only_keys() {
+        let mut n = Negotiation::new(Role::Target, LocalParams::default());
+        let ans = n
+            .handle(&keys(&[
+                ("SessionType", "Discovery"),
+                ("MaxBurstLength", "4096"),
+                ("HeaderDigest", "None"),
+                ("DefaultTime2Wait", "5"),
+            ]))
+            .unwrap();
+        assert_eq!(ans.get("MaxBurstLength"), Some(IRRELEVANT));
+        assert_eq!(ans.get("HeaderDigest"), Some("None"));
+        assert_eq!(ans.get("DefaultTime2Wait"), Some("5"));
+        assert_eq!(n.finish().unwrap().session_type, SessionType::Discovery);
     }
 
     #[test]
