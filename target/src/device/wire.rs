@@ -215,3 +215,109 @@ pub fn verify_dix(plan: &ProtPlan, data: &[u8], pi: &[u8]) -> Result<(), WireErr
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::prot::{check_prot, ProtDir};
+    use t10pi::{check_mask, DifType, GuardType, T10DifDomain};
+
+    fn type1_plan(dir: ProtDir, protect: u8, lba: u64, blocks: u32) -> ProtPlan {
+        let d = check_prot(protect, dir, Some(DifType::Type1), true, 16).unwrap();
+        ProtPlan::build(dir, d, Some(DifType::Type1), 512, lba, blocks, None, 0x42)
+    }
+
+    fn dif_for(data: &[u8], lba: u64) -> Vec<u8> {
+        dif_app(data, lba, 0)
+    }
+
+    fn dif_app(data: &[u8], lba: u64, app: u16) -> Vec<u8> {
+        let dom = T10DifDomain::type1(GuardType::Crc, 512, lba as u32).with_app_tag(app, 0xFFFF);
+        let mut out = vec![0u8; data.len() / 512 * 520];
+        t10pi::insert(&dom, data, &mut out, 0).unwrap();
+        out
+    }
+
+    #[test]
+    fn pass_with_two_instances_names_the_lba_of_the_second() {
+        let mut plan = type1_plan(ProtDir::Write, 1, 10, 2);
+        plan.instances = 2;
+        let data: Vec<u8> = (0..2048u32).map(|i| i as u8).collect();
+        let mut wire = dif_for(&data[..1024], 10);
+        wire.extend(dif_for(&data[1024..], 10));
+        let dix = from_wire(&plan, &wire).unwrap();
+        assert_eq!(dix.data, data);
+        assert_eq!(dix.pi.as_deref().map(<[u8]>::len), Some(32));
+        wire[3 * 520 + 512] ^= 0x01; // guard of block 1 of the second instance
+        match from_wire(&plan, &wire) {
+            Err(WireError::Pi(f)) => assert_eq!((f.kind, f.lba), (PiErrorKind::Guard, 11)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            from_wire(&plan, &wire[..100]),
+            Err(WireError::Length {
+                expected: 4 * 520,
+                got: 100
+            })
+        );
+    }
+
+    #[test]
+    fn insert_generates_and_strip_checks() {
+        let plan = type1_plan(ProtDir::Write, 0, 7, 2);
+        assert_eq!(
+            (plan.op, plan.wire_has_pi, plan.check_mask),
+            (ProtOp::Insert, false, 0)
+        );
+        let data = vec![0x5Au8; 1024];
+        let dix = from_wire(&plan, &data).unwrap();
+        let pi = dix.pi.unwrap();
+        let t = t10pi::Tuple::from_slice(&pi[8..]).unwrap();
+        assert_eq!((t.app_tag, t.ref_tag), (0x42, 8));
+        let read = type1_plan(ProtDir::Read, 0, 7, 2);
+        assert_eq!(
+            (read.op, read.check_mask),
+            (ProtOp::Strip, check_mask::GUARD | check_mask::REFTAG)
+        );
+        assert_eq!(to_wire(&read, &data, Some(&pi)).unwrap(), data);
+        let mut bad = pi.clone();
+        bad[8 + 7] ^= 1; // ref tag of block 1
+        match to_wire(&read, &data, Some(&bad)) {
+            Err(WireError::Pi(f)) => {
+                assert_eq!(
+                    (f.kind, f.lba, f.expected, f.actual),
+                    (PiErrorKind::RefTag, 8, 8, 9)
+                );
+                assert_eq!(
+                    f.reason(),
+                    SenseReason::PiCheck {
+                        kind: PiErrorKind::RefTag,
+                        lba: 8
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // RDPROTECT=1 keeps the tuples on the wire.
+        let pass = type1_plan(ProtDir::Read, 1, 7, 2);
+        assert_eq!(
+            to_wire(&pass, &data, Some(&pi)).unwrap(),
+            dif_app(&data, 7, 0x42)
+        );
+    }
+
+    #[test]
+    fn no_pi_is_a_copy() {
+        let plan = ProtPlan::none(ProtDir::Write, 4096, 0, 1);
+        let data = vec![1u8; 4096];
+        assert_eq!(
+            from_wire(&plan, &data).unwrap(),
+            Dix {
+                data: data.clone(),
+                pi: None
+            }
+        );
+        assert_eq!(to_wire(&plan, &data, None).unwrap(), data);
+        assert_eq!(plan.wire_len(), 4096);
+    }
+}
