@@ -511,11 +511,14 @@ impl ContextOps for Mlx5Device {
         })
     }
 
-    fn alloc_mr_integrity(&self, pd: u32, max_data_sge: u32, max_meta_sge: u32) -> Result<MrKeys> {
-        if max_data_sge == 0 || max_meta_sge > 1 || max_data_sge > 1 {
-            return Err(bad(
-                "the soft HCA binds one data and at most one metadata SGE",
-            ));
+    fn alloc_mr_integrity(&self, pd: u32, max_data_sge: u32, _max_meta_sge: u32) -> Result<MrKeys> {
+        // A registration binds one data SGE and at most one PI SGE (each a range of
+        // a registered MR), whatever the maxima asked for.
+        if max_data_sge == 0 {
+            return Err(bad("a signature MR needs at least one data SGE"));
+        }
+        if !self.pds.lock().contains(&pd) {
+            return Err(VerbsError::UnknownHandle { what: "pd", id: pd });
         }
         let psv = (self.hca.alloc_id(), self.hca.alloc_id());
         let key = self

@@ -283,6 +283,13 @@ pub fn connect(
                 what: "qp",
                 id: qpn,
             }))?;
+    let st = qp.state();
+    if st != QpState::Init {
+        return Err(CmError::Verbs(VerbsError::InvalidQpState {
+            qpn,
+            state: st,
+        }));
+    }
     let refused = |e: io::Error| match e.kind() {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => CmError::ConnectionRefused {
             addr: addr.to_string(),
