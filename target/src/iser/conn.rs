@@ -721,6 +721,12 @@ impl Conn {
             _ => 0,
         };
         let want = edtl.min(out_len);
+        if edtl as usize > io::MAX_TRANSFER {
+            let c = Completion::check_condition(illegal_request((0x24, 0x00)));
+            return self
+                .respond(&cmd, &iser, &c, 0, 0, out_len, &counters)
+                .await;
+        }
         let mut device_out: Option<(Vec<u8>, Vec<u8>)> = None; // (cdb, data)
         let mut pi_failure: Option<(u8, Vec<u8>)> = None;
         if cmd.write && want > 0 {
