@@ -9,6 +9,8 @@
 //! [`frame`], sockets and threads in [`transport`] and [`fabric`], fault injection
 //! in [`fault`].
 
+#![forbid(unsafe_code)]
+
 pub mod completer;
 pub mod dma;
 pub mod driver;

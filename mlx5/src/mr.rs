@@ -197,6 +197,21 @@ impl MkeyTable {
         }
     }
 
+    /// Remote invalidation (SEND_WITH_INV): only fast-registration and signature
+    /// keys of PD `pd` qualify. Returns whether the key was invalidated.
+    pub fn invalidate_remote(&self, key: u32, pd: u32) -> bool {
+        let mut map = self.map.write();
+        match map.get(&key) {
+            Some(m) if m.pd == pd && m.kind != MkeyKind::Direct => {
+                let mut n = (**m).clone();
+                n.mapping = None;
+                map.insert(key, Arc::new(n));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Destroys a key.
     pub fn remove(&self, key: u32) -> Option<Arc<Mkey>> {
         self.map.write().remove(&key)

@@ -90,12 +90,23 @@ impl Responder {
                     self.reply(qp, tx, Op::Nak, h.psn, nak::RNR, delay, &[]);
                     return;
                 };
-                match dma::scatter_local(hca, qp, &sges, payload, &qp.recv_cq) {
-                    Ok(()) => {
-                        let inval = (h.op == Op::SendInv).then_some(h.key);
-                        if let Some(k) = inval {
-                            hca.mkeys.update(k, |m| m.mapping = None);
+                let inval = (h.op == Op::SendInv).then_some(h.key);
+                let placed = dma::scatter_local(hca, qp, &sges, payload, &qp.recv_cq)
+                    .map_err(|e| match e {
+                        DmaError::Length => (syndrome::LOCAL_LENGTH_ERR, nak::INVALID_REQ),
+                        DmaError::Access(_) => (syndrome::LOCAL_PROT_ERR, nak::REMOTE_OP),
+                        DmaError::Layout => (syndrome::LOCAL_QP_OP_ERR, nak::REMOTE_OP),
+                    })
+                    .and_then(|()| match inval {
+                        // Only fast-registration and signature keys of this PD can be
+                        // invalidated remotely.
+                        Some(k) if !hca.mkeys.invalidate_remote(k, qp.pd) => {
+                            Err((syndrome::LOCAL_PROT_ERR, nak::INVALID_REQ))
                         }
+                        _ => Ok(()),
+                    });
+                match placed {
+                    Ok(()) => {
                         // Acknowledge before the receive completes, so that nothing the
                         // ULP does on seeing the completion (a disconnect) overtakes it.
                         self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]);
@@ -106,12 +117,7 @@ impl Responder {
                             inval_rkey: inval,
                         });
                     }
-                    Err(e) => {
-                        let (syn, n) = match e {
-                            DmaError::Length => (syndrome::LOCAL_LENGTH_ERR, nak::INVALID_REQ),
-                            DmaError::Access(_) => (syndrome::LOCAL_PROT_ERR, nak::REMOTE_OP),
-                            DmaError::Layout => (syndrome::LOCAL_QP_OP_ERR, nak::REMOTE_OP),
-                        };
+                    Err((syn, n)) => {
                         qp.recv_cq.push(&Cqe::Err {
                             responder: true,
                             syndrome: syn,

@@ -469,3 +469,16 @@ fn bidirectional_bulk_traffic_does_not_deadlock() {
     assert_eq!(am.to_vec(N, N).unwrap(), pattern(N, 2));
     assert_eq!(bm.to_vec(N, N).unwrap(), pattern(N, 1));
 }
+
+#[test]
+fn send_with_invalidate_of_a_plain_key_is_refused() {
+    let (a, b) = pair();
+    let src = a.pd.reg_mr(64, RW).unwrap();
+    let dst = b.pd.reg_mr(64, RW).unwrap();
+    b.qp.post_recv_one(RecvWr::new(5, dst.sge_all())).unwrap();
+    a.qp.post_send_one(SendWr::send_with_inv(1, src.sge(0, 4), dst.rkey()))
+        .unwrap();
+    assert_eq!(a.wait().status, WcStatus::RemoteInvalidReqErr);
+    let wc = b.wait();
+    assert_eq!((wc.wr_id, wc.status), (5, WcStatus::LocalProtErr));
+}
