@@ -20,8 +20,9 @@ pub const ISER_OPCODE_HELLO_REPLY: u8 = 0x3;
 pub const ISER_WSV: u8 = 0x08;
 /// Read STag valid.
 pub const ISER_RSV: u8 = 0x04;
-/// iSER protocol version.
-pub const ISER_VERSION: u8 = 1;
+/// iSER protocol version carried in Hello/HelloReply (0xA, as RFC 7145 defines it and
+/// dissectors expect in both nibbles).
+pub const ISER_VERSION: u8 = 10;
 /// CM private data flag: zero-based virtual addresses not supported.
 pub const ISER_ZBVA_NOT_SUP: u8 = 0x80;
 /// CM private data flag: SEND with invalidate not supported.
@@ -395,18 +396,18 @@ mod tests {
         assert!(IserHeader::decode(&[0x40; 28], &()).is_err());
         assert!(IserHeader::decode(&[0x10; 27], &()).is_err());
         let hello = IserHeader::Hello(IserHello {
-            max_version: 1,
-            min_version: 1,
+            max_version: ISER_VERSION,
+            min_version: ISER_VERSION,
             ird: 16,
         });
-        assert_eq!(&hello.to_bytes(&())[..4], &[0x20, 0x11, 0x00, 0x10]);
+        assert_eq!(&hello.to_bytes(&())[..4], &[0x20, 0xaa, 0x00, 0x10]);
         let reply = IserHeader::HelloReply(IserHelloReply {
             reject: true,
-            max_version: 1,
-            current_version: 1,
+            max_version: ISER_VERSION,
+            current_version: ISER_VERSION,
             ord: 4,
         });
-        assert_eq!(&reply.to_bytes(&())[..4], &[0x31, 0x11, 0x00, 0x04]);
+        assert_eq!(&reply.to_bytes(&())[..4], &[0x31, 0xaa, 0x00, 0x04]);
         assert_eq!(
             IserHeader::decode(&reply.to_bytes(&()), &()).unwrap(),
             reply

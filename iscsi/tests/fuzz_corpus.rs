@@ -333,13 +333,13 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 );
             }
             out.push(
-                vec![0x20, 0x11, 0x00, 0x10]
+                vec![0x20, 0xaa, 0x00, 0x10]
                     .into_iter()
                     .chain([0; 24])
                     .collect(),
             );
             out.push(
-                vec![0x31, 0x11, 0x00, 0x04]
+                vec![0x31, 0xaa, 0x00, 0x04]
                     .into_iter()
                     .chain([0; 24])
                     .collect(),
