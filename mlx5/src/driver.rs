@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use verbs::cm::{CmAddr, CmError, ConnEvents, ConnParam, ConnectRequest, DisconnectReason};
+use verbs::cm::{CmAddr, CmError, ConnEvents, ConnParam, DisconnectReason, RequestSink};
 use verbs::notify::Signal;
 use verbs::provider::{ConnectionOps, ContextOps, DeviceAttr, ListenOps, MrKeys};
 use verbs::sig::{MrStatusCheck, SigErr, SigErrType};
@@ -847,7 +847,7 @@ impl ContextOps for Mlx5Device {
     fn cm_listen(
         &self,
         addr: &CmAddr,
-        requests: tokio::sync::mpsc::Sender<ConnectRequest>,
+        requests: RequestSink,
     ) -> Result<Box<dyn ListenOps>, CmError> {
         crate::fabric::listen(&self.hca, addr, requests)
     }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use verbs::cm::{CmAddr, CmError, ConnEvents, ConnParam, ConnectRequest, DisconnectReason};
+use verbs::cm::{
+    CmAddr, CmError, ConnEvents, ConnParam, ConnectRequest, DisconnectReason, RequestSink,
+};
 use verbs::provider::{ConnectRequestOps, ConnectionOps, ListenOps};
 use verbs::{QpState, VerbsError};
 
@@ -179,11 +181,7 @@ impl Drop for SoftListener {
     }
 }
 
-fn handshake(
-    hca: Arc<Hca>,
-    mut stream: Stream,
-    requests: tokio::sync::mpsc::Sender<ConnectRequest>,
-) {
+fn handshake(hca: Arc<Hca>, mut stream: Stream, requests: RequestSink) {
     if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
         return;
     }
@@ -192,9 +190,9 @@ fn handshake(
         Ok(h) if h.op == Op::CmReq => {
             let peer = stream.peer();
             let req = ConnectRequest::new(payload, peer, Box::new(PendingReq { hca, stream }));
-            if let Err(e) = requests.blocking_send(req) {
+            if let Err(req) = requests.deliver(req) {
                 // Listener gone: refuse.
-                let _ = e.0.reject(&[]);
+                let _ = req.reject(&[]);
             }
         }
         Ok(h) => tracing::debug!(op = ?h.op, "CM: expected CM_REQ"),
@@ -206,7 +204,7 @@ fn handshake(
 pub fn listen(
     hca: &Arc<Hca>,
     addr: &CmAddr,
-    requests: tokio::sync::mpsc::Sender<ConnectRequest>,
+    requests: RequestSink,
 ) -> Result<Box<dyn ListenOps>, CmError> {
     let in_use = |e: io::Error| {
         if e.kind() == io::ErrorKind::AddrInUse {

@@ -432,3 +432,39 @@ fn bad_signature_registration_completes_with_bind_error() {
         Err(VerbsError::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn check_mask_selects_the_checked_fields() {
+    let (a, b) = pair();
+    // PASS with only the ref tag checked: guard and app tag corruption pass
+    // silently (and are carried to the wire), a ref tag corruption is caught.
+    let mut c = case(Mode::Pass, DifType::Type1, 512, false);
+    c.attrs.check_mask = check_mask::REFTAG;
+    let mut sig = Some(a.pd.alloc_mr_integrity(1, 1).unwrap());
+    for (t, caught) in [
+        (FaultTarget::Guard { bit: 1 }, false),
+        (FaultTarget::AppTag { bit: 1 }, false),
+        (FaultTarget::Data { byte: 3, bit: 0 }, false),
+        (FaultTarget::RefTag { bit: 1 }, true),
+    ] {
+        let bd = register(&a, &c, sig.take().unwrap());
+        let wire_mr = b.pd.reg_mr(c.wire.len(), RW).unwrap();
+        a.dev.inject_fault(FaultSpec {
+            scope: FaultScope::Qp(a.qp.qp_num()),
+            direction: FaultDirection::Outbound,
+            block: 1,
+            target: t,
+            once: true,
+        });
+        transfer(&a, &b, &bd, Op::Write, true, &wire_mr);
+        let st = bd.sig.check_status().unwrap();
+        assert_eq!(st.is_some(), caught, "{t:?}: {st:?}");
+        if let Some(e) = st {
+            assert_eq!(
+                (e.err_type, e.sig_err_offset, e.expected, e.actual),
+                (SigErrType::BadRefTag, 520, 1001, 1003)
+            );
+        }
+        sig = Some(bd.sig);
+    }
+}

@@ -300,10 +300,34 @@ impl ConnectRequest {
     }
 }
 
+/// Where a provider delivers the connect requests of one listener.
+#[derive(Debug, Clone)]
+pub struct RequestSink {
+    tx: tokio::sync::mpsc::Sender<ConnectRequest>,
+    signal: Arc<Signal>,
+}
+
+impl RequestSink {
+    /// Hands a request to the listener, waiting while its queue is full. Call it
+    /// from a provider thread, not from inside an async task. Gives the request
+    /// back when the listener is gone.
+    pub fn deliver(&self, req: ConnectRequest) -> Result<(), ConnectRequest> {
+        self.tx.blocking_send(req).map_err(|e| e.0)?;
+        self.signal.raise();
+        Ok(())
+    }
+
+    /// Whether the listener has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// A listening CM endpoint. Dropping it stops listening.
 #[derive(Debug)]
 pub struct CmListener {
     requests: tokio::sync::mpsc::Receiver<ConnectRequest>,
+    signal: Arc<Signal>,
     ops: Box<dyn ListenOps>,
 }
 
@@ -311,8 +335,19 @@ impl CmListener {
     /// Listens on `addr` (`rdma_bind_addr` + `rdma_listen`). TCP port 0 picks a port.
     pub fn bind(ctx: &Context, addr: &CmAddr) -> Result<CmListener, CmError> {
         let (tx, requests) = tokio::sync::mpsc::channel(64);
-        let ops = ctx.ops().cm_listen(addr, tx)?;
-        Ok(CmListener { requests, ops })
+        let signal = Arc::new(Signal::new());
+        let ops = ctx.ops().cm_listen(
+            addr,
+            RequestSink {
+                tx,
+                signal: Arc::clone(&signal),
+            },
+        )?;
+        Ok(CmListener {
+            requests,
+            signal,
+            ops,
+        })
     }
 
     /// The bound address.
@@ -329,14 +364,16 @@ impl CmListener {
     pub fn next_request_blocking(&mut self, timeout: Duration) -> Option<ConnectRequest> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
+            let seen = self.signal.generation();
             match self.requests.try_recv() {
                 Ok(r) => return Some(r),
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                    if std::time::Instant::now() >= deadline {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
                         return None;
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    self.signal.wait_blocking_since(seen, deadline - now);
                 }
             }
         }

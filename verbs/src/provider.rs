@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use crate::buf::DmaBuf;
-use crate::cm::{CmAddr, CmError, ConnEvents, ConnParam, ConnectRequest};
+use crate::cm::{CmAddr, CmError, ConnEvents, ConnParam, RequestSink};
 use crate::device::QpInitAttr;
 use crate::error::{Result, VerbsError};
 use crate::notify::Signal;
@@ -167,7 +167,7 @@ pub trait ContextOps: Send + Sync + Debug {
     fn cm_listen(
         &self,
         addr: &CmAddr,
-        requests: tokio::sync::mpsc::Sender<ConnectRequest>,
+        requests: RequestSink,
     ) -> Result<Box<dyn ListenOps>, CmError> {
         Err(CmError::Verbs(VerbsError::Unsupported("cm_listen")))
     }
