@@ -435,14 +435,30 @@ impl BlockDevice {
         command(&self.session, self.info.lun, &cdb, DataDir::None).await
     }
 
-    /// Read any number of blocks in commands of at most [`MAX_BLOCKS_PER_COMMAND`];
-    /// stops at the first non-GOOD outcome and returns it.
+    /// Blocks per command for [`BlockDevice::read_range`] and
+    /// [`BlockDevice::write_range`]: at most [`MAX_BLOCKS_PER_COMMAND`]; over iSER also
+    /// at most one MaxBurstLength of wire bytes, so that the target moves each command
+    /// with one RDMA operation and never splits a protection interval between two.
+    pub fn blocks_per_command(&self) -> u32 {
+        let mut n = MAX_BLOCKS_PER_COMMAND;
+        if let Link::Iser(s) = &self.session {
+            let p = CommandProtection::select(&self.policy, &self.info, Direction::Read, 0, 1);
+            let burst = s.params().map_or(262_144, |p| p.max_burst_length);
+            n = n.min((burst / p.wire_block().max(1)).max(1));
+        }
+        n
+    }
+
+    /// Read any number of blocks in commands of at most
+    /// [`BlockDevice::blocks_per_command`]; stops at the first non-GOOD outcome and
+    /// returns it.
     pub async fn read_range(&self, lba: u64, blocks: u64) -> Result<IoOutcome, Error> {
         let mut data = Vec::new();
         let mut pi: Option<Vec<u8>> = None;
         let mut done = 0u64;
+        let per = self.blocks_per_command();
         while done < blocks {
-            let n = (blocks - done).min(u64::from(MAX_BLOCKS_PER_COMMAND)) as u32;
+            let n = (blocks - done).min(u64::from(per)) as u32;
             let out = self.read(lba + done, n).await?;
             if !out.is_good() {
                 return Ok(out);
@@ -464,7 +480,7 @@ impl BlockDevice {
         })
     }
 
-    /// Write whole blocks in commands of at most [`MAX_BLOCKS_PER_COMMAND`].
+    /// Write whole blocks in commands of at most [`BlockDevice::blocks_per_command`].
     pub async fn write_range(
         &self,
         lba: u64,
@@ -472,10 +488,11 @@ impl BlockDevice {
         pi: Option<&[u8]>,
     ) -> Result<IoOutcome, Error> {
         let bs = self.info.block_size as usize;
-        let chunk = MAX_BLOCKS_PER_COMMAND as usize * bs;
+        let per = self.blocks_per_command() as usize;
+        let chunk = per * bs;
         let mut last = None;
         for (i, part) in data.chunks(chunk).enumerate() {
-            let first = i * MAX_BLOCKS_PER_COMMAND as usize;
+            let first = i * per;
             let part_pi = pi.map(|p| {
                 p.get(first * 8..(first + part.len() / bs) * 8)
                     .unwrap_or_default()

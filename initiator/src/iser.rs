@@ -89,6 +89,8 @@ struct State {
     tags: TagAllocator,
     tasks: HashMap<u32, oneshot::Sender<Result<Pdu, Error>>>,
     closed: Option<String>,
+    /// A Logout Response arrived: the connection ending next is the logout.
+    logged_out: bool,
 }
 
 #[derive(Debug)]
@@ -213,6 +215,7 @@ impl IserSession {
                 tags: TagAllocator::new(1, MAX_TASKS),
                 tasks: HashMap::new(),
                 closed: None,
+                logged_out: false,
             }),
             window: Notify::new(),
             closed_tx,
@@ -272,6 +275,9 @@ impl IserSession {
             st.exp_stat_sn = outcome.exp_stat_sn;
         }
         let _ = session.inner.params.set(outcome.params);
+        if !session.inner.cfg.nop_interval.is_zero() {
+            tokio::spawn(keepalive(Arc::downgrade(&session.inner)));
+        }
         info!(target = %target, fabric = %cfg.fabric, "logged in over iSER");
         Ok(session)
     }
@@ -818,6 +824,7 @@ impl Inner {
         let tasks: Vec<_> = {
             let mut st = lock(&self.st);
             if st.closed.is_none() {
+                let reason = if st.logged_out { "logged out" } else { reason };
                 info!(reason, "iSER session closed");
                 st.closed = Some(reason.to_owned());
             }
@@ -893,6 +900,9 @@ impl Inner {
             | Header::TmfResponse(_)
             | Header::TextResponse(_)
             | Header::LogoutResponse(_) => {
+                if matches!(pdu.header, Header::LogoutResponse(_)) {
+                    st.logged_out = true;
+                }
                 drop(st);
                 self.finish(itt, Ok(pdu));
                 Ok(())
@@ -981,6 +991,26 @@ async fn poller(inner: std::sync::Weak<Inner>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Ping every `nop_interval`; close the session when the NOP-In does not come back
+/// within `nop_timeout`.
+async fn keepalive(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let interval = i.cfg.nop_interval;
+        drop(i);
+        tokio::time::sleep(interval).await;
+        let Some(i) = inner.upgrade() else { return };
+        if lock(&i.st).closed.is_some() {
+            return;
+        }
+        let s = IserSession { inner: i };
+        if let Err(e) = s.ping().await {
+            s.inner.close(&format!("NOP-Out not answered: {e}"));
+            return;
         }
     }
 }

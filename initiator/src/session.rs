@@ -174,6 +174,8 @@ struct State {
     tags: TagAllocator,
     tasks: HashMap<u32, Task>,
     closed: Option<String>,
+    /// A Logout Response arrived: the connection ending next is the logout.
+    logged_out: bool,
 }
 
 #[derive(Debug)]
@@ -322,6 +324,7 @@ impl Session {
                 tags: TagAllocator::new(1, MAX_TASKS),
                 tasks: HashMap::new(),
                 closed: None,
+                logged_out: false,
             }),
             window: Notify::new(),
             closed_tx,
@@ -726,6 +729,7 @@ impl Inner {
         let tasks: Vec<Task> = {
             let mut st = lock(&self.st);
             if st.closed.is_none() {
+                let reason = if st.logged_out { "logged out" } else { reason };
                 info!(reason, "session closed");
                 st.closed = Some(reason.to_owned());
             }
@@ -837,6 +841,9 @@ impl Inner {
                 Ok(())
             }
             Header::TmfResponse(_) | Header::TextResponse(_) | Header::LogoutResponse(_) => {
+                if matches!(pdu.header, Header::LogoutResponse(_)) {
+                    st.logged_out = true;
+                }
                 drop(st);
                 self.finish(itt, Ok(Reply::Pdu(pdu)));
                 Ok(())
