@@ -598,6 +598,9 @@ impl ContextOps for Mlx5Device {
             .get(&cq)
             .cloned()
             .ok_or(VerbsError::UnknownHandle { what: "cq", id: cq })?;
+        if cq.overruns() > 0 {
+            return Err(VerbsError::CqOverrun(cq.id));
+        }
         let mut n = 0;
         while n < max {
             let Some(raw) = cq.pop_raw() else { break };

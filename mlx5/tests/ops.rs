@@ -482,3 +482,23 @@ fn send_with_invalidate_of_a_plain_key_is_refused() {
     let wc = b.wait();
     assert_eq!((wc.wr_id, wc.status), (5, WcStatus::LocalProtErr));
 }
+
+#[test]
+fn cq_overrun_is_reported() {
+    let a = Side::new("a", &QpInitAttr::default());
+    let small = a.ctx.create_cq(2).unwrap();
+    let qp =
+        a.pd.create_qp(&small, &small, &QpInitAttr::default())
+            .unwrap();
+    let mr = a.pd.reg_mr(8, RW).unwrap();
+    for i in 0..3 {
+        qp.post_recv_one(RecvWr::new(i, mr.sge_all())).unwrap();
+    }
+    // Flushing three receives into a 2-entry CQ overruns it.
+    qp.to_error().unwrap();
+    let mut v = Vec::new();
+    assert!(matches!(
+        small.poll(&mut v, 8),
+        Err(verbs::VerbsError::CqOverrun(_))
+    ));
+}

@@ -52,6 +52,10 @@ pub enum VerbsError {
     /// A resource could not be allocated.
     #[error("out of {0}")]
     Exhausted(&'static str),
+    /// A completion queue was too small for the work in flight and lost
+    /// completions (`IBV_EVENT_CQ_ERR`); it stays unusable.
+    #[error("completion queue {0} overran: completions were lost")]
+    CqOverrun(u32),
     /// The device has been shut down.
     #[error("device {0} is gone")]
     DeviceGone(String),
