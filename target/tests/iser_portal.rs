@@ -24,7 +24,8 @@ use target::luns::TargetLuns;
 use target::registry::Registry;
 use target::service::ScsiService;
 use verbs::cm::{self, CmAddr, CmConnection, CmError, ConnParam};
-use verbs::{AccessFlags, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, WcStatus};
+use verbs::device::FastRegMr;
+use verbs::{AccessFlags, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendFlags, SendOp, SendWr, WcStatus};
 
 const IQN: &str = "iqn.2026-11.io.iser-pi:iser";
 const INITIATOR: &str = "iqn.2026-11.io.iser-pi:ini";
@@ -141,6 +142,9 @@ struct Initiator {
     cmd_sn: u32,
     exp_stat_sn: u32,
     itt: u32,
+    /// Advertise read buffers through fast-registration MRs (which a SEND with
+    /// invalidate may invalidate) instead of plain MRs.
+    fast_reg_reads: bool,
 }
 
 impl Initiator {
@@ -177,6 +181,7 @@ impl Initiator {
             cmd_sn: 0,
             exp_stat_sn: 0,
             itt: 0x100,
+            fast_reg_reads: false,
         })
     }
 
@@ -295,6 +300,27 @@ impl Initiator {
             m
         });
         let rmr = (read_len > 0).then(|| self.pd.reg_mr(read_len, RW).unwrap());
+        let fast = rmr.as_ref().filter(|_| self.fast_reg_reads).map(|m| {
+            let fr = self.pd.alloc_mr(1).unwrap();
+            let wr = SendWr {
+                wr_id: 2,
+                op: SendOp::RegMr {
+                    mr: fr.lkey(),
+                    range: m.sge_all(),
+                    access: RW,
+                },
+                sg_list: Vec::new(),
+                flags: SendFlags::SIGNALED,
+            };
+            self.qp.post_send_one(wr).unwrap();
+            let wc = self.send_cq.next_blocking(T).unwrap().expect("REG_MR");
+            assert_eq!(wc.status, WcStatus::Success, "REG_MR");
+            fr
+        });
+        let read_stag = fast
+            .as_ref()
+            .map(FastRegMr::rkey)
+            .or(rmr.as_ref().map(Mr::rkey));
         let edtl = write.map_or(read_len, <[u8]>::len) as u32;
         let imm = write.map_or(0, |w| immediate.min(w.len()));
         let ctl = IserControl {
@@ -306,7 +332,7 @@ impl Initiator {
                     va: m.addr() + imm as u64,
                 }),
             read: rmr.as_ref().map(|m| RemoteBuffer {
-                stag: m.rkey(),
+                stag: read_stag.unwrap_or(m.rkey()),
                 va: m.addr(),
             }),
         };
@@ -347,7 +373,7 @@ impl Initiator {
             sense,
             data,
             invalidated,
-            read_stag: rmr.as_ref().map(Mr::rkey),
+            read_stag,
         }
     }
 
@@ -564,6 +590,7 @@ fn send_with_invalidate_only_when_the_initiator_allows_it() {
     let t = start_target();
     let mut ini = logged_in(&t, 0x80);
     assert_eq!(ini.peer_private_data()[..4], [0x80, 0, 0, 0]);
+    ini.fast_reg_reads = true;
     let r = ini.scsi(2, &rw16(READ16, 0, 0, 2), None, 0, 1024);
     assert_eq!(r.status, 0);
     assert_eq!(r.invalidated, r.read_stag, "the Read STag is invalidated");
@@ -843,7 +870,7 @@ protection = {{ type = 1, app_tag = 0x1234 }}
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iser-target"))
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .env("MLX5_SOFT_FAULT", fault)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -914,4 +941,48 @@ fn daemon_serves_iser_portal_from_config_with_env_fault() {
         );
     }
     ini.logout();
+}
+
+#[test]
+fn transfers_larger_than_max_burst_split_on_wire_blocks() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    // 1024 blocks: 532 480 wire bytes with PI, more than MaxBurstLength (256 KiB), so
+    // several RDMA operations, each on whole 520-byte blocks of the signature MR.
+    let (lba, blocks) = (1000u64, 1024u32);
+    let wire = with_pi(&pattern(blocks, 512, 13), 512, lba, false);
+    let w = ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&wire), 0, 0);
+    assert_eq!(w.status, 0, "{w:?}");
+    let r = ini.scsi(0, &rw16(READ16, 1, lba, blocks), None, 0, wire.len());
+    assert!(r.status == 0 && r.data == wire, "PASS both ways");
+    let r = ini.scsi(
+        0,
+        &rw16(READ16, 0, lba, blocks),
+        None,
+        0,
+        blocks as usize * 512,
+    );
+    assert!(r.status == 0 && r.data == strip(&wire, 512), "STRIP");
+    let plain = pattern(blocks, 512, 14);
+    let w = ini.scsi(0, &rw16(WRITE16, 0, lba, blocks), Some(&plain), 0, 0);
+    assert_eq!(w.status, 0, "INSERT: {w:?}");
+    let r = ini.scsi(0, &rw16(READ16, 1, lba, blocks), None, 0, wire.len());
+    assert!(
+        r.status == 0 && r.data == with_pi(&plain, 512, lba, false),
+        "generated PI"
+    );
+    // A bad guard far into the transfer names its LBA.
+    let mut bad = with_pi(&plain, 512, lba, false);
+    bad[700 * 520 + 513] ^= 0x80;
+    let w = ini.scsi(0, &rw16(WRITE16, 1, lba, blocks), Some(&bad), 0, 0);
+    assert_eq!(w.sense_fields(), (0x0b, 0x10, 0x01, (lba + 700) as u32));
+    // Type 3 with 4096-byte blocks: 100 blocks, 410 400 wire bytes.
+    let wire3 = with_pi(&pattern(100, 4096, 15), 4096, 0, true);
+    assert_eq!(
+        ini.scsi(1, &rw16(WRITE16, 1, 500, 100), Some(&wire3), 0, 0)
+            .status,
+        0
+    );
+    let r = ini.scsi(1, &rw16(READ16, 1, 500, 100), None, 0, wire3.len());
+    assert!(r.status == 0 && r.data == wire3);
 }

@@ -179,6 +179,29 @@ pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
     })
 }
 
+/// Bytes of one block on the wire for `cdb` on `lun` (block + 8 when the CDB puts PI
+/// on the wire), so that RDMA operations start on block boundaries of both sides'
+/// signature MRs; 1 when the command moves no blocks.
+pub fn wire_block(lun: Option<&LunSummary>, cdb: &[u8]) -> u32 {
+    let Some(lun) = lun else {
+        return 1;
+    };
+    match Cdb::parse(cdb) {
+        Ok(Cdb::ReadWrite(rw)) if lun.pi_type != 0 && rw.protect != 0 => {
+            lun.block_size + TUPLE_SIZE as u32
+        }
+        Ok(Cdb::ReadWrite(_)) => lun.block_size,
+        _ => 1,
+    }
+}
+
+/// The largest RDMA operation: `limit` rounded down to whole wire blocks (at least
+/// one block).
+pub fn rdma_chunk(limit: u32, wire_block: u32) -> u32 {
+    let b = wire_block.max(1);
+    (limit / b).max(1) * b
+}
+
 /// The failing field of a signature error in `t10pi` terms.
 pub fn pi_kind(e: &SigErr) -> PiErrorKind {
     match e.err_type {
@@ -264,6 +287,21 @@ mod tests {
         let p3 = hca_plan(&lun(3, 4096), &rw16(0x88, 1, 0, 2), 0).unwrap();
         assert_eq!(p3.attrs.check_mask, check_mask::GUARD);
         assert_eq!(p3.wire_len, 2 * 4104);
+    }
+
+    #[test]
+    fn rdma_operations_split_on_wire_blocks() {
+        let t1 = lun(1, 512);
+        assert_eq!(wire_block(Some(&t1), &rw16(0x8a, 1, 0, 1024)), 520);
+        assert_eq!(wire_block(Some(&t1), &rw16(0x8a, 0, 0, 1024)), 512);
+        assert_eq!(wire_block(Some(&lun(3, 4096)), &rw16(0x88, 3, 0, 9)), 4104);
+        assert_eq!(wire_block(Some(&t1), &[0x12, 0, 0, 0, 36, 0]), 1);
+        assert_eq!(wire_block(None, &rw16(0x88, 1, 0, 1)), 1);
+        assert_eq!(rdma_chunk(262_144, 520), 504 * 520);
+        assert_eq!(rdma_chunk(262_144, 4104), 63 * 4104);
+        assert_eq!(rdma_chunk(262_144, 512), 262_144);
+        assert_eq!(rdma_chunk(512, 4104), 4104);
+        assert_eq!(rdma_chunk(1 << 20, 1), 1 << 20);
     }
 
     #[test]

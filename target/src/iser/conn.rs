@@ -701,15 +701,15 @@ impl Conn {
             .and_then(|s| adapter::hca_plan(s, &cmd.cdb, app_tag))
             .filter(|h| h.wire_len == edtl as usize);
         let counters = self.counters_for(lun);
+        // RDMA operations split on whole wire blocks, so that both sides' signature
+        // MRs are accessed on block boundaries.
+        let chunk = adapter::rdma_chunk(
+            self.params.max_burst_length.min(MAX_RDMA_OP),
+            adapter::wire_block(summary.as_ref(), &cmd.cdb),
+        );
         // The STags the command's data transfer needs must be there.
         let unsolicited_max = (immediate.len() as u32).min(edtl);
-        if let Err(e) = target_plan(
-            &cmd,
-            &iser,
-            unsolicited_max,
-            self.params.max_burst_length,
-            MAX_RDMA_OP,
-        ) {
+        if let Err(e) = target_plan(&cmd, &iser, unsolicited_max, chunk, chunk) {
             if cmd.write && self.params.initial_r2t || cmd.read {
                 return self.reject_cmd(&cmd, e.to_string()).await;
             }
@@ -752,13 +752,7 @@ impl Conn {
                     .collect_data_out(&cmd, unsolicited, first_burst)
                     .await?;
             }
-            let p = match target_plan(
-                &cmd,
-                &iser,
-                unsolicited,
-                self.params.max_burst_length,
-                MAX_RDMA_OP,
-            ) {
+            let p = match target_plan(&cmd, &iser, unsolicited, chunk, chunk) {
                 Ok(p) => p,
                 Err(e) => return self.reject_cmd(&cmd, e.to_string()).await,
             };
@@ -823,7 +817,7 @@ impl Conn {
         let mut sent = 0u32;
         let mut read_len = completion.data_in.len();
         if cmd.read && !completion.data_in.is_empty() {
-            let p = match target_plan(&cmd, &iser, 0, self.params.max_burst_length, MAX_RDMA_OP) {
+            let p = match target_plan(&cmd, &iser, 0, chunk, chunk) {
                 Ok(p) => p,
                 Err(e) => return self.reject_cmd(&cmd, e.to_string()).await,
             };
