@@ -164,6 +164,7 @@ pub fn answer(job: &Job, c: Completion) -> Answer {
     let segments = data_in_segments(send_len, job.max_segment, job.max_burst);
     let collapse = c.status == GOOD && c.sense.is_empty() && !segments.is_empty();
     let mut pdus = Vec::with_capacity(segments.len() + 1);
+    let mut data_in = c.data_in;
     for s in &segments {
         let status_here = collapse && s.last;
         let hdr = DataIn {
@@ -181,10 +182,16 @@ pub fn answer(job: &Job, c: Completion) -> Answer {
             buffer_offset: s.offset,
         };
         let start = s.offset as usize;
-        pdus.push(Pdu::with_data(
-            hdr,
-            c.data_in[start..start + s.len as usize].to_vec(),
-        ));
+        let data = if segments.len() == 1 {
+            // One segment (the common case with a large MaxRecvDataSegmentLength):
+            // hand the buffer over instead of copying it.
+            let mut all = std::mem::take(&mut data_in);
+            all.truncate(s.len as usize);
+            all
+        } else {
+            data_in[start..start + s.len as usize].to_vec()
+        };
+        pdus.push(Pdu::with_data(hdr, data));
     }
     if !collapse {
         let mut data = Vec::new();

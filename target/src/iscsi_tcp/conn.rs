@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iscsi::codec::Action;
+use iscsi::digest::{crc32c, crc32c_append, digest_to_wire};
 use iscsi::negotiate::{NegotiatedParams, SessionType};
 use iscsi::pdu::{
     reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode,
@@ -266,6 +267,35 @@ fn stamp(pdu: &mut Pdu, stat_sn: &mut u32, exp: u32, max: u32) {
     }
 }
 
+/// Encode a target PDU for the wire. Small PDUs go whole into `head`; a PDU with a
+/// data segment of 4 KiB or more gets only its header (and header digest) in `head`,
+/// and the data segment is returned with its padding and data digest, so that the
+/// writer sends it without copying.
+fn frame_head<'a>(
+    p: &'a Pdu,
+    wire: &WireConfig,
+    head: &mut Vec<u8>,
+) -> Option<(&'a [u8], ([u8; 7], usize))> {
+    if p.data.len() < 4096 || matches!(p.header, Header::ScsiCommand(_)) {
+        p.encode(wire, head);
+        return None;
+    }
+    let bhs = p.bhs_bytes();
+    head.extend_from_slice(&bhs);
+    if wire.digests.header {
+        head.extend_from_slice(&digest_to_wire(crc32c(&bhs)));
+    }
+    let pad = (4 - p.data.len() % 4) % 4;
+    let mut tail = [0u8; 7];
+    let mut n = pad;
+    if wire.digests.data {
+        let crc = crc32c_append(crc32c(&p.data), &tail[..pad]);
+        tail[pad..pad + 4].copy_from_slice(&digest_to_wire(crc));
+        n += 4;
+    }
+    Some((&p.data, (tail, n)))
+}
+
 async fn writer(
     half: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Out>,
@@ -273,7 +303,7 @@ async fn writer(
     mut stat_sn: u32,
     wire: WireConfig,
 ) {
-    let mut w = BufWriter::with_capacity(256 * 1024, half);
+    let mut w = BufWriter::with_capacity(64 * 1024, half);
     let mut bytes = Vec::with_capacity(64 * 1024);
     while let Some(msg) = rx.recv().await {
         let mut batch = vec![msg];
@@ -292,9 +322,17 @@ async fn writer(
                     for mut p in pdus {
                         stamp(&mut p, &mut stat_sn, exp, max);
                         bytes.clear();
-                        p.encode(&wire, &mut bytes);
+                        let data = frame_head(&p, &wire, &mut bytes);
                         if w.write_all(&bytes).await.is_err() {
                             return;
+                        }
+                        if let Some((data, tail)) = data {
+                            // Large segments bypass the buffer (no extra copy).
+                            if w.write_all(data).await.is_err()
+                                || w.write_all(&tail.0[..tail.1]).await.is_err()
+                            {
+                                return;
+                            }
                         }
                     }
                 }
@@ -1222,4 +1260,87 @@ impl Conn {
 /// Whether a session type carries SCSI commands.
 pub fn is_normal(params: &NegotiatedParams) -> bool {
     params.session_type == SessionType::Normal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iscsi::pdu::{DataIn, Residual};
+    use iscsi::Digests;
+
+    #[test]
+    fn split_framing_matches_the_codec() {
+        for len in [0usize, 100, 4096, 4097, 65_538, 262_143] {
+            for (header, data) in [(false, false), (true, false), (false, true), (true, true)] {
+                let wire = WireConfig {
+                    digests: Digests { header, data },
+                    ..WireConfig::default()
+                };
+                let hdr = DataIn {
+                    final_: true,
+                    acknowledge: false,
+                    residual: Residual::Underflow(3),
+                    status: Some(0),
+                    lun: 1 << 48,
+                    itt: 9,
+                    ttt: RESERVED_TAG,
+                    stat_sn: 4,
+                    exp_cmd_sn: 5,
+                    max_cmd_sn: 6,
+                    data_sn: 0,
+                    buffer_offset: 0,
+                };
+                let p = Pdu::with_data(hdr, (0..len).map(|i| i as u8).collect());
+                let mut head = Vec::new();
+                let mut got = Vec::new();
+                match frame_head(&p, &wire, &mut head) {
+                    None => got.extend_from_slice(&head),
+                    Some((data, (tail, n))) => {
+                        got.extend_from_slice(&head);
+                        got.extend_from_slice(data);
+                        got.extend_from_slice(&tail[..n]);
+                    }
+                }
+                assert_eq!(got, p.to_bytes(&wire), "len {len} digests {header}/{data}");
+            }
+        }
+    }
+
+    #[test]
+    fn stat_sn_advances_only_for_status() {
+        let mut sn = 10;
+        let mut r2t = Pdu::new(R2t {
+            lun: 0,
+            itt: 1,
+            ttt: 2,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            r2t_sn: 0,
+            buffer_offset: 0,
+            desired_data_transfer_length: 512,
+        });
+        stamp(&mut r2t, &mut sn, 3, 9);
+        assert_eq!(sn, 10);
+        assert_eq!(r2t.header.stat_fields(), Some((10, 3, 9)));
+        let mut ping = Pdu::new(NopIn {
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt: 5,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        });
+        stamp(&mut ping, &mut sn, 3, 9);
+        assert_eq!(sn, 10);
+        let mut tmf = Pdu::new(TmfResponse {
+            response: TmfResponseCode::Complete,
+            itt: 4,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        });
+        stamp(&mut tmf, &mut sn, 3, 9);
+        assert_eq!((sn, tmf.header.stat_fields()), (11, Some((10, 3, 9))));
+    }
 }
