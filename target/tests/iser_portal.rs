@@ -986,3 +986,60 @@ fn transfers_larger_than_max_burst_split_on_wire_blocks() {
     let r = ini.scsi(1, &rw16(READ16, 1, 500, 100), None, 0, wire3.len());
     assert!(r.status == 0 && r.data == wire3);
 }
+
+#[test]
+fn throughput_of_one_connection() {
+    // Bounded: 16 MiB each way per mode. Prints MB/s (run with --nocapture).
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let blocks = 1024u32; // 512 KiB per command
+    let rounds = 32u64;
+    for (name, lun, protect, bs) in [("T1/512 PASS", 0u64, 1u8, 512usize), ("no PI", 2, 0, 512)] {
+        let data = pattern(blocks, bs, 21);
+        let payload = if protect != 0 {
+            with_pi(&data, bs, 0, false)
+        } else {
+            data.clone()
+        };
+        let start = std::time::Instant::now();
+        for i in 0..rounds {
+            let lba = (i % 2) * u64::from(blocks);
+            let p = if protect != 0 {
+                with_pi(&data, bs, lba, false)
+            } else {
+                payload.clone()
+            };
+            let w = ini.scsi(lun, &rw16(WRITE16, protect, lba, blocks), Some(&p), 0, 0);
+            assert_eq!(w.status, 0);
+        }
+        let write_s = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        for i in 0..rounds {
+            let lba = (i % 2) * u64::from(blocks);
+            let r = ini.scsi(
+                lun,
+                &rw16(READ16, protect, lba, blocks),
+                None,
+                0,
+                payload.len(),
+            );
+            assert_eq!(r.status, 0);
+            assert_eq!(strip_if(&r.data, bs, protect != 0), data);
+        }
+        let read_s = start.elapsed().as_secs_f64();
+        let mb = (rounds as f64) * data.len() as f64 / 1e6;
+        eprintln!(
+            "iSER {name}: {blocks}-block commands, write {:.0} MB/s, read {:.0} MB/s",
+            mb / write_s,
+            mb / read_s
+        );
+    }
+}
+
+fn strip_if(wire: &[u8], bs: usize, pi: bool) -> Vec<u8> {
+    if pi {
+        strip(wire, bs)
+    } else {
+        wire.to_vec()
+    }
+}
