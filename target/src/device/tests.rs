@@ -1810,3 +1810,47 @@ fn prot_decision_invariants_over_all_inputs() {
         }
     }
 }
+
+#[test]
+fn verify_switches_leave_checks_to_the_initiator() {
+    let mut desc = LunDesc::ram(0, 64 * 512, 512).with_pi(1);
+    desc.protection.verify_received = false;
+    desc.protection.verify_medium = false;
+    let lun = Lun::open(desc).unwrap();
+    let nx = ready(&lun, 1);
+    let mut bad = dif(&pattern(512, 1), 512, 5, false);
+    bad[512] ^= 0xFF; // guard
+                      // Neither the write nor the read checks; the initiator sees the bad tuple.
+    good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 5, 1, 1), &bad);
+    assert_eq!(
+        good(&lun, &nx, &rw(RwKind::Read, Form::Ten, 5, 1, 1), &[]),
+        bad
+    );
+    let plan = lun
+        .prepare(&nx, &rw(RwKind::Read, Form::Ten, 5, 1, 1), true)
+        .unwrap();
+    assert_eq!(plan.prot.check_mask, 0);
+}
+
+#[test]
+fn mode_sense_default_values_and_clear_unit_attention() {
+    let mut desc = LunDesc::ram(0, 64 * 512, 512);
+    desc.write_cache = false;
+    let lun = Lun::open(desc).unwrap();
+    let a = ready(&lun, 1);
+    let b = ready(&lun, 2);
+    // Default and current caching pages: WCE clear as configured; changeable: WCE.
+    for pc in [0u8, 2] {
+        let d = good(&lun, &a, &mode_sense(Form::Six, true, pc, 0x08, 255), &[]);
+        assert_eq!(d[4 + 2] & 0x04, 0, "pc {pc}");
+    }
+    let d = good(&lun, &a, &mode_sense(Form::Six, true, 1, 0x08, 255), &[]);
+    assert_eq!(d[4 + 2], 0x04);
+    // CLEAR reports RESERVATIONS PREEMPTED to the other registrants.
+    pr_ok(&lun, &a, pr_out::REGISTER, 0, 0, 1);
+    pr_ok(&lun, &b, pr_out::REGISTER, 0, 0, 2);
+    pr_ok(&lun, &a, pr_out::CLEAR, 0, 1, 0);
+    let s = check(&lun, &b, &bytes(Cdb::TestUnitReady), &[]);
+    assert_eq!(s.asc_pair(), asc::RESERVATIONS_PREEMPTED);
+    good(&lun, &a, &bytes(Cdb::TestUnitReady), &[]);
+}
