@@ -164,7 +164,13 @@ pub struct FrameBuilder {
 impl FrameBuilder {
     /// Starts a frame expecting about `payload_hint` payload bytes.
     pub fn new(h: &Header, payload_hint: usize) -> FrameBuilder {
-        let mut buf = Vec::with_capacity(HDR_LEN + payload_hint + TRAILER_LEN);
+        FrameBuilder::in_buf(Vec::new(), h, payload_hint)
+    }
+
+    /// Starts a frame in a recycled buffer (its contents are discarded).
+    pub fn in_buf(mut buf: Vec<u8>, h: &Header, payload_hint: usize) -> FrameBuilder {
+        buf.clear();
+        buf.reserve(HDR_LEN + payload_hint.min(MAX_PAYLOAD) + TRAILER_LEN);
         buf.extend_from_slice(&MAGIC.to_be_bytes());
         buf.push(VERSION);
         buf.push(h.op as u8);

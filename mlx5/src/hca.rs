@@ -227,6 +227,8 @@ pub struct Qp {
     pub link: Mutex<Option<Link>>,
     /// Requests started and not completed, in order.
     pub inflight: Mutex<VecDeque<Inflight>>,
+    /// Recycled frame buffers.
+    pub bufs: crate::transport::BufPool,
 }
 
 impl Qp {
@@ -254,6 +256,7 @@ impl Qp {
             state: Mutex::new(QpState::Init),
             link: Mutex::new(None),
             inflight: Mutex::new(VecDeque::new()),
+            bufs: crate::transport::BufPool::default(),
         }
     }
 
@@ -286,7 +289,10 @@ impl Qp {
         let mut q = self.inflight.lock();
         while let Some(front) = q.front() {
             let Some(st) = front.status else { break };
-            let e = q.pop_front().expect("front exists");
+            let Some(mut e) = q.pop_front() else { break };
+            if let Some(f) = e.frame.take() {
+                self.bufs.put(f);
+            }
             if st == 0 {
                 if e.signaled {
                     self.send_cq.push(&Cqe::Req {

@@ -244,7 +244,7 @@ fn remote_op(
                 }
                 _ => {}
             }
-            let mut b = FrameBuilder::new(&h, total as usize);
+            let mut b = FrameBuilder::in_buf(qp.bufs.get(total as usize + 64), &h, total as usize);
             if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload(), &qp.send_cq) {
                 entry.status = Some(match e {
                     DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,

@@ -143,7 +143,8 @@ impl Responder {
                 self.state = RespState::Failed;
             }
             Op::ReadReq => {
-                let mut b = frame::FrameBuilder::new(
+                let mut b = frame::FrameBuilder::in_buf(
+                    qp.bufs.get(h.len as usize + 64),
                     &Header {
                         qpn: qp.qpn,
                         ..Header::new(Op::ReadResp, h.psn)

@@ -126,6 +126,38 @@ impl Wire {
     }
 }
 
+/// Recycled frame buffers of one connection. Large frames allocated and freed
+/// per message cost page faults (glibc serves them with mmap); keeping a few
+/// buffers around avoids that.
+#[derive(Debug, Default)]
+pub struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    const KEEP: usize = 64;
+    const MAX_BUF: usize = 4 << 20;
+
+    /// A buffer with at least `cap` bytes of capacity if one is available.
+    pub fn get(&self, cap: usize) -> Vec<u8> {
+        let mut free = self.free.lock();
+        match free.iter().rposition(|b| b.capacity() >= cap) {
+            Some(i) => free.swap_remove(i),
+            None => free.pop().unwrap_or_default(),
+        }
+    }
+
+    /// Returns a frame for reuse, if nobody else holds it.
+    pub fn put(&self, f: Arc<Vec<u8>>) {
+        if let Ok(b) = Arc::try_unwrap(f) {
+            let mut free = self.free.lock();
+            if free.len() < Self::KEEP && b.capacity() <= Self::MAX_BUF {
+                free.push(b);
+            }
+        }
+    }
+}
+
 /// Transmit thread: writes queued frames, flushing once the queue is empty.
 pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
     'outer: while let Ok(mut item) = rx.recv() {
@@ -136,6 +168,7 @@ pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
                         qp.to_error(DisconnectReason::Transport(e.to_string()));
                         break 'outer;
                     }
+                    qp.bufs.put(f);
                 }
                 TxItem::Shutdown => break 'outer,
             }
