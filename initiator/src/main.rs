@@ -27,6 +27,14 @@ struct Cli {
     /// Print the effective configuration (exit 0) or every error (exit 78), then exit.
     #[arg(long)]
     check_config: bool,
+    /// The daemon's control socket (login --daemon, logout, sessions).
+    #[arg(
+        long,
+        global = true,
+        env = "ISER_INITIATOR_CONTROL_SOCKET",
+        default_value = "/run/iser-initiator.sock"
+    )]
+    control_socket: PathBuf,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -35,8 +43,13 @@ struct Cli {
 enum Cmd {
     /// Ask a portal for its targets (SendTargets=All over a discovery session).
     Discover(DiscoverArgs),
-    /// Log in, report the session parameters and every LUN's capabilities, log out.
-    Login(TargetArgs),
+    /// Log in, report the session parameters and every LUN's capabilities, log out;
+    /// with --daemon, ask the running daemon to log in and keep the session.
+    Login(LoginArgs),
+    /// Ask the running daemon to log a session out.
+    Logout(LogoutArgs),
+    /// List the running daemon's sessions.
+    Sessions(SessionsArgs),
     /// Read blocks: data to stdout or --out, PI (pass/strip modes) to --pi.
     Read(ReadArgs),
     /// Write blocks: data from stdin or --in, PI (pass/strip modes) from --pi.
@@ -114,6 +127,32 @@ struct TargetArgs {
     /// Seconds before a command is aborted.
     #[arg(long, default_value_t = 30)]
     timeout: u32,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    #[command(flatten)]
+    t: TargetArgs,
+    /// Ask the daemon (at --control-socket) to log in and keep the session up.
+    #[arg(long)]
+    daemon: bool,
+}
+
+#[derive(Debug, Args)]
+struct LogoutArgs {
+    /// TargetName of the session to log out.
+    #[arg(long)]
+    target: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SessionsArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -212,12 +251,20 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.cmd {
-            None => initiator::daemon::run(config)
+            None => initiator::daemon::run(config, Some(cli.control_socket.clone()))
                 .await
                 .map(|()| 0)
                 .map_err(Failure::from),
             Some(Cmd::Discover(a)) => discover(&config, a).await,
-            Some(Cmd::Login(a)) => login(&config, a).await,
+            Some(Cmd::Login(a)) if a.daemon => daemon_login(&cli.control_socket, a.t).await,
+            Some(Cmd::Login(a)) => login(&config, a.t).await,
+            Some(Cmd::Logout(a)) => {
+                let req = json!({"op": "logout", "target": a.target});
+                control(&cli.control_socket, &req, a.json).await
+            }
+            Some(Cmd::Sessions(a)) => {
+                control(&cli.control_socket, &json!({"op": "sessions"}), a.json).await
+            }
             Some(Cmd::Read(a)) => read(&config, a).await,
             Some(Cmd::Write(a)) => write(&config, a).await,
         }
@@ -417,6 +464,55 @@ async fn open(config: &InitiatorConfig, a: &TargetArgs, lun: u16) -> Result<Bloc
             let _ = s.logout().await;
             Err(e.into())
         }
+    }
+}
+
+async fn daemon_login(socket: &std::path::Path, a: TargetArgs) -> Result<u8, Failure> {
+    let transport = match a.transport {
+        Transport::Tcp => "tcp",
+        Transport::Iser => "iser",
+        Transport::Auto => "auto",
+    };
+    let req = json!({"op": "login", "target": a.target, "portal": a.portal.to_string(), "iser_portal": a.iser_portal, "transport": transport});
+    control(socket, &req, a.json).await
+}
+
+/// One request to the daemon; prints the answer and exits 0 when it says ok.
+async fn control(
+    socket: &std::path::Path,
+    req: &serde_json::Value,
+    json_mode: bool,
+) -> Result<u8, Failure> {
+    let v = initiator::daemon::control_request(socket, req).await?;
+    let ok = v["ok"].as_bool().unwrap_or(false);
+    if json_mode {
+        println!("{v}");
+    } else if let Some(list) = v["sessions"].as_array() {
+        for s in list {
+            println!(
+                "{} {} {}",
+                s["target"].as_str().unwrap_or("?"),
+                s["portal"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?")
+            );
+        }
+    } else if ok {
+        println!(
+            "{}: {}",
+            v["target"].as_str().unwrap_or("?"),
+            v["state"].as_str().unwrap_or("ok")
+        );
+    }
+    if ok {
+        Ok(0)
+    } else {
+        Err(fail(
+            v["error"]
+                .as_str()
+                .or(v["state"].as_str())
+                .unwrap_or("the daemon refused")
+                .to_owned(),
+        ))
     }
 }
 

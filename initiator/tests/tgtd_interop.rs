@@ -541,8 +541,15 @@ fn daemon_serves_nbd_export() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    let control = dir.path().join("control.sock");
+    let control_s = control.to_str().expect("utf-8").to_owned();
     let mut daemon = Command::new(bin())
-        .args(["--config", config.to_str().expect("utf-8")])
+        .args([
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--control-socket",
+            &control_s,
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(
@@ -580,6 +587,77 @@ fn daemon_serves_nbd_export() {
         "NBD round trip differs"
     );
 
+    // The control socket: list, log a second target in and out.
+    wait_for(&control);
+    let o = run(
+        &["sessions", "--json", "--control-socket", &control_s],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "sessions: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["sessions"][0]["target"], iqn);
+    assert_eq!(v["sessions"][0]["state"], "logged in over tcp");
+    let iqn2 = "iqn.2026-11.io.iser-pi:tgt-nbd2";
+    tgt.add_target(2, iqn2, 1);
+    let portal = tgt.portal.to_string();
+    let o = run(
+        &[
+            "login",
+            "--daemon",
+            "--target",
+            iqn2,
+            "--portal",
+            &portal,
+            "--transport",
+            "tcp",
+            "--control-socket",
+            &control_s,
+        ],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "login --daemon: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&["sessions", "--control-socket", &control_s], None);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains(iqn2) && text.lines().count() == 2, "{text}");
+    let o = run(
+        &["logout", "--target", iqn2, "--control-socket", &control_s],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "logout: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(
+        &["logout", "--target", iqn2, "--control-socket", &control_s],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "a second logout has no session");
+    let o = run(
+        &[
+            "login",
+            "--daemon",
+            "--target",
+            "iqn.2026-11.io.iser-pi:nobody",
+            "--portal",
+            &portal,
+            "--transport",
+            "tcp",
+            "--control-socket",
+            &control_s,
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "login to an unknown target fails");
+
     // SIGINT: the daemon logs out and removes its socket.
     let pid = daemon.id().to_string();
     Command::new("kill")
@@ -599,6 +677,7 @@ fn daemon_serves_nbd_export() {
     };
     assert!(status.success());
     assert!(!sock.exists(), "socket left behind");
+    assert!(!control.exists(), "control socket left behind");
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("logged out"), "{log}");
 }
