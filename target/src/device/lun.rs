@@ -165,6 +165,7 @@ pub struct Lun {
     pub(super) mode: Mutex<ModeState>,
     pub(super) pr: Mutex<PrState>,
     ua: Mutex<UaState>,
+    aborts: Mutex<Vec<u64>>,
     counters: Counters,
 }
 
@@ -247,6 +248,7 @@ impl Lun {
             io: RwLock::new(()),
             pr: Mutex::new(PrState::default()),
             ua: Mutex::new(UaState::default()),
+            aborts: Mutex::new(Vec::new()),
             counters: Counters::default(),
         })
     }
@@ -368,6 +370,27 @@ impl Lun {
     }
 
     /// Queues a unit attention for every nexus of the given PR identities.
+    /// The live nexus ids of the given PR identities.
+    pub(super) fn nexus_ids(&self, keys: &[ItKey]) -> Vec<u64> {
+        let ua = self.ua.lock();
+        ua.nexus
+            .iter()
+            .filter(|(_, k)| keys.contains(k))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Records nexuses whose tasks a PREEMPT AND ABORT must abort.
+    pub(super) fn push_aborts(&self, ids: Vec<u64>) {
+        self.aborts.lock().extend(ids);
+    }
+
+    /// Takes the nexus ids whose tasks on this LUN the transport must abort after a
+    /// PREEMPT AND ABORT (SPC-4 5.7.11.5); the device server keeps no task list.
+    pub fn take_preempted_nexuses(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.aborts.lock())
+    }
+
     pub(super) fn ua_for_keys(&self, keys: &[ItKey], pair: AscPair) {
         let mut ua = self.ua.lock();
         let ids: Vec<u64> = ua

@@ -507,6 +507,9 @@ impl Lun {
         } else {
             asc::REGISTRATIONS_PREEMPTED
         };
+        if p.action == pr_out::PREEMPT_AND_ABORT && !preempted.is_empty() {
+            self.push_aborts(self.nexus_ids(&preempted));
+        }
         if !preempted.is_empty() {
             self.ua_for_keys(&preempted, preempted_pair);
         }

@@ -510,7 +510,15 @@ impl Lun {
         let mut descs = Vec::new();
         let mut cur = lba;
         while cur < self.blocks() && descs.len() < max_desc * 16 {
-            let st = self.backend.lba_status(cur).map_err(read_err)?;
+            let st = if self.desc.thin_provisioning {
+                self.backend.lba_status(cur).map_err(read_err)?
+            } else {
+                // Fully provisioned (LBPME clear): every block is mapped.
+                super::backend::LbaStatus {
+                    mapped: true,
+                    blocks: self.blocks() - cur,
+                }
+            };
             let n = st.blocks.clamp(1, u64::from(u32::MAX));
             descs.extend_from_slice(&cur.to_be_bytes());
             descs.extend_from_slice(&(n as u32).to_be_bytes());

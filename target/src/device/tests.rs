@@ -1040,6 +1040,11 @@ fn thick_lun_rejects_unmap() {
         &[],
     );
     assert_eq!(d[14], 0, "LBPME clear");
+    assert_eq!(
+        lba_status(&lun, &nx, 3),
+        vec![(3, 61, 0)],
+        "fully provisioned: all mapped"
+    );
 }
 
 #[test]
@@ -1456,8 +1461,13 @@ fn persistent_reservation_conflicts() {
         .status,
         Status::GOOD
     );
-    // B preempts A: A's registration goes, A gets REGISTRATIONS PREEMPTED.
-    pr_ok(&lun, &b, pr_out::PREEMPT, 1, 0xB, 0xA);
+    // B preempts A (and aborts its tasks): A's registration goes, A gets
+    // REGISTRATIONS PREEMPTED, and the transport learns whose tasks to abort.
+    pr_ok(&lun, &b, pr_out::PREEMPT_AND_ABORT, 1, 0xB, 0xA);
+    let mut aborted = lun.take_preempted_nexuses();
+    aborted.sort_unstable();
+    assert_eq!(aborted, vec![1, 5], "both nexuses of initiator A");
+    assert!(lun.take_preempted_nexuses().is_empty());
     assert_eq!(
         prin(&lun, &b, pr_in::READ_KEYS),
         hex("00 00 00 03 00 00 00 08 000000000000000B")
