@@ -154,7 +154,11 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(A
             qp.complete_front();
             continue;
         }
-        let body = &wqe[CtrlSeg::SIZE..usize::from(ctrl.ds) * layout::WQE_DS];
+        // A WQE shorter than its control segment has an empty body (and fails to
+        // decode below) rather than taking the device down.
+        let body = wqe
+            .get(CtrlSeg::SIZE..usize::from(ctrl.ds) * layout::WQE_DS)
+            .unwrap_or(&[]);
         let result = match ctrl.opcode {
             opcode::SEND | opcode::SEND_INVAL | opcode::RDMA_WRITE | opcode::RDMA_READ => {
                 remote_op(hca, qp, &ctrl, body, send, next_psn, entry)
@@ -342,8 +346,8 @@ fn umr(hca: &Hca, qp: &Qp, ctrl: &CtrlSeg, body: &[u8]) -> Result<(), u8> {
         (plain(hca, qp.pd, k.key, k.va, len)?, None, len / per)
     } else {
         let sb = StrideBlockCtrl::decode(xlt).map_err(bad)?;
-        let d = StrideBlockEntry::decode(&xlt[16..]).map_err(bad)?;
-        let p = StrideBlockEntry::decode(&xlt[32..]).map_err(bad)?;
+        let d = StrideBlockEntry::decode(xlt.get(16..).unwrap_or(&[])).map_err(bad)?;
+        let p = StrideBlockEntry::decode(xlt.get(32..).unwrap_or(&[])).map_err(bad)?;
         let n = u64::from(sb.repeat_count);
         if sb.op != layout::STRIDE_BLOCK_OP
             || u64::from(sb.bcount_per_cycle) != iv + 8
