@@ -36,7 +36,7 @@ pub const fn xpow_mod(n: u32) -> u64 {
 }
 
 /// `floor(x^n / P)` for 16 <= n <= 79 (polynomial long division).
-pub const fn xpow_div(n: u32) -> u64 {
+pub(crate) const fn xpow_div(n: u32) -> u64 {
     let mut rem: u128 = 1u128 << n;
     let mut q: u64 = 0;
     let mut i = n - 16 + 1;
@@ -89,7 +89,7 @@ pub const K80: u64 = xpow_mod(80);
 
 /// The pair of multipliers that moves a 128-bit chunk `bits` bits forward:
 /// `(x^(bits+64) mod P, x^bits mod P)` for the high and low 64-bit halves.
-pub const fn fold_pair(bits: u32) -> (u64, u64) {
+pub(crate) const fn fold_pair(bits: u32) -> (u64, u64) {
     (xpow_mod(bits + 64), xpow_mod(bits))
 }
 

@@ -4,7 +4,7 @@
 //! holds: `crc(a || b) == crc16_t10dif(crc(a), b)`.
 
 pub mod consts;
-pub mod table;
+pub(crate) mod table;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
