@@ -328,3 +328,42 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Arbitrary lengths and intervals: every operation returns (a layout error
+    /// or a result) and never panics; accepted geometries are exactly the valid ones.
+    #[test]
+    fn arbitrary_geometry_never_panics(
+        interval in prop_oneof![Just(512u32), Just(4096), Just(0), Just(520), any::<u32>()],
+        data_len in 0usize..9000,
+        pi_len in 0usize..80,
+        dif_len in 0usize..9000,
+        out_len in 0usize..9000,
+        first in any::<u64>(),
+        mask in any::<u8>(),
+    ) {
+        let dom = T10DifDomain { pi_interval: interval, ..T10DifDomain::type1(GuardType::Crc, 512, 0) };
+        let data = vec![0x5Au8; data_len];
+        let mut pi = vec![0u8; pi_len];
+        let dif = vec![0xA5u8; dif_len];
+        let mut out = vec![0u8; out_len];
+        let valid = [512u32, 1024, 2048, 4096].contains(&interval);
+        let r = generate(&dom, &data, &mut pi, first);
+        let iv = interval as usize;
+        let ok = valid && data_len % iv == 0 && pi_len >= data_len / iv * 8;
+        prop_assert_eq!(r.is_ok(), ok, "{:?}", r);
+        let _ = verify(&dom, mask, &data, &pi, first);
+        let _ = verify_dif(&dom, mask, &dif, first);
+        let _ = insert(&dom, &data, &mut out, first);
+        let _ = strip(&dom, mask, &dif, &mut out, first);
+        let _ = interleave(interval, &data, &pi, &mut out);
+        let (mut d2, mut p2) = (vec![0u8; out_len], vec![0u8; pi_len]);
+        let _ = split(interval, &dif, &mut d2, &mut p2);
+        let _ = pass(&dom, mask, PiBuf::Dif(&dif), &dom, PiBufMut::Dix { data: &mut d2, pi: &mut p2 }, first);
+        let _ = pass(&dom, mask, PiBuf::Dix { data: &data, pi: &pi }, &dom, PiBufMut::Dif(&mut out), first);
+        let mut dif2 = dif.clone();
+        let _ = generate_dif_in_place(&dom, &mut dif2, first);
+    }
+}
