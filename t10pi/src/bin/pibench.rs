@@ -238,9 +238,11 @@ impl Out {
         }
     }
 
+    /// A remark: on stdout as a comment line in table mode, on stderr in JSON
+    /// mode so that stdout holds only result objects.
     fn note(&self, text: &str) {
         if self.json {
-            println!("{{\"note\":\"{}\"}}", text.replace('"', "'"));
+            eprintln!("# {text}");
         } else {
             println!("# {text}");
         }
