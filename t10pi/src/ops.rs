@@ -614,7 +614,9 @@ macro_rules! dispatch {
                     // SAFETY: callers reach this only with the kernel's features present.
                     unsafe { $g::<crate::crc16::x86::V256>($($a),*) }
                 }
-                // SAFETY: an Engine holds Vpclmul256 only when the CPU supports it.
+                // SAFETY: reached from an Engine holding Vpclmul256 or (copy arm)
+                // Vpclmul512, each only when the CPU supports it; the 512-bit
+                // kernel's features include the 256-bit one's (has_vpclmul512).
                 unsafe { run($($a),*) }
             }
             #[cfg(target_arch = "x86_64")]
