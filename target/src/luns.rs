@@ -171,8 +171,6 @@ pub enum OpenError {
     },
 }
 
-const SYNCHRONIZE_CACHE_10: [u8; 10] = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
 impl ScsiService for TargetLuns {
     fn has_lun(&self, lun: u64) -> bool {
         self.luns.contains_key(&lun)
@@ -226,29 +224,19 @@ impl ScsiService for TargetLuns {
     }
 
     fn sync_all(&self) -> std::io::Result<()> {
-        let nexus = device::Nexus::new(0, "iser-target");
         let mut failed = Vec::new();
         for (id, l) in &self.luns {
-            let r = l.run_wire(&nexus, &SYNCHRONIZE_CACHE_10, true, &[]);
-            // A unit attention for the daemon's own nexus is not a flush failure.
-            if r.status.0 != 0
-                && crate::stats::sense_key_asc(r.sense.as_deref().unwrap_or(&[])).map(|s| s.0)
-                    != Some(6)
-            {
-                failed.push(*id);
-            } else if r.status.0 != 0 {
-                let r = l.run_wire(&nexus, &SYNCHRONIZE_CACHE_10, true, &[]);
-                if r.status.0 != 0 {
-                    failed.push(*id);
-                }
+            if let Err(e) = l.flush() {
+                failed.push(format!("LUN {id}: {e}"));
             }
         }
         if failed.is_empty() {
             Ok(())
         } else {
             Err(std::io::Error::other(format!(
-                "target {}: SYNCHRONIZE CACHE failed on LUNs {failed:?}",
-                self.iqn
+                "target {}: flush failed: {}",
+                self.iqn,
+                failed.join("; ")
             )))
         }
     }

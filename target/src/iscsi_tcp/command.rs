@@ -92,7 +92,7 @@ pub struct Job {
     /// The device server of the session's target.
     pub service: Arc<dyn ScsiService>,
     /// The I_T nexus.
-    pub nexus: Nexus,
+    pub nexus: Arc<Nexus>,
     /// LUN field as received.
     pub lun_field: u64,
     /// The CDB.
@@ -293,11 +293,11 @@ pub(crate) mod tests {
     fn job(service: Arc<dyn ScsiService>, lun: u64, cdb: Vec<u8>, edtl: u32, read: bool) -> Job {
         Job {
             service,
-            nexus: Nexus {
+            nexus: Arc::new(Nexus {
                 initiator: "iqn.x".into(),
                 isid: [0; 6],
                 tsih: 1,
-            },
+            }),
             lun_field: lun_field(lun),
             cdb,
             itt: 7,

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::command::{self, illegal_request, lun_number, Answer, Job};
+use super::command::{self, illegal_request, lun_number, Job};
 use super::login::PortalPolicy;
 use super::task::{CmdSnCheck, CmdWindow, DataOutBuffer, R2tSchedule};
 use crate::registry::{ConnectionInfo, Registry, Session};
@@ -363,8 +363,21 @@ struct Pending {
 enum TaskState {
     /// Waiting for Data-Out.
     Receiving(Box<Pending>),
-    /// On a worker.
-    Running,
+    /// On a worker; the gate decides between its response and an abort.
+    Running(Arc<parking_lot::Mutex<Delivery>>),
+}
+
+/// Who won the race between a finished command and an abort. The worker sends the
+/// response itself (straight to the writer) unless the task was aborted first; the
+/// lock orders an abort's TMF response after a response that already went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Still running.
+    Pending,
+    /// Aborted: the worker drops the response.
+    Aborted,
+    /// The response was queued to the writer.
+    Sent,
 }
 
 #[derive(Debug)]
@@ -373,7 +386,6 @@ struct Task {
     lun: Option<u64>,
     out_len: u32,
     state: TaskState,
-    aborted: bool,
 }
 
 /// A TMF response waiting for aborted tasks to finish.
@@ -387,7 +399,7 @@ struct Conn {
     ctx: Arc<PortalContext>,
     params: NegotiatedParams,
     session: Arc<Session>,
-    nexus: Nexus,
+    nexus: Arc<Nexus>,
     service: Option<Arc<dyn ScsiService>>,
     target: Option<String>,
     cid: u16,
@@ -395,7 +407,7 @@ struct Conn {
     window: CmdWindow,
     sn: Arc<Sn>,
     out: mpsc::UnboundedSender<Out>,
-    done_tx: mpsc::UnboundedSender<Answer>,
+    done_tx: mpsc::UnboundedSender<u32>,
     tasks: HashMap<u32, Task>,
     ahead: BTreeMap<u32, Pdu>,
     tmfs: Vec<PendingTmf>,
@@ -428,7 +440,7 @@ async fn full_feature(
     };
     let (out, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer(wr, out_rx, sn.clone(), li.stat_sn, wire));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Answer>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
     let service = li
         .target
         .as_deref()
@@ -440,7 +452,7 @@ async fn full_feature(
         ctx: ctx.clone(),
         params: li.params,
         session: li.session,
-        nexus: li.nexus,
+        nexus: Arc::new(li.nexus),
         service,
         target: li.target,
         cid: li.cid,
@@ -500,7 +512,7 @@ async fn full_feature(
         if c.closing
             && c.tasks
                 .values()
-                .all(|t| !matches!(t.state, TaskState::Running))
+                .all(|t| !matches!(t.state, TaskState::Running(_)))
         {
             if let Some(resp) = c.logout.take() {
                 c.send(vec![resp]);
@@ -510,7 +522,7 @@ async fn full_feature(
         if !reading
             && c.tasks
                 .values()
-                .all(|t| !matches!(t.state, TaskState::Running))
+                .all(|t| !matches!(t.state, TaskState::Running(_)))
         {
             break;
         }
@@ -692,7 +704,11 @@ impl Conn {
             return;
         }
         let lun = lun_number(cmd.lun).filter(|l| service.has_lun(*l));
-        let out_len = match lun.map(|l| service.transfer(l, &cmd.cdb)) {
+        // Only a write needs the CDB's length before it runs (reads size themselves).
+        let out_len = match lun
+            .filter(|_| cmd.write)
+            .map(|l| service.transfer(l, &cmd.cdb))
+        {
             Some(Transfer::Out(n)) => n,
             _ => 0,
         };
@@ -755,7 +771,6 @@ impl Conn {
                 lun,
                 out_len,
                 state: TaskState::Receiving(Box::new(pending)),
-                aborted: false,
             },
         );
         self.advance_write(itt);
@@ -770,7 +785,9 @@ impl Conn {
             return;
         };
         if p.buf.is_complete() {
-            let TaskState::Receiving(p) = std::mem::replace(&mut task.state, TaskState::Running)
+            let gate = Arc::new(parking_lot::Mutex::new(Delivery::Pending));
+            let TaskState::Receiving(p) =
+                std::mem::replace(&mut task.state, TaskState::Running(gate))
             else {
                 return;
             };
@@ -948,18 +965,32 @@ impl Conn {
         })
     }
 
-    /// Run a task whose Data-Out is complete on a blocking worker.
+    /// Run a task whose Data-Out is complete on a blocking worker, which sends the
+    /// response to the writer itself (unless the task was aborted meanwhile) and then
+    /// tells the reader the task is over.
     fn start(&mut self, itt: u32, data_out: Vec<u8>) {
         let Some(task) = self.tasks.get(&itt) else {
             return;
         };
+        let TaskState::Running(gate) = &task.state else {
+            return;
+        };
+        let gate = gate.clone();
         let Some(job) = self.job(&task.cmd, task.lun, task.out_len, data_out) else {
             return;
         };
         let done = self.done_tx.clone();
+        let out = self.out.clone();
         tokio::task::spawn_blocking(move || {
             let a = command::run(job);
-            let _ = done.send(a);
+            {
+                let mut g = gate.lock();
+                if *g == Delivery::Pending {
+                    let _ = out.send(Out::Pdus(a.pdus));
+                    *g = Delivery::Sent;
+                }
+            }
+            let _ = done.send(a.itt);
         });
     }
 
@@ -978,16 +1009,13 @@ impl Conn {
         }
     }
 
-    fn on_done(&mut self, a: Answer) {
-        let Some(task) = self.tasks.remove(&a.itt) else {
+    fn on_done(&mut self, itt: u32) {
+        if self.tasks.remove(&itt).is_none() {
             return;
-        };
-        if !task.aborted {
-            self.send(a.pdus);
         }
         let mut ready = Vec::new();
         self.tmfs.retain_mut(|t| {
-            t.waiting.remove(&a.itt);
+            t.waiting.remove(&itt);
             if t.waiting.is_empty() {
                 ready.push(t.itt);
                 false
@@ -1019,10 +1047,13 @@ impl Conn {
             if !pred(t) {
                 continue;
             }
-            match t.state {
-                TaskState::Running => {
-                    t.aborted = true;
-                    waiting.insert(*itt);
+            match &t.state {
+                TaskState::Running(gate) => {
+                    let mut g = gate.lock();
+                    if *g == Delivery::Pending {
+                        *g = Delivery::Aborted;
+                        waiting.insert(*itt);
+                    }
                 }
                 TaskState::Receiving(_) => drop_now.push(*itt),
             }
@@ -1054,7 +1085,15 @@ impl Conn {
             TmfFunction::AbortTask => {
                 let rtt = t.referenced_task_tag;
                 match self.tasks.get(&rtt) {
-                    Some(task) if task.cmd.lun == t.lun => self.abort_where(|x| x.cmd.itt == rtt),
+                    Some(task) if task.cmd.lun == t.lun => {
+                        let sent = matches!(&task.state, TaskState::Running(g) if *g.lock() == Delivery::Sent);
+                        if sent {
+                            // Its response already went out: nothing left to abort.
+                            self.tmf_response(t.itt, TmfResponseCode::TaskDoesNotExist);
+                            return;
+                        }
+                        self.abort_where(|x| x.cmd.itt == rtt)
+                    }
                     _ => {
                         // A command held for a CmdSN gap is dropped; otherwise RFC 7143
                         // section 11.6.1 decides from RefCmdSN.
