@@ -299,6 +299,7 @@ async fn wait_for_signal() {
 
 struct Export {
     tx: watch::Sender<Option<BlockDevice>>,
+    shared: Arc<SharedLun>,
     _server: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -318,6 +319,8 @@ async fn supervise(
     let fabric = IserConfig::fabric_for(&sc);
     let cfg = SessionConfig::from_conf(&iqn, &sc)?;
     let mut exports: HashMap<u16, Export> = HashMap::new();
+    // Dropping a mount's session unmounts it, when this function returns.
+    let mut mounts: HashMap<std::path::PathBuf, fuser::BackgroundSession> = HashMap::new();
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -327,7 +330,14 @@ async fn supervise(
             Ok(session) => {
                 failures = 0;
                 status.send_replace(format!("logged in over {}", session.transport_name()));
-                attach_luns(&session, &sc, &mut exports, cfg.command_timeout).await;
+                attach_luns(
+                    &session,
+                    &sc,
+                    &mut exports,
+                    &mut mounts,
+                    cfg.command_timeout,
+                )
+                .await;
                 tokio::select! {
                     _ = session.wait_closed() => {
                         warn!(%target, reason = ?session.closed_reason(), "session lost; reconnecting");
@@ -367,6 +377,7 @@ async fn attach_luns(
     session: &Link,
     sc: &SessionConf,
     exports: &mut HashMap<u16, Export>,
+    mounts: &mut HashMap<std::path::PathBuf, fuser::BackgroundSession>,
     wait: Duration,
 ) {
     let target = sc.target.as_str();
@@ -414,16 +425,35 @@ async fn attach_luns(
             },
             None => None,
         };
-        if l.fuse.is_some() {
-            warn!(%target, lun = l.id, "FUSE export is not available in this build; only NBD is served");
-        }
         exports.insert(
             l.id,
             Export {
                 tx,
+                shared,
                 _server: server,
             },
         );
+    }
+    // FUSE: one mount per directory, one file per LUN exported there.
+    let mut dirs: HashMap<&std::path::Path, Vec<(String, Arc<SharedLun>)>> = HashMap::new();
+    for l in &sc.luns {
+        if let (Some(dir), Some(e)) = (&l.fuse, exports.get(&l.id)) {
+            if !mounts.contains_key(dir) {
+                dirs.entry(dir.as_path())
+                    .or_default()
+                    .push((format!("lun{}", l.id), e.shared.clone()));
+            }
+        }
+    }
+    for (dir, files) in dirs {
+        let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+        match crate::fuse::mount(dir, files, tokio::runtime::Handle::current()) {
+            Ok(m) => {
+                info!(%target, dir = %dir.display(), files = ?names, "FUSE export mounted");
+                mounts.insert(dir.to_path_buf(), m);
+            }
+            Err(e) => error!(%target, dir = %dir.display(), "FUSE mount failed: {e}"),
+        }
     }
 }
 

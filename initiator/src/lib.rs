@@ -18,6 +18,7 @@ pub mod command;
 pub mod daemon;
 pub mod discovery;
 pub mod error;
+pub mod fuse;
 pub mod iser;
 pub mod link;
 pub mod login;

@@ -537,6 +537,7 @@ impl Session {
         let mut ttt = RESERVED_TAG;
         let mut itt = None;
         let mut first = true;
+        let mut all = TextKeys::new();
         // Bounded by the assembler's total size limit and this round cap.
         for _ in 0..64 {
             let data = if first {
@@ -580,13 +581,11 @@ impl Session {
                 .push_keys(&rsp.data, h.continue_)
                 .map_err(|e| Error::Protocol(format!("SendTargets text: {e}")))?;
             if let Some(keys) = keys {
+                // F clear without C: this part is complete, more follows on request.
+                all.0.extend(keys.0);
                 if h.final_ {
-                    return Ok(parse_send_targets(&keys));
+                    return Ok(parse_send_targets(&all));
                 }
-                // Final bit clear without continuation: ask for the rest.
-                let mut partial = TextKeys::new();
-                partial.0.extend(keys.0);
-                let _ = partial;
             }
         }
         Err(Error::Protocol("SendTargets response did not end".into()))
@@ -626,7 +625,7 @@ impl Session {
         wait: Duration,
         build: impl FnOnce(u32, u32) -> Pdu,
     ) -> Result<Pdu, Error> {
-        let (_, _, rx) = self
+        let (task, _, rx) = self
             .inner
             .submit(immediate, itt, wait, TaskKind::Other, |itt, sn| {
                 vec![build(itt, sn)]
@@ -643,8 +642,8 @@ impl Session {
                     .unwrap_or_else(|| "task dropped".into()),
             )),
             Err(_) => {
-                let itt = itt.unwrap_or(RESERVED_TAG);
-                let _ = itt;
+                self.inner
+                    .finish(task, Err(Error::ConnectionLost("no answer".into())));
                 Err(Error::ConnectionLost(format!("no answer within {wait:?}")))
             }
         }

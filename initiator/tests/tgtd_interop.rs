@@ -513,17 +513,19 @@ fn daemon_serves_nbd_export() {
     need_tool("nbdinfo");
     let tgt = Tgtd::start();
     let iqn = "iqn.2026-11.io.iser-pi:tgt-nbd";
-    tgt.add_target(1, iqn, 8);
+    let backing = tgt.add_target(1, iqn, 8);
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("lun1.sock");
+    let mnt = dir.path().join("mnt");
     let config = dir.path().join("initiator.toml");
     std::fs::write(
         &config,
         format!(
             "iqn = \"{IQN_INIT}\"\n[[sessions]]\ntarget = \"{iqn}\"\nportal = \"{}\"\ntransport = \"tcp\"\nnop_interval = 1\n\
-             [sessions.protection]\nmode = \"off\"\n[[sessions.luns]]\nid = 1\nnbd = \"unix:{}\"\n",
+             [sessions.protection]\nmode = \"off\"\n[[sessions.luns]]\nid = 1\nnbd = \"unix:{}\"\nfuse = \"{}\"\n",
             tgt.portal,
-            sock.display()
+            sock.display(),
+            mnt.display()
         ),
     )
     .expect("write config");
@@ -586,6 +588,35 @@ fn daemon_serves_nbd_export() {
         std::fs::read(&dst).expect("read dst") == data,
         "NBD round trip differs"
     );
+
+    // FUSE: the same LUN as a file; writes (aligned and not) reach the backing file.
+    let file = mnt.join("lun1");
+    wait_for(&file);
+    assert_eq!(std::fs::metadata(&file).expect("stat").len(), 8 << 20);
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .expect("open FUSE file");
+        let chunk = pattern(256 << 10, 21);
+        f.seek(SeekFrom::Start(64 << 10)).expect("seek");
+        f.write_all(&chunk).expect("write FUSE file");
+        f.seek(SeekFrom::Start(1000)).expect("seek");
+        f.write_all(b"xyz").expect("unaligned write");
+        f.sync_all().expect("fsync");
+        let mut back = vec![0u8; chunk.len()];
+        f.seek(SeekFrom::Start(64 << 10)).expect("seek");
+        f.read_exact(&mut back).expect("read FUSE file");
+        assert!(back == chunk, "FUSE read back differs");
+        let disk = std::fs::read(&backing).expect("backing file");
+        assert!(
+            disk[64 << 10..(64 << 10) + chunk.len()] == chunk[..],
+            "backing file differs"
+        );
+        assert_eq!(&disk[1000..1003], b"xyz");
+    }
 
     // The control socket: list, log a second target in and out.
     wait_for(&control);
@@ -678,6 +709,7 @@ fn daemon_serves_nbd_export() {
     assert!(status.success());
     assert!(!sock.exists(), "socket left behind");
     assert!(!control.exists(), "control socket left behind");
+    assert!(!file.exists(), "FUSE mount left behind");
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("logged out"), "{log}");
 }
