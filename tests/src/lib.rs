@@ -1,1 +1,72 @@
-//! Cross-crate integration and end-to-end tests live in `tests/tests/`.
+//! Test support for the end-to-end suite: finds (and builds once) the two daemons'
+//! binaries, runs `iser-target` as a child process on loopback with a generated
+//! configuration, drives the `iser-initiator` scripting CLI with bounded waits, and
+//! builds and compares T10 PI the way a host would. The tests live in `tests/tests/`.
+
+pub mod bins;
+pub mod cli;
+pub mod pi;
+pub mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Bound on every wait in the suite: process start, one CLI command, shutdown.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failure of the test support itself (not of the system under test).
+#[derive(Debug, thiserror::Error)]
+pub enum SupportError {
+    /// Starting or talking to a child process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `cargo build` of the daemons failed.
+    #[error("building the daemons failed ({status}):\n{stderr}")]
+    Build {
+        /// Exit status of cargo.
+        status: std::process::ExitStatus,
+        /// What cargo said.
+        stderr: String,
+    },
+    /// A binary is not where it should be.
+    #[error("binary {0} not found (set ISER_E2E_BIN_DIR or run from a cargo build tree)")]
+    MissingBinary(PathBuf),
+    /// A child process did not finish or report in time.
+    #[error("{what} did not finish within {limit:?}")]
+    Timeout {
+        /// The process.
+        what: String,
+        /// The bound.
+        limit: Duration,
+    },
+    /// A child process said something unexpected.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl SupportError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        SupportError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// `len` random bytes from the OS.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    // The OS random source does not fail on Linux after boot; fall back to a pattern
+    // so that a test still gets distinct bytes if it ever does.
+    if getrandom::getrandom(&mut v).is_err() {
+        for (i, b) in v.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(131) ^ (i >> 7)) as u8;
+        }
+    }
+    v
+}
