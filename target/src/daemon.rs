@@ -131,7 +131,10 @@ impl Daemon {
             }
         }
         let portals: Vec<SocketAddr> = bound.iter().filter_map(iscsi_tcp::portal_addr).collect();
+        let pool = crate::iscsi_tcp::pool::CommandPool::new(cfg.effective_worker_threads())
+            .context("cannot start the command worker threads")?;
         let ctx = Arc::new(PortalContext {
+            pool,
             policy,
             registry: registry.clone(),
             nop_in_interval: Duration::from_secs(cfg.iscsi.nop_in_interval.into()),

@@ -115,6 +115,13 @@ pub struct Job {
     pub counters: Vec<Arc<IoCounters>>,
 }
 
+impl Job {
+    /// Bytes the command moves (at least 4 KiB: every command has a fixed cost).
+    pub fn weight(&self) -> usize {
+        (self.edtl as usize).max(4096)
+    }
+}
+
 /// The PDUs answering one command (Data-In then status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {

@@ -23,8 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::command::{self, illegal_request, lun_number, Job};
+use super::command::{self, illegal_request, lun_number, Answer, Job};
 use super::login::PortalPolicy;
+use super::pool::CommandPool;
 use super::task::{CmdSnCheck, CmdWindow, DataOutBuffer, R2tSchedule};
 use crate::registry::{ConnectionInfo, Registry, Session};
 use crate::service::{Completion, Nexus, ResetScope, ScsiService, Transfer};
@@ -50,6 +51,8 @@ pub struct PortalContext {
     pub portals: Vec<SocketAddr>,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Runs SCSI commands off the async runtime.
+    pub pool: Arc<CommandPool>,
 }
 
 /// Sequence numbers shared between the reader and the writer of a connection.
@@ -363,21 +366,8 @@ struct Pending {
 enum TaskState {
     /// Waiting for Data-Out.
     Receiving(Box<Pending>),
-    /// On a worker; the gate decides between its response and an abort.
-    Running(Arc<parking_lot::Mutex<Delivery>>),
-}
-
-/// Who won the race between a finished command and an abort. The worker sends the
-/// response itself (straight to the writer) unless the task was aborted first; the
-/// lock orders an abort's TMF response after a response that already went out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
-    /// Still running.
-    Pending,
-    /// Aborted: the worker drops the response.
-    Aborted,
-    /// The response was queued to the writer.
-    Sent,
+    /// Handed to the command pool.
+    Running,
 }
 
 #[derive(Debug)]
@@ -386,6 +376,8 @@ struct Task {
     lun: Option<u64>,
     out_len: u32,
     state: TaskState,
+    /// Aborted by a TMF while running: its response is dropped.
+    aborted: bool,
 }
 
 /// A TMF response waiting for aborted tasks to finish.
@@ -407,7 +399,9 @@ struct Conn {
     window: CmdWindow,
     sn: Arc<Sn>,
     out: mpsc::UnboundedSender<Out>,
-    done_tx: mpsc::UnboundedSender<u32>,
+    done_tx: mpsc::UnboundedSender<Vec<Answer>>,
+    /// Commands ready to run, handed to the pool after each pass over received bytes.
+    batch: Vec<Job>,
     tasks: HashMap<u32, Task>,
     ahead: BTreeMap<u32, Pdu>,
     tmfs: Vec<PendingTmf>,
@@ -440,7 +434,7 @@ async fn full_feature(
     };
     let (out, out_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer(wr, out_rx, sn.clone(), li.stat_sn, wire));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<Answer>>();
     let service = li
         .target
         .as_deref()
@@ -461,6 +455,7 @@ async fn full_feature(
         sn,
         out,
         done_tx,
+        batch: Vec::new(),
         tasks: HashMap::new(),
         ahead: BTreeMap::new(),
         tmfs: Vec::new(),
@@ -509,10 +504,12 @@ async fn full_feature(
                 reading = false;
             }
         }
+        // Everything that became ready in this pass goes to the pool as one batch.
+        c.submit();
         if c.closing
             && c.tasks
                 .values()
-                .all(|t| !matches!(t.state, TaskState::Running(_)))
+                .all(|t| !matches!(t.state, TaskState::Running))
         {
             if let Some(resp) = c.logout.take() {
                 c.send(vec![resp]);
@@ -522,7 +519,7 @@ async fn full_feature(
         if !reading
             && c.tasks
                 .values()
-                .all(|t| !matches!(t.state, TaskState::Running(_)))
+                .all(|t| !matches!(t.state, TaskState::Running))
         {
             break;
         }
@@ -535,7 +532,12 @@ async fn full_feature(
                     pending.extend_from_slice(&buf[..n]);
                 }
             },
-            Some(a) = done_rx.recv() => c.on_done(a),
+            Some(mut answers) = done_rx.recv() => {
+                while let Ok(more) = done_rx.try_recv() {
+                    answers.extend(more);
+                }
+                c.on_done(answers);
+            }
             _ = tick.tick() => {
                 if let Some((_, sent)) = c.ping {
                     if sent.elapsed() >= c.ctx.nop_in_timeout {
@@ -771,6 +773,7 @@ impl Conn {
                 lun,
                 out_len,
                 state: TaskState::Receiving(Box::new(pending)),
+                aborted: false,
             },
         );
         self.advance_write(itt);
@@ -785,9 +788,7 @@ impl Conn {
             return;
         };
         if p.buf.is_complete() {
-            let gate = Arc::new(parking_lot::Mutex::new(Delivery::Pending));
-            let TaskState::Receiving(p) =
-                std::mem::replace(&mut task.state, TaskState::Running(gate))
+            let TaskState::Receiving(p) = std::mem::replace(&mut task.state, TaskState::Running)
             else {
                 return;
             };
@@ -965,33 +966,22 @@ impl Conn {
         })
     }
 
-    /// Run a task whose Data-Out is complete on a blocking worker, which sends the
-    /// response to the writer itself (unless the task was aborted meanwhile) and then
-    /// tells the reader the task is over.
+    /// Queue a task whose Data-Out is complete for the command pool.
     fn start(&mut self, itt: u32, data_out: Vec<u8>) {
         let Some(task) = self.tasks.get(&itt) else {
             return;
         };
-        let TaskState::Running(gate) = &task.state else {
-            return;
-        };
-        let gate = gate.clone();
-        let Some(job) = self.job(&task.cmd, task.lun, task.out_len, data_out) else {
-            return;
-        };
-        let done = self.done_tx.clone();
-        let out = self.out.clone();
-        tokio::task::spawn_blocking(move || {
-            let a = command::run(job);
-            {
-                let mut g = gate.lock();
-                if *g == Delivery::Pending {
-                    let _ = out.send(Out::Pdus(a.pdus));
-                    *g = Delivery::Sent;
-                }
-            }
-            let _ = done.send(a.itt);
-        });
+        if let Some(job) = self.job(&task.cmd, task.lun, task.out_len, data_out) {
+            self.batch.push(job);
+        }
+    }
+
+    /// Hand the queued commands to the pool.
+    fn submit(&mut self) {
+        if !self.batch.is_empty() {
+            let jobs = std::mem::take(&mut self.batch);
+            self.ctx.pool.submit(jobs, &self.done_tx);
+        }
     }
 
     /// Answer a command without running it (errors found by the transport).
@@ -1009,20 +999,32 @@ impl Conn {
         }
     }
 
-    fn on_done(&mut self, itt: u32) {
-        if self.tasks.remove(&itt).is_none() {
-            return;
-        }
+    /// Answers from the pool: forward those of tasks not aborted (in one message to
+    /// the writer), then answer the TMFs that waited for aborted ones.
+    fn on_done(&mut self, answers: Vec<Answer>) {
+        let mut pdus = Vec::new();
         let mut ready = Vec::new();
-        self.tmfs.retain_mut(|t| {
-            t.waiting.remove(&itt);
-            if t.waiting.is_empty() {
-                ready.push(t.itt);
-                false
+        for a in answers {
+            let Some(task) = self.tasks.remove(&a.itt) else {
+                continue;
+            };
+            if task.aborted {
+                self.tmfs.retain_mut(|t| {
+                    t.waiting.remove(&a.itt);
+                    if t.waiting.is_empty() {
+                        ready.push(t.itt);
+                        false
+                    } else {
+                        true
+                    }
+                });
             } else {
-                true
+                pdus.extend(a.pdus);
             }
-        });
+        }
+        if !pdus.is_empty() {
+            self.send(pdus);
+        }
         for itt in ready {
             self.tmf_response(itt, TmfResponseCode::Complete);
         }
@@ -1047,13 +1049,10 @@ impl Conn {
             if !pred(t) {
                 continue;
             }
-            match &t.state {
-                TaskState::Running(gate) => {
-                    let mut g = gate.lock();
-                    if *g == Delivery::Pending {
-                        *g = Delivery::Aborted;
-                        waiting.insert(*itt);
-                    }
+            match t.state {
+                TaskState::Running => {
+                    t.aborted = true;
+                    waiting.insert(*itt);
                 }
                 TaskState::Receiving(_) => drop_now.push(*itt),
             }
@@ -1085,15 +1084,7 @@ impl Conn {
             TmfFunction::AbortTask => {
                 let rtt = t.referenced_task_tag;
                 match self.tasks.get(&rtt) {
-                    Some(task) if task.cmd.lun == t.lun => {
-                        let sent = matches!(&task.state, TaskState::Running(g) if *g.lock() == Delivery::Sent);
-                        if sent {
-                            // Its response already went out: nothing left to abort.
-                            self.tmf_response(t.itt, TmfResponseCode::TaskDoesNotExist);
-                            return;
-                        }
-                        self.abort_where(|x| x.cmd.itt == rtt)
-                    }
+                    Some(task) if task.cmd.lun == t.lun => self.abort_where(|x| x.cmd.itt == rtt),
                     _ => {
                         // A command held for a CmdSN gap is dropped; otherwise RFC 7143
                         // section 11.6.1 decides from RefCmdSN.
