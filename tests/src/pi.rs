@@ -9,6 +9,9 @@ use t10pi::{crc16_t10dif, TUPLE_SIZE};
 pub enum PiType {
     /// Reference tag = low 32 bits of the LBA, checked.
     Type1,
+    /// Reference tag = the expected initial reference tag of the 32-byte CDB (the
+    /// initiator uses the LBA), incremented per block; checked.
+    Type2,
     /// Reference tag not defined (not checked).
     Type3,
 }
@@ -18,6 +21,7 @@ impl PiType {
     pub fn number(self) -> u8 {
         match self {
             PiType::Type1 => 1,
+            PiType::Type2 => 2,
             PiType::Type3 => 3,
         }
     }
@@ -55,14 +59,14 @@ impl Tuple {
 }
 
 /// The tuple a host generates for `block` at `lba`: CRC guard, `app`, and the LBA as
-/// reference tag for Type 1 (Type 3 has none: the host writes `0x5A5A5A5A + index`,
+/// reference tag for Types 1 and 2 (Type 3 has none: the host writes `0x5A5A5A5A + index`,
 /// which nobody checks, so the test sees that it travels unchanged).
 pub fn tuple_for(ty: PiType, block: &[u8], lba: u64, index: u32, app: u16) -> Tuple {
     Tuple {
         guard: crc16_t10dif(0, block),
         app,
         reference: match ty {
-            PiType::Type1 => lba as u32,
+            PiType::Type1 | PiType::Type2 => lba as u32,
             PiType::Type3 => 0x5A5A_5A5A_u32.wrapping_add(index),
         },
     }

@@ -138,7 +138,7 @@ protection = {{ type = {t}, app_tag = {APP}, store = "sidecar", verify_medium = 
     /// guard and the application tag, and the reference tag where Type 1 defines it.
     fn initiator_config(&self, portal: std::net::SocketAddr) -> PathBuf {
         let checks = match self.ty {
-            PiType::Type1 => r#"["guard", "ref", "app"]"#,
+            PiType::Type1 | PiType::Type2 => r#"["guard", "ref", "app"]"#,
             PiType::Type3 => r#"["guard", "app"]"#,
         };
         let text = format!(
@@ -236,7 +236,7 @@ app_tag = {APP}
     fn read_sense_hex(&self, lba: u64, mode: &str, fault: &str) -> (u64, String, String) {
         let t = self.target.as_ref().expect("started");
         let checks = match self.ty {
-            PiType::Type1 => "guard,ref,app",
+            PiType::Type1 | PiType::Type2 => "guard,ref,app",
             PiType::Type3 => "guard,app",
         };
         let args: Vec<std::ffi::OsString> = [
@@ -459,7 +459,7 @@ fn target_hca_faults_on_reads(ty: PiType, bs: usize) {
             1,
             Mode::Insert,
             match ty {
-                PiType::Type1 => Some((ABORTED_COMMAND, REF_TAG, "target")),
+                PiType::Type1 | PiType::Type2 => Some((ABORTED_COMMAND, REF_TAG, "target")),
                 // Type 3 has no reference tag: nobody checks it.
                 PiType::Type3 => None,
             },
@@ -582,7 +582,7 @@ fn medium_corruption(ty: PiType, bs: usize) {
             0,
             1,
             match ty {
-                PiType::Type1 => vec![
+                PiType::Type1 | PiType::Type2 => vec![
                     (Mode::Insert, Some((ABORTED_COMMAND, REF_TAG, "target"))),
                     (Mode::Off, Some((ABORTED_COMMAND, REF_TAG, "target"))),
                 ],
@@ -648,7 +648,7 @@ fn initiator_hca_faults(ty: PiType, bs: usize) {
         "dir=in,block=7,target=reftag:31,once".into(),
         7,
         match ty {
-            PiType::Type1 => Some(REF_TAG),
+            PiType::Type1 | PiType::Type2 => Some(REF_TAG),
             PiType::Type3 => None,
         },
     ));
@@ -721,6 +721,41 @@ fn initiator_hca_faults(ty: PiType, bs: usize) {
         }
     } else {
         assert!(r.is_check_condition(), "{what}: read back {r:?}");
+    }
+}
+
+/// Type 2: the initiator sends 32-byte CDBs carrying the expected application tag and
+/// a full mask, so the target checks the application tag of what it reads from the
+/// medium and answers ABORTED COMMAND 10h/02h with the LBA (on 10/16-byte CDBs SBC
+/// gives it no expected tag to check against).
+#[test]
+fn type2_application_tag_on_the_medium_is_checked_by_the_target() {
+    for bs in [512, 4096] {
+        let rig = Rig::new(PiType::Type2, bs);
+        let d = rig.data();
+        rig.write_ok(LUN_FILE, LBA, Mode::Insert, &d, None);
+        let r = rig.read_ok(LUN_FILE, LBA, Mode::Insert);
+        assert!(r.data == d, "Type 2 round trip ({bs})");
+        let side = std::fs::read(rig.pi_file()).expect("sidecar");
+        let stored = tuples(&side[LBA as usize * 8..(LBA + BLOCKS) as usize * 8]);
+        for (i, t) in stored.iter().enumerate() {
+            assert_eq!(
+                (t.app, u64::from(t.reference)),
+                (APP, LBA + i as u64),
+                "tuple {i}"
+            );
+        }
+        for (offset, ascq, block) in [
+            ((LBA + 3) * 8 + 2, APP_TAG, 3),
+            ((LBA + 6) * 8 + 6, REF_TAG, 6),
+        ] {
+            flip_bit(&rig.pi_file(), offset, 5);
+            let what = format!("Type 2 ({bs}) sidecar bit flipped at byte {offset}");
+            let io = rig.read(LUN_FILE, LBA, Mode::Insert, None);
+            assert_detected_or_intact(&io, &d, &what);
+            assert_pi_sense(&io, ABORTED_COMMAND, ascq, LBA + block, "target", &what);
+            flip_bit(&rig.pi_file(), offset, 5);
+        }
     }
 }
 
