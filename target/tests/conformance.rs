@@ -26,6 +26,8 @@ struct SuiteResult {
     failures: Vec<String>,
     /// Lines reporting a skipped check.
     skipped: u32,
+    /// How often each skip reason was given.
+    skip_reasons: std::collections::BTreeMap<String, u32>,
 }
 
 /// Parse CUnit's verbose output: `Suite: X`, `  Test: Y ...` then `passed` or
@@ -44,8 +46,9 @@ fn parse(out: &str) -> Option<SuiteResult> {
             let name = t.split(" ...").next().unwrap_or(t).trim();
             test = format!("{suite}.{name}");
         }
-        if line.contains("[SKIPPED]") {
+        if let Some((_, reason)) = line.split_once("[SKIPPED]") {
             r.skipped += 1;
+            *r.skip_reasons.entry(reason.trim().to_owned()).or_default() += 1;
         }
         let verdict_failed = line.trim_end() == "FAILED" || line.trim_end().ends_with("...FAILED");
         if verdict_failed && !test.is_empty() && !r.failures.contains(&test) {
@@ -189,6 +192,11 @@ fn libiscsi_conformance_suite() {
             "LUN {lun} ({what}): tests {} ran {} passed {} failed {}, {} skipped checks",
             r.total, r.ran, r.passed, r.failed, r.skipped
         );
+        let mut reasons: Vec<(&String, &u32)> = r.skip_reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1));
+        for (reason, n) in reasons {
+            println!("  {n:4} skipped: {reason}");
+        }
         for f in &r.failures {
             println!("  FAILED {f}");
             failed.push(format!("LUN {lun}: {f}"));
@@ -250,5 +258,6 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive
             "iSCSITMF.Other".to_owned()
         ]
     );
+    assert_eq!(r.skip_reasons.get("Logical unit is fully provisioned. Skipping test"), Some(&1));
     assert!(parse("no summary here").is_none());
 }
