@@ -277,6 +277,48 @@ fn chap_wrong_secret_fails_and_right_secret_logs_in() {
 }
 
 #[test]
+fn mutual_chap_and_discovery_chap() {
+    let dir = tempdir();
+    let cfg = luns_config()
+        .replace(
+            &format!("iqn = \"{IQN}\"\n"),
+            &format!(
+                "iqn = \"{IQN}\"\nchap = {{ username = \"bob\", secret = \"initiator-secret-1\" }}\n\
+                 mutual_chap = {{ username = \"target-name\", secret = \"target-secret-22\" }}\n"
+            ),
+        )
+        .replace(
+            "[iscsi]",
+            "[discovery]\nchap = { username = \"disco\", secret = \"discovery-secret\" }\n\n[iscsi]",
+        );
+    let d = Daemon::start(dir.path(), &cfg);
+    // Discovery requires its own credentials.
+    assert!(Client::login(d.addr, None, &LoginOptions::default()).is_err());
+    let disco = LoginOptions {
+        chap: Some(("disco".into(), b"discovery-secret".to_vec())),
+        ..Default::default()
+    };
+    let mut c = Client::login(d.addr, None, &disco).expect("discovery CHAP login");
+    assert_eq!(c.send_targets("All").get("TargetName"), Some(IQN));
+    // Mutual CHAP: the target proves its secret too.
+    let good = LoginOptions {
+        chap: Some(("bob".into(), b"initiator-secret-1".to_vec())),
+        target_secret: Some(b"target-secret-22".to_vec()),
+        ..Default::default()
+    };
+    Client::login(d.addr, Some(IQN), &good).expect("mutual CHAP login");
+    // An initiator expecting another target secret refuses the target.
+    let bad = LoginOptions {
+        target_secret: Some(b"some-other-secret".to_vec()),
+        ..good
+    };
+    assert!(matches!(
+        Client::login(d.addr, Some(IQN), &bad),
+        Err(LoginFailure::Chap(_))
+    ));
+}
+
+#[test]
 fn acl_refuses_other_initiators() {
     let dir = tempdir();
     let cfg = luns_config().replace(

@@ -131,6 +131,8 @@ impl Drop for Daemon {
 pub struct LoginOptions {
     pub digests: bool,
     pub chap: Option<(String, Vec<u8>)>,
+    /// Mutual CHAP: the secret the target must prove.
+    pub target_secret: Option<Vec<u8>>,
     pub initiator: Option<String>,
     pub isid: Option<[u8; 6]>,
 }
@@ -203,11 +205,13 @@ impl Client {
             ..LocalParams::default()
         };
         if let Some((user, secret)) = &opts.chap {
-            cfg.auth = InitiatorAuth::Chap(ChapInitiator::new(
-                &[ChapAlgorithm::Md5],
-                user.clone(),
-                secret.clone(),
-            ));
+            let mut chap = ChapInitiator::new(&[ChapAlgorithm::Md5], user.clone(), secret.clone());
+            if let Some(ts) = &opts.target_secret {
+                chap = chap
+                    .with_mutual(ts.clone(), 0x42, (0..32).collect())
+                    .expect("mutual CHAP setup");
+            }
+            cfg.auth = InitiatorAuth::Chap(chap);
         }
         let mut login = InitiatorLogin::new(cfg);
         let mut framer = Framer::new(WireConfig::default());
