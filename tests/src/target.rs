@@ -95,6 +95,44 @@ impl TargetProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `iser-target status --json` of this daemon (sessions, LUNs, PI error counters).
+    pub fn status_json(&self) -> Result<serde_json::Value, SupportError> {
+        let args: Vec<std::ffi::OsString> = vec![
+            "--control-socket".into(),
+            self.control.clone().into(),
+            "status".into(),
+            "--json".into(),
+        ];
+        let (code, out, err) =
+            crate::cli::run_bounded(&bins::daemon_bin(bins::TARGET)?, &args, None, TIMEOUT)?;
+        if code != 0 {
+            return Err(SupportError::Unexpected(format!(
+                "iser-target status exit {code}: {err}"
+            )));
+        }
+        serde_json::from_slice(&out)
+            .map_err(|e| SupportError::Unexpected(format!("iser-target status JSON: {e}")))
+    }
+
+    /// The PI error counters (guard, application tag, reference tag) of LUN `lun` of
+    /// the first target.
+    pub fn pi_errors(&self, lun: u16) -> Result<(u64, u64, u64), SupportError> {
+        let v = self.status_json()?;
+        let luns = v["targets"][0]["luns"]
+            .as_array()
+            .ok_or_else(|| SupportError::Unexpected(format!("no LUNs in status: {v}")))?;
+        let l = luns
+            .iter()
+            .find(|l| {
+                l["id"].as_u64() == Some(u64::from(lun))
+                    || l["lun"].as_u64() == Some(u64::from(lun))
+            })
+            .ok_or_else(|| SupportError::Unexpected(format!("LUN {lun} not in status: {v}")))?;
+        let c = &l["counters"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        Ok((n("guard_errors"), n("app_tag_errors"), n("ref_tag_errors")))
+    }
+
     /// SIGTERM, then wait (bounded) for a clean exit; SIGKILL if it does not come.
     pub fn stop(&mut self) -> Result<ExitStatus, SupportError> {
         let pid = libc::pid_t::try_from(self.child.id())

@@ -485,6 +485,21 @@ fn target_hca_faults_on_reads(ty: PiType, bs: usize) {
         assert_detected_or_intact(&io, &d, &what);
         match expect {
             Some((key, ascq, origin)) => {
+                assert!(io.is_check_condition(), "{what}: not refused: {io:?}");
+                if origin == "target" {
+                    // The target counted exactly this failure on the LUN.
+                    let t = rig.target.as_ref().expect("started");
+                    let want = match ascq {
+                        GUARD => (1, 0, 0),
+                        APP_TAG => (0, 1, 0),
+                        _ => (0, 0, 1),
+                    };
+                    assert_eq!(
+                        t.pi_errors(LUN_PI).expect("status"),
+                        want,
+                        "{what}: counters"
+                    );
+                }
                 if let Some(m) = pi_sense_mismatch(&io, key, ascq, LBA + block, origin) {
                     wrong_sense.push(format!("{what}: {m}"));
                 }
@@ -525,6 +540,13 @@ fn target_hca_faults_on_writes(ty: PiType, bs: usize) {
         let what = format!("target fault {fault} on an insert write");
         let io = rig.write(LUN_PI, LBA, Mode::Insert, &d, None);
         assert_pi_sense(&io, ABORTED_COMMAND, ascq, LBA + block, "target", &what);
+        let want = if ascq == GUARD { (1, 0, 0) } else { (0, 0, 1) };
+        let t = rig.target.as_ref().expect("started");
+        assert_eq!(
+            t.pi_errors(LUN_PI).expect("status"),
+            want,
+            "{what}: counters"
+        );
         // Whatever the target kept, a read never returns wrong data without an error:
         // each block is the old content (never written: zeros, escaped PI) or the new.
         let r = rig.read(LUN_PI, LBA, Mode::Insert, None);
