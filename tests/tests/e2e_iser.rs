@@ -1,26 +1,26 @@
 //! End to end over iSER: `iser-target` and the `iser-initiator` CLI as separate
 //! processes on loopback (the soft mlx5 fabric on a UNIX socket in a temp dir), for
-//! Type 1 and Type 3 LUNs with 512- and 4096-byte protection intervals.
+//! Type 1 and Type 3 LUNs with 512- and 4096-byte protection intervals (plus one Type 2
+//! test for the target's application tag check).
 //!
-//! Each geometry runs four tests:
-//! - `round_trip`: random data written and read back in every initiator mode (insert
-//!   and pass on a PI LUN, off on a LUN without PI and on a PI LUN, strip on a LUN
-//!   without PI); in pass mode the host's PI comes back unchanged; the file LUN's data
-//!   file and `.pi` sidecar hold exactly the data and the tuples the initiator's HCA
-//!   generated.
-//! - `target_hca_faults`: `MLX5_SOFT_FAULT` in the TARGET process flips a data, guard,
-//!   application-tag or reference-tag bit on the target's data path; the target
-//!   answers ABORTED COMMAND 10h/01h (guard) or 10h/03h (reference tag) with the
-//!   failing LBA in INFORMATION, and what the target does not check (application tag
-//!   on 16-byte CDBs, the Type 3 reference tag) is caught by the initiator or was
-//!   never checked by anyone, in which case the data must be intact.
-//! - `medium_corruption`: bits flipped in the file LUN's data file and `.pi` sidecar
+//! Each geometry runs five tests:
+//! - `round_trip_every_mode`: random data written and read back in every initiator
+//!   mode (insert and pass on a PI LUN, off on a LUN without PI and on a PI LUN, strip
+//!   on a LUN without PI); in pass mode the host's PI comes back unchanged; the file
+//!   LUN's data file and `.pi` sidecar hold exactly the data and the tuples generated.
+//! - `target_hca_faults_on_reads_*` / `_on_writes_*`: `MLX5_SOFT_FAULT` in the TARGET
+//!   process flips a data, guard, application-tag or reference-tag bit on the target's
+//!   data path; the target answers ABORTED COMMAND 10h/01h (guard) or 10h/03h
+//!   (reference tag) with the failing LBA in INFORMATION and counts it; what the target
+//!   does not check (application tag on 16-byte CDBs, the Type 3 reference tag) is
+//!   caught by the initiator or checked by no one, and then the data must be intact.
+//! - `medium_corruption_*`: bits flipped in the file LUN's data file and `.pi` sidecar
 //!   behind the running target; the target verifies PI read from the medium.
-//! - `initiator_hca_faults`: `MLX5_SOFT_FAULT` in the INITIATOR process corrupts
+//! - `initiator_hca_faults_*`: `MLX5_SOFT_FAULT` in the INITIATOR process corrupts
 //!   Data-In after the target's check; the initiator reports ILLEGAL REQUEST 10h/01h,
 //!   02h or 03h in descriptor format (72h, information descriptor) with the LBA.
 //!
-//! Every corrupted case ends with [`assert_detected_or_intact`]: a read either failed
+//! Every corrupted read goes through [`assert_detected_or_intact`]: it either failed
 //! with CHECK CONDITION or returned exactly what was written.
 
 use std::path::{Path, PathBuf};
