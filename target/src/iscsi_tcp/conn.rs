@@ -270,15 +270,15 @@ fn stamp(pdu: &mut Pdu, stat_sn: &mut u32, exp: u32, max: u32) {
     }
 }
 
+/// Padding (0-3 bytes) and data digest (0 or 4 bytes) after a data segment: the bytes
+/// and how many of them to send.
+type Tail = ([u8; 7], usize);
+
 /// Encode a target PDU for the wire. Small PDUs go whole into `head`; a PDU with a
 /// data segment of 4 KiB or more gets only its header (and header digest) in `head`,
 /// and the data segment is returned with its padding and data digest, so that the
 /// writer sends it without copying.
-fn frame_head<'a>(
-    p: &'a Pdu,
-    wire: &WireConfig,
-    head: &mut Vec<u8>,
-) -> Option<(&'a [u8], ([u8; 7], usize))> {
+fn frame_head<'a>(p: &'a Pdu, wire: &WireConfig, head: &mut Vec<u8>) -> Option<(&'a [u8], Tail)> {
     if p.data.len() < 4096 || matches!(p.header, Header::ScsiCommand(_)) {
         p.encode(wire, head);
         return None;
