@@ -45,6 +45,13 @@ impl Stream {
             Stream::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
+    /// Sets the write timeout.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
     /// Sets the read timeout.
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
@@ -101,12 +108,19 @@ pub enum TxItem {
 #[derive(Debug)]
 pub struct Wire {
     w: Mutex<BufWriter<Stream>>,
+    /// A second handle to the socket, for closing it without the lock: a writer
+    /// blocked on a peer that stopped reading holds the lock indefinitely.
+    ctl: Option<Stream>,
 }
+
+/// How long [`Wire::shutdown`] waits for the lock, and then for the final flush.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 impl Wire {
     /// Wraps the socket with a 256 KiB write buffer.
     pub fn new(stream: Stream) -> Wire {
         Wire {
+            ctl: stream.try_clone().ok(),
             w: Mutex::new(BufWriter::with_capacity(256 << 10, stream)),
         }
     }
@@ -118,11 +132,23 @@ impl Wire {
     pub fn flush(&self) -> io::Result<()> {
         self.w.lock().flush()
     }
-    /// Flushes and closes both directions.
+    /// Flushes (for at most [`SHUTDOWN_WAIT`]) and closes both directions. When a
+    /// writer holds the lock past [`SHUTDOWN_WAIT`] (its peer stopped reading), the
+    /// socket is closed under it, which fails its write instead of leaving it and
+    /// this call blocked forever.
     pub fn shutdown(&self) {
-        let mut w = self.w.lock();
-        let _ = w.flush();
-        w.get_ref().shutdown();
+        match (self.w.try_lock_for(SHUTDOWN_WAIT), &self.ctl) {
+            (Some(mut w), _) => {
+                let _ = w.get_ref().set_write_timeout(Some(SHUTDOWN_WAIT));
+                let _ = w.flush();
+                w.get_ref().shutdown();
+            }
+            (None, Some(ctl)) => ctl.shutdown(),
+            (None, None) => {
+                let w = self.w.lock();
+                w.get_ref().shutdown();
+            }
+        }
     }
 }
 
@@ -227,5 +253,53 @@ pub fn rx_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A writer blocked on a peer that stopped reading holds the wire lock; closing
+    /// the connection must still finish and unblock that writer.
+    #[test]
+    fn shutdown_unblocks_a_writer_stuck_on_a_silent_peer() {
+        let (a, _silent_peer) = UnixStream::pair().unwrap();
+        let wire = Arc::new(Wire::new(Stream::Unix(a)));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        {
+            let (wire, done_tx) = (Arc::clone(&wire), done_tx.clone());
+            std::thread::spawn(move || {
+                let chunk = vec![0u8; 1 << 20];
+                let t0 = Instant::now();
+                let mut r = Ok(());
+                // The socket buffer fills within a few writes; bounded regardless.
+                while r.is_ok() && t0.elapsed() < Duration::from_secs(30) {
+                    r = wire.write(&chunk);
+                }
+                let _ = done_tx.send(("writer", r.is_err()));
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        {
+            let wire = Arc::clone(&wire);
+            std::thread::spawn(move || {
+                wire.shutdown();
+                let _ = done_tx.send(("shutdown", true));
+            });
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match done_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(x) => seen.push(x),
+                Err(_) => panic!("shutdown or writer still blocked; finished: {seen:?}"),
+            }
+        }
+        assert!(seen.contains(&("shutdown", true)));
+        assert!(
+            seen.contains(&("writer", true)),
+            "writer ended without an error"
+        );
     }
 }
