@@ -1043,3 +1043,115 @@ fn strip_if(wire: &[u8], bs: usize, pi: bool) -> Vec<u8> {
         wire.to_vec()
     }
 }
+
+impl Initiator {
+    /// The next PDU, or `None` when the connection failed or nothing came in time.
+    fn try_recv_pdu(&mut self, timeout: Duration) -> Option<Pdu> {
+        let wc = self.recv_cq.next_blocking(timeout).ok()??;
+        if wc.status != WcStatus::Success {
+            return None;
+        }
+        let slot = wc.wr_id as usize;
+        let bytes = self.recv.to_vec(slot * SLOT, wc.byte_len as usize).ok()?;
+        self.qp
+            .post_recv_one(RecvWr::new(
+                wc.wr_id,
+                self.recv.sge(slot * SLOT, SLOT as u32),
+            ))
+            .ok()?;
+        let limits = PduLimits {
+            max_recv_data_segment_length: SLOT as u32,
+        };
+        IserMessage::decode(&bytes, &limits).ok()?.pdu
+    }
+
+    /// Sends raw bytes; false when the SEND failed (the connection is gone).
+    fn try_send_bytes(&self, bytes: &[u8]) -> bool {
+        if bytes.len() > SLOT || self.send.write_at(0, bytes).is_err() {
+            return false;
+        }
+        let posted = self
+            .qp
+            .post_send_one(SendWr::send(1, self.send.sge(0, bytes.len() as u32)));
+        posted.is_ok()
+            && matches!(
+                self.send_cq.next_blocking(Duration::from_millis(500)),
+                Ok(Some(wc)) if wc.status == WcStatus::Success
+            )
+    }
+}
+
+/// xorshift64*: deterministic noise for the garbage test.
+fn noise(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[test]
+fn garbage_sends_get_reject_or_disconnect_never_a_dead_target() {
+    let t = start_target();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut ini = logged_in(&t, 0xc0);
+    let mut reconnects = 0;
+    let mut rejects = 0;
+    for round in 0..60 {
+        // A message of 1..200 bytes: sometimes a valid iSER header with a random
+        // BHS, sometimes random from the first byte, sometimes truncated.
+        let len = 1 + (noise(&mut state) % 200) as usize;
+        let mut msg: Vec<u8> = (0..len).map(|_| noise(&mut state) as u8).collect();
+        if round % 3 != 0 && msg.len() >= 28 {
+            msg[..28].fill(0);
+            msg[0] = 0x10;
+        }
+        let alive = ini.try_send_bytes(&msg) && {
+            // Ping: the answer (after any Reject or response) proves the connection
+            // still works; silence or an error means the target closed it.
+            let itt = 0x7000_0000 + round;
+            let nop = NopOut {
+                immediate: true,
+                lun: 0,
+                itt,
+                ttt: RESERVED_TAG,
+                cmd_sn: ini.cmd_sn,
+                exp_stat_sn: ini.exp_stat_sn,
+            };
+            let m = IserMessage {
+                header: IserHeader::Control(IserControl::default()),
+                pdu: Some(Pdu::new(nop)),
+            };
+            ini.try_send_bytes(&m.to_bytes(&PduLimits::default())) && {
+                let mut answered = false;
+                for _ in 0..8 {
+                    match ini.try_recv_pdu(Duration::from_secs(2)) {
+                        Some(Pdu {
+                            header: Header::NopIn(ref n),
+                            ..
+                        }) if n.itt == itt => {
+                            answered = true;
+                            break;
+                        }
+                        Some(Pdu {
+                            header: Header::Reject(_),
+                            ..
+                        }) => rejects += 1,
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                answered
+            }
+        };
+        if !alive {
+            reconnects += 1;
+            drop(ini);
+            ini = logged_in(&t, 0xc0);
+        }
+    }
+    // The target survived all of it and still moves data.
+    let r = ini.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512);
+    assert_eq!(r.status, 0);
+    assert!(reconnects > 0, "some garbage must have closed a connection");
+    assert!(rejects > 0, "some garbage must have been answered with Reject");
+}

@@ -463,16 +463,16 @@ impl Conn {
                 else {
                     return Err(IserError::Protocol(format!("short iSER message: {e}")));
                 };
-                match e.action() {
-                    Action::Reject(reason) => {
-                        tracing::debug!(error = %e, "malformed PDU; Reject");
-                        self.reject(reason, &bhs).await?;
-                        Ok(Received::Rejected)
-                    }
-                    Action::CloseConnection => {
-                        Err(IserError::Protocol(format!("malformed PDU: {e}")))
-                    }
-                }
+                // A SEND delimits its PDU, so framing is never lost over iSER: every
+                // malformed PDU with a whole BHS is answered with a Reject and the
+                // connection carries on.
+                let reason = match e.action() {
+                    Action::Reject(reason) => reason,
+                    Action::CloseConnection => RejectReason::ProtocolError,
+                };
+                tracing::debug!(error = %e, ?reason, "malformed PDU; Reject");
+                self.reject(reason, &bhs).await?;
+                Ok(Received::Rejected)
             }
         }
     }
