@@ -1153,5 +1153,8 @@ fn garbage_sends_get_reject_or_disconnect_never_a_dead_target() {
     let r = ini.scsi(2, &rw16(READ16, 0, 0, 1), None, 0, 512);
     assert_eq!(r.status, 0);
     assert!(reconnects > 0, "some garbage must have closed a connection");
-    assert!(rejects > 0, "some garbage must have been answered with Reject");
+    assert!(
+        rejects > 0,
+        "some garbage must have been answered with Reject"
+    );
 }
