@@ -106,6 +106,9 @@ fn perms(a: AccessFlags) -> u8 {
     f
 }
 
+/// Largest CQ the soft HCA creates (`max_cqe`).
+const MAX_CQE: u32 = 1 << 20;
+
 fn bad(msg: &str) -> VerbsError {
     VerbsError::InvalidArgument(msg.to_string())
 }
@@ -452,7 +455,7 @@ impl ContextOps for Mlx5Device {
             name: self.hca.name.clone(),
             max_sge: 16,
             max_qp_wr: 4096,
-            max_cqe: 1 << 20,
+            max_cqe: MAX_CQE,
             max_msg_size: crate::frame::MAX_PAYLOAD as u64,
             sig_offload: true,
         })
@@ -573,6 +576,11 @@ impl ContextOps for Mlx5Device {
     }
 
     fn create_cq(&self, entries: u32, signal: Arc<Signal>) -> Result<u32> {
+        // The ring is rounded up to a power of two: an unbounded size would overflow
+        // that rounding or ask for gigabytes of CQEs.
+        if entries > MAX_CQE {
+            return Err(bad("CQ larger than max_cqe"));
+        }
         let id = self.hca.alloc_id();
         self.hca
             .cqs

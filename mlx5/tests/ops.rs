@@ -502,3 +502,20 @@ fn cq_overrun_is_reported() {
         Err(verbs::VerbsError::CqOverrun(_))
     ));
 }
+
+#[test]
+fn cq_size_beyond_max_cqe_is_refused() {
+    let dev = mlx5::Mlx5Device::new("cq-size");
+    let ctx = dev.context();
+    let max = ctx.query_device().unwrap().max_cqe;
+    assert!(ctx.create_cq(1).is_ok());
+    for entries in [max + 1, u32::MAX] {
+        assert!(
+            matches!(
+                ctx.create_cq(entries),
+                Err(verbs::VerbsError::InvalidArgument(_))
+            ),
+            "{entries} entries"
+        );
+    }
+}
