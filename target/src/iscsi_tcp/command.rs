@@ -61,23 +61,29 @@ pub fn absent_lun(
     match cdb.first() {
         Some(0x12) if cdb.len() >= 6 => {
             let evpd = cdb[1] & 1 != 0;
-            if evpd || cdb[2] != 0 {
-                // Vital product data of a logical unit that is not there.
+            let alloc = u16::from_be_bytes([cdb[3], cdb[4]]);
+            if !evpd && cdb[2] != 0 {
+                let sense = Sense::invalid_field_in_cdb(2, None).to_bytes(SenseFormat::Fixed);
+                return Completion::check_condition(sense);
+            }
+            if evpd {
+                // Vital product data of a logical unit that is not there: the page
+                // header with peripheral qualifier 3 (and an empty page list for 00h).
                 let mut page = vec![0x7f, cdb[2], 0, 0];
                 if cdb[2] == 0 {
                     page[3] = 1;
                     page.push(0);
                 }
+                page.truncate(alloc.into());
                 return Completion::good(page);
             }
-            let mut inq = vec![0u8; 36];
-            inq[0] = 0x7f;
-            inq[2] = 0x06;
-            inq[3] = 0x02;
-            inq[4] = 31;
-            Completion::good(inq)
+            Completion::good(crate::device::inquiry_no_lun(alloc))
         }
-        Some(0x03) => Completion::good(illegal_request(LUN_NOT_SUPPORTED)),
+        Some(0x03) if cdb.len() >= 6 => {
+            let mut d = illegal_request(LUN_NOT_SUPPORTED);
+            d.truncate(cdb[4].into());
+            Completion::good(d)
+        }
         Some(0xa0) => match service.luns().first() {
             Some(first) => service.execute(nexus, first.lun, cdb, data_out),
             None => Completion::check_condition(illegal_request(LUN_NOT_SUPPORTED)),
