@@ -258,6 +258,10 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive
             "iSCSITMF.Other".to_owned()
         ]
     );
-    assert_eq!(r.skip_reasons.get("Logical unit is fully provisioned. Skipping test"), Some(&1));
+    assert_eq!(
+        r.skip_reasons
+            .get("Logical unit is fully provisioned. Skipping test"),
+        Some(&1)
+    );
     assert!(parse("no summary here").is_none());
 }
