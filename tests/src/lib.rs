@@ -5,11 +5,13 @@
 
 pub mod bins;
 pub mod cli;
+pub mod initiator_daemon;
 pub mod pi;
 pub mod target;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// Bound on every wait in the suite: process start, one CLI command, shutdown.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,4 +71,38 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
         }
     }
     v
+}
+
+/// SIGTERM to a child this process spawned, then a bounded wait for its exit; SIGKILL
+/// (and an error) if it does not exit within [`TIMEOUT`].
+pub fn terminate(child: &mut Child, what: &str) -> Result<ExitStatus, SupportError> {
+    let pid = libc::pid_t::try_from(child.id())
+        .map_err(|_| SupportError::Unexpected("pid out of range".into()))?;
+    if child
+        .try_wait()
+        .map_err(|e| SupportError::io(format!("waiting for {what}"), e))?
+        .is_none()
+    {
+        // SAFETY: kill(2) on the pid of a child this process spawned and has not
+        // reaped (try_wait just saw it running), so the pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child
+            .try_wait()
+            .map_err(|e| SupportError::io(format!("waiting for {what}"), e))?
+        {
+            return Ok(s);
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SupportError::Timeout {
+                what: format!("{what} shutdown"),
+                limit: TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

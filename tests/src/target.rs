@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Instant;
 
 use crate::{bins, SupportError, TIMEOUT};
 
@@ -135,30 +134,7 @@ impl TargetProcess {
 
     /// SIGTERM, then wait (bounded) for a clean exit; SIGKILL if it does not come.
     pub fn stop(&mut self) -> Result<ExitStatus, SupportError> {
-        let pid = libc::pid_t::try_from(self.child.id())
-            .map_err(|_| SupportError::Unexpected("pid out of range".into()))?;
-        // SAFETY: kill(2) on the pid of a child this process spawned and has not yet
-        // reaped (try_wait below reaps it), so the pid cannot have been reused.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self
-                .child
-                .try_wait()
-                .map_err(|e| SupportError::io("waiting for iser-target", e))?
-            {
-                return Ok(s);
-            }
-            if start.elapsed() > TIMEOUT {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(SupportError::Timeout {
-                    what: "iser-target shutdown".into(),
-                    limit: TIMEOUT,
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        crate::terminate(&mut self.child, "iser-target")
     }
 }
 
