@@ -3,7 +3,7 @@
 //! attaching a connected socket to a QP (starting its requester, rx and tx threads).
 
 use std::io::{self, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +145,20 @@ impl ConnectRequestOps for PendingReq {
     }
 }
 
+/// The first socket address a `host:port` resolves to.
+fn resolve(a: &str) -> Result<SocketAddr, CmError> {
+    a.to_socket_addrs()
+        .map_err(|e| CmError::AddressResolution {
+            addr: a.to_owned(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| CmError::AddressResolution {
+            addr: a.to_owned(),
+            reason: "no address".into(),
+        })
+}
+
 enum AnyListener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
@@ -215,17 +229,7 @@ pub fn listen(
     };
     let (l, bound) = match addr {
         CmAddr::Tcp(a) => {
-            let sa = a
-                .to_socket_addrs()
-                .map_err(|e| CmError::AddressResolution {
-                    addr: a.clone(),
-                    reason: e.to_string(),
-                })?
-                .next()
-                .ok_or_else(|| CmError::AddressResolution {
-                    addr: a.clone(),
-                    reason: "no address".into(),
-                })?;
+            let sa = resolve(a)?;
             let l = TcpListener::bind(sa).map_err(in_use)?;
             let local = l.local_addr()?;
             (AnyListener::Tcp(l), CmAddr::Tcp(local.to_string()))
@@ -300,17 +304,7 @@ pub fn connect(
     };
     let mut stream = match addr {
         CmAddr::Tcp(a) => {
-            let sa = a
-                .to_socket_addrs()
-                .map_err(|e| CmError::AddressResolution {
-                    addr: a.clone(),
-                    reason: e.to_string(),
-                })?
-                .next()
-                .ok_or_else(|| CmError::AddressResolution {
-                    addr: a.clone(),
-                    reason: "no address".into(),
-                })?;
+            let sa = resolve(a)?;
             Stream::Tcp(TcpStream::connect_timeout(&sa, param.timeout).map_err(refused)?)
         }
         CmAddr::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(refused)?),
