@@ -2,6 +2,7 @@
 //! or a remote range into a payload) and scatter (a payload into local SGEs or a
 //! remote range), running the signature engine for every signature mkey touched.
 
+use t10pi::PiError;
 use verbs::AccessFlags;
 
 use crate::fault::FaultDirection;
@@ -19,6 +20,24 @@ pub enum DmaError {
     Length,
     /// The signature binding is inconsistent.
     Layout,
+}
+
+/// A failed check does not fail the transfer: it becomes a SIGERR CQE on `sig_cq`.
+fn report_sig(
+    hca: &Hca,
+    qp: &Qp,
+    mkey: u32,
+    sig_cq: &Cq,
+    r: Result<Option<PiError>, sig::SigLayoutError>,
+) -> Result<(), DmaError> {
+    match r {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => {
+            hca.sig_error(sig_cq, qp.qpn, mkey, &e);
+            Ok(())
+        }
+        Err(_) => Err(DmaError::Layout),
+    }
 }
 
 fn gather_one(
@@ -40,21 +59,15 @@ fn gather_one(
             blocks,
         } => {
             let fault = hca.take_fault(qp.qpn, mkey, FaultDirection::Outbound, first_block, blocks);
-            match sig::outbound(
+            let r = sig::outbound(
                 &hca.engine,
                 &binding,
                 first_block,
                 blocks,
                 out,
                 fault.as_ref(),
-            ) {
-                Ok(None) => Ok(()),
-                Ok(Some(e)) => {
-                    hca.sig_error(sig_cq, qp.qpn, mkey, &e);
-                    Ok(())
-                }
-                Err(_) => Err(DmaError::Layout),
-            }
+            );
+            report_sig(hca, qp, mkey, sig_cq, r)
         }
     }
 }
@@ -78,14 +91,8 @@ fn scatter_one(
             blocks,
         } => {
             let fault = hca.take_fault(qp.qpn, mkey, FaultDirection::Inbound, first_block, blocks);
-            match sig::inbound(&hca.engine, &binding, first_block, data, fault.as_ref()) {
-                Ok(None) => Ok(()),
-                Ok(Some(e)) => {
-                    hca.sig_error(sig_cq, qp.qpn, mkey, &e);
-                    Ok(())
-                }
-                Err(_) => Err(DmaError::Layout),
-            }
+            let r = sig::inbound(&hca.engine, &binding, first_block, data, fault.as_ref());
+            report_sig(hca, qp, mkey, sig_cq, r)
         }
     }
 }
