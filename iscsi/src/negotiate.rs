@@ -263,6 +263,22 @@ const ISER_KEYS: &[&str] = &[
     "MaxOutstandingUnexpectedPDUs",
 ];
 
+/// The operational keys of a normal session that either side offers (digests,
+/// MaxRecvDataSegmentLength and the iSER keys aside).
+pub(crate) const NORMAL_OPERATIONAL_KEYS: &[&str] = &[
+    "InitialR2T",
+    "ImmediateData",
+    "MaxBurstLength",
+    "FirstBurstLength",
+    "DefaultTime2Wait",
+    "DefaultTime2Retain",
+    "MaxOutstandingR2T",
+    "DataPDUInOrder",
+    "DataSequenceInOrder",
+    "ErrorRecoveryLevel",
+    "MaxConnections",
+];
+
 /// Keys that are irrelevant in a discovery session (RFC 7143 section 13).
 const NORMAL_ONLY_KEYS: &[&str] = &[
     "MaxConnections",
@@ -442,19 +458,7 @@ impl LocalParams {
         }
         v.extend_from_slice(&["HeaderDigest", "DataDigest"]);
         if session_type == SessionType::Normal {
-            v.extend_from_slice(&[
-                "InitialR2T",
-                "ImmediateData",
-                "MaxBurstLength",
-                "FirstBurstLength",
-                "DefaultTime2Wait",
-                "DefaultTime2Retain",
-                "MaxOutstandingR2T",
-                "DataPDUInOrder",
-                "DataSequenceInOrder",
-                "ErrorRecoveryLevel",
-                "MaxConnections",
-            ]);
+            v.extend_from_slice(NORMAL_OPERATIONAL_KEYS);
             if self.rdma_extensions {
                 v.extend_from_slice(ISER_KEYS);
             }

@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 
 use super::{LoginError, LoginFinished, ISCSI_VERSION, LOGIN_MAX_SEGMENT};
 use crate::chap::{ChapAlgorithm, ChapCredentials, ChapTarget};
-use crate::negotiate::{LocalParams, NegotiatedParams, Negotiation, SessionType};
+use crate::negotiate::{
+    LocalParams, NegotiatedParams, Negotiation, SessionType, NORMAL_OPERATIONAL_KEYS,
+};
 use crate::pdu::{Header, Isid, LoginRequest, LoginResponse, LoginStatus, Pdu, Role, Stage};
 use crate::seq::SnCounter;
 use crate::text::{split_text, TextAssembler, TextKeys, DEFAULT_TEXT_LIMIT};
@@ -219,20 +221,6 @@ const AUTH_KEYS: &[&str] = &[
     "CHAP_C",
     "CHAP_N",
     "CHAP_R",
-];
-
-const TARGET_OFFERABLE: &[&str] = &[
-    "InitialR2T",
-    "ImmediateData",
-    "MaxBurstLength",
-    "FirstBurstLength",
-    "DefaultTime2Wait",
-    "DefaultTime2Retain",
-    "MaxOutstandingR2T",
-    "DataPDUInOrder",
-    "DataSequenceInOrder",
-    "ErrorRecoveryLevel",
-    "MaxConnections",
 ];
 
 impl TargetLogin {
@@ -612,7 +600,7 @@ impl TargetLogin {
                 answers.0.extend(neg.offer(&["MaxRecvDataSegmentLength"]).0);
             }
             if !discovery {
-                let extra = neg.keys_off_default(TARGET_OFFERABLE);
+                let extra = neg.keys_off_default(NORMAL_OPERATIONAL_KEYS);
                 answers.0.extend(neg.offer(&extra).0);
             }
             self.operational_offered = true;
