@@ -47,6 +47,8 @@ struct Knobs {
     ping_after_login: bool,
     /// Ignore NOP-Outs (a dead peer for the keepalive).
     mute_nops: bool,
+    /// Close the first connection when this many SCSI commands have arrived on it.
+    drop_first_connection_after: Option<u32>,
 }
 
 impl Default for Knobs {
@@ -60,6 +62,7 @@ impl Default for Knobs {
             abort_answer: TmfResponseCode::Complete,
             ping_after_login: false,
             mute_nops: false,
+            drop_first_connection_after: None,
         }
     }
 }
@@ -82,6 +85,7 @@ struct Store {
 
 struct Shared {
     knobs: Knobs,
+    connections: Mutex<u32>,
     seen: Mutex<Seen>,
     store: Mutex<Store>,
     sn: Mutex<Sns>,
@@ -116,6 +120,7 @@ async fn start(knobs: Knobs) -> (SocketAddr, Arc<Shared>) {
     let pi = knobs.pi;
     let shared = Arc::new(Shared {
         knobs,
+        connections: Mutex::new(0),
         seen: Mutex::new(Seen::default()),
         store: Mutex::new(Store {
             data: vec![0; BLOCKS as usize * BS],
@@ -150,6 +155,12 @@ async fn read_one(rd: &mut tokio::net::tcp::OwnedReadHalf, framer: &mut Framer) 
 }
 
 async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
+    let conn_no = {
+        let mut c = sh.connections.lock().unwrap();
+        *c += 1;
+        *c
+    };
+    let mut commands_here = 0u32;
     let (mut rd, mut wr) = stream.into_split();
     let wire = WireConfig {
         limits: iscsi::PduLimits {
@@ -277,6 +288,11 @@ async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
     while let Some(pdu) = read_one(&mut rd, &mut framer).await {
         match &pdu.header {
             Header::ScsiCommand(h) => {
+                commands_here += 1;
+                if conn_no == 1 && sh.knobs.drop_first_connection_after == Some(commands_here) {
+                    // Vanish without an answer: the reader and the writer both end.
+                    return;
+                }
                 {
                     let mut s = sh.sn.lock().unwrap();
                     if h.cmd_sn > s.completed + sh.knobs.window {
@@ -747,4 +763,118 @@ async fn keepalive_closes_a_silent_connection() {
     let reason = s.closed_reason().expect("reason");
     assert!(reason.contains("NOP-Out"), "{reason}");
     assert!(matches!(s.ping().await, Err(Error::ConnectionLost(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_reconnects_and_the_export_carries_on() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("nbdcopy").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "nbdcopy is not installed: run scripts/test, which installs libnbd-bin"
+    );
+    // The first connection dies at its 5th command: after the LUN probe (TEST UNIT
+    // READY, INQUIRY, READ CAPACITY(16)), during the NBD writes.
+    let (addr, sh) = start(Knobs {
+        drop_first_connection_after: Some(5),
+        delay: Duration::ZERO,
+        ..Knobs::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("lun0.sock");
+    let config = dir.path().join("initiator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "iqn = \"iqn.2026-11.io.iser-pi:reconnect\"\n[[sessions]]\ntarget = \"iqn.2026-11.io.iser-pi:fake\"\nportal = \"{addr}\"\n\
+             transport = \"tcp\"\nnop_interval = 0\ncommand_timeout = 10\n[sessions.reconnect]\ndelay = 1\n\
+             [sessions.protection]\nmode = \"insert\"\n[[sessions.luns]]\nid = 0\nnbd = \"unix:{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_iser-initiator"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--control-socket",
+            dir.path().join("ctl.sock").to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = KillOnDrop(daemon);
+    let start_wait = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(10),
+            "NBD socket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let src = dir.path().join("src.bin");
+    let data = pattern(1 << 20, 77);
+    std::fs::write(&src, &data).unwrap();
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let (s2, u2) = (src.clone(), uri.clone());
+    let st = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("nbdcopy")
+            .args([s2.to_str().unwrap(), &u2])
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(st.success(), "nbdcopy through the reconnect");
+    let dst = dir.path().join("dst.bin");
+    let (d2, u2) = (dst.clone(), uri.clone());
+    let st = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("nbdcopy")
+            .args([&u2, d2.to_str().unwrap()])
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(st.success());
+    let got = std::fs::read(&dst).unwrap();
+    assert_eq!(
+        got.len(),
+        BLOCKS as usize * BS,
+        "the whole export was copied out"
+    );
+    assert!(
+        got[..data.len()] == data[..],
+        "data differs after the reconnect"
+    );
+    assert!(
+        *sh.connections.lock().unwrap() >= 2,
+        "the daemon logged in again"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while daemon.0.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("session lost; reconnecting"), "{text}");
+}
+
+/// A child process killed (if still running) when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -545,7 +545,7 @@ fn daemon_serves_nbd_export() {
 
     let control = dir.path().join("control.sock");
     let control_s = control.to_str().expect("utf-8").to_owned();
-    let mut daemon = Command::new(bin())
+    let daemon = Command::new(bin())
         .args([
             "--config",
             config.to_str().expect("utf-8"),
@@ -559,6 +559,7 @@ fn daemon_serves_nbd_export() {
         ))
         .spawn()
         .expect("start daemon");
+    let mut daemon = KillOnDrop(daemon);
     wait_for(&sock);
     let uri = format!("nbd+unix:///?socket={}", sock.display());
     let info = Command::new("nbdinfo")
@@ -690,18 +691,17 @@ fn daemon_serves_nbd_export() {
     assert_eq!(o.status.code(), Some(1), "login to an unknown target fails");
 
     // SIGINT: the daemon logs out and removes its socket.
-    let pid = daemon.id().to_string();
+    let pid = daemon.0.id().to_string();
     Command::new("kill")
         .args(["-INT", &pid])
         .status()
         .expect("kill -INT");
     let start = Instant::now();
     let status = loop {
-        if let Some(st) = daemon.try_wait().expect("try_wait") {
+        if let Some(st) = daemon.0.try_wait().expect("try_wait") {
             break st;
         }
         if start.elapsed() > Duration::from_secs(10) {
-            let _ = daemon.kill();
             panic!("daemon did not exit on SIGINT");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -712,4 +712,14 @@ fn daemon_serves_nbd_export() {
     assert!(!file.exists(), "FUSE mount left behind");
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("logged out"), "{log}");
+}
+
+/// A child process killed (if still running) when the test ends, pass or fail.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
