@@ -4,13 +4,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use scsi::asc::{self, AscPair};
 use scsi::{opcode, Cdb, SenseFormat, Status};
 use t10pi::{DifType, PiErrorKind};
 use thiserror::Error;
 
 use super::backend::{Backend, BackendError, FileBackend, FileOptions, RamBackend};
+use super::lba_lock::LbaLocks;
 use super::pr::{Access, ItKey, PrState};
 use super::prot::{ProtDir, ProtPlan};
 use super::reason::SenseReason;
@@ -160,8 +161,8 @@ pub struct Lun {
     pub(super) desc: LunDesc,
     pub(super) pi: Option<DifType>,
     pub(super) backend: Box<dyn Backend>,
-    /// Shared by medium access, exclusive for COMPARE AND WRITE.
-    pub(super) io: RwLock<()>,
+    /// Block ranges under I/O: a block's data and tuple change together.
+    pub(super) lba_locks: LbaLocks,
     pub(super) mode: Mutex<ModeState>,
     pub(super) pr: Mutex<PrState>,
     ua: Mutex<UaState>,
@@ -245,7 +246,7 @@ impl Lun {
             desc,
             pi,
             backend,
-            io: RwLock::new(()),
+            lba_locks: LbaLocks::new(),
             pr: Mutex::new(PrState::default()),
             ua: Mutex::new(UaState::default()),
             aborts: Mutex::new(Vec::new()),

@@ -23,10 +23,13 @@
 //!    for block reads).
 //!
 //! A `Lun` is `Send + Sync`; every method takes `&self`, so a transport may run
-//! commands concurrently on a thread pool. COMPARE AND WRITE is atomic with respect
-//! to all other medium access of the LUN.
+//! commands concurrently on a thread pool. Medium access locks the blocks it touches
+//! (shared for reads, exclusive for writes), so a block's data and tuple always
+//! change together and COMPARE AND WRITE is atomic with respect to other commands
+//! on its blocks.
 
 pub mod backend;
+mod lba_lock;
 mod lun;
 mod pr;
 pub mod prot;

@@ -287,7 +287,7 @@ impl Lun {
             Cdb::ReadWrite(rw) => match rw.kind {
                 RwKind::Read => {
                     let d = {
-                        let _io = self.io.read();
+                        let _range = self.lba_locks.read(rw.lba, u64::from(rw.blocks));
                         self.read_dix(rw.lba, rw.blocks)?
                     };
                     self.count_read(d.data.len());
@@ -297,7 +297,7 @@ impl Lun {
                     let (data, pi) = self.block_data(&plan.prot, out)?;
                     let fua = self.fua(rw.fua);
                     {
-                        let _io = self.io.read();
+                        let _range = self.lba_locks.write(rw.lba, u64::from(rw.blocks));
                         self.backend
                             .write_blocks(rw.lba, &data, pi.as_deref(), fua)
                             .map_err(write_err)?;
@@ -313,7 +313,7 @@ impl Lun {
                 let (data, pi) = self.block_data(&plan.prot, out)?;
                 let half = data.len() / 2;
                 let fua = self.fua(c.fua);
-                let _io = self.io.write();
+                let _range = self.lba_locks.write(c.lba, u64::from(c.blocks));
                 let medium = self.read_dix(c.lba, u32::from(c.blocks))?;
                 if let Some(off) = first_difference(&data[..half], &medium.data) {
                     return Err(SenseReason::Miscompare { offset: off as u64 });
@@ -377,7 +377,7 @@ impl Lun {
         out: DataOut<'_>,
     ) -> Result<Dix, SenseReason> {
         let medium = {
-            let _io = self.io.read();
+            let _range = self.lba_locks.read(lba, u64::from(blocks));
             self.read_dix(lba, blocks)?
         };
         if bytchk == 0 {
@@ -421,7 +421,7 @@ impl Lun {
         };
         let n = u64::from(blocks);
         let fua = self.fua(false);
-        let _io = self.io.read();
+        let _range = self.lba_locks.write(lba, n);
         if unmap && block.iter().all(|&b| b == 0) {
             // Deallocated blocks read as zeros (LBPRZ), so unmapping stores the same data.
             self.backend.unmap(lba, n).map_err(write_err)?;
@@ -495,8 +495,8 @@ impl Lun {
                 ranges.push((lba, u64::from(n)));
             }
         }
-        let _io = self.io.read();
         for (lba, n) in ranges {
+            let _range = self.lba_locks.write(lba, n);
             self.backend.unmap(lba, n).map_err(write_err)?;
         }
         if self.fua(false) {

@@ -1690,6 +1690,44 @@ fn concurrent_commands() {
 }
 
 #[test]
+fn racing_writes_and_reads_of_one_range_never_tear_data_from_pi() {
+    // Writers of the same blocks, and readers checking PI on the way out: a block's
+    // data and tuple must change together or a reader sees a guard failure that no
+    // initiator caused. Runs on a file LUN, where data and PI are two files.
+    let dir = tempfile::tempdir().unwrap();
+    let lun = Arc::new(file_lun(dir.path(), 1, 512, 256));
+    let nx0 = ready(&lun, 1);
+    const ROUNDS: u32 = 1500;
+    let start = Arc::new(std::sync::Barrier::new(5));
+    let writers = (0..3u8).map(|t| {
+        let (lun, nx, start) = (Arc::clone(&lun), nx0.clone(), Arc::clone(&start));
+        std::thread::spawn(move || {
+            start.wait();
+            for i in 0..ROUNDS {
+                let data = pattern(16 * 512, t.wrapping_mul(50).wrapping_add(i as u8));
+                let cdb = rw(RwKind::Write, Form::Sixteen, 32, 16, 1);
+                let r = run(&lun, &nx, &cdb, &dif(&data, 512, 32, false));
+                assert_eq!(r.status, Status::GOOD, "write {t}/{i}: {:?}", r.sense);
+            }
+        })
+    });
+    let readers = (0..2u8).map(|t| {
+        let (lun, nx, start) = (Arc::clone(&lun), nx0.clone(), Arc::clone(&start));
+        std::thread::spawn(move || {
+            start.wait();
+            for i in 0..ROUNDS {
+                let r = run(&lun, &nx, &rw(RwKind::Read, Form::Sixteen, 32, 16, 1), &[]);
+                assert_eq!(r.status, Status::GOOD, "read {t}/{i}: {:?}", r.sense);
+            }
+        })
+    });
+    let all: Vec<_> = writers.chain(readers).collect();
+    for t in all {
+        t.join().unwrap();
+    }
+}
+
+#[test]
 fn two_step_life_cycle_with_dix_buffers() {
     // What an iSER transport does: prepare, move DIX through the sig MR, execute.
     let lun = ram(1, 512, 64);
