@@ -10,7 +10,7 @@ use crate::error::{ConfigError, KeyPath, Problem};
 use crate::protection::{PolicyOverride, ProtectionPolicy};
 use crate::secret::{check_pair, Chap};
 use crate::value::{resolve_path, FabricAddr, Iqn, NbdEndpoint, PortalAddr};
-use crate::{Loaded, LogSection};
+use crate::{check_range, Loaded, LogSection};
 
 /// The embedded default: one session to `iqn.2026-11.io.iser-pi:target0` on loopback,
 /// transport auto, protection mode insert, LUN 0 exported over NBD on
@@ -208,20 +208,6 @@ impl InitiatorConfig {
         } else {
             Err(ConfigError::unpositioned("<config>", problems))
         }
-    }
-}
-
-fn check_range(
-    p: &mut Vec<Problem>,
-    path: KeyPath,
-    value: u32,
-    range: std::ops::RangeInclusive<u32>,
-) {
-    if !range.contains(&value) {
-        p.push(Problem::new(
-            path,
-            format!("expected {}..{}, found {value}", range.start(), range.end()),
-        ));
     }
 }
 

@@ -145,6 +145,21 @@ pub(crate) fn effective<T: Serialize>(config: &T, daemon: &str) -> String {
     )
 }
 
+/// Reports `value` outside `range` as a problem at `path`.
+pub(crate) fn check_range(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    value: u32,
+    range: std::ops::RangeInclusive<u32>,
+) {
+    if !range.contains(&value) {
+        problems.push(Problem::new(
+            path,
+            format!("expected {}..{}, found {value}", range.start(), range.end()),
+        ));
+    }
+}
+
 pub(crate) fn worker_threads(configured: u32) -> usize {
     if configured == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConfigError, KeyPath, Problem};
 use crate::secret::{check_pair, Chap};
 use crate::value::{resolve_path, ByteSize, FabricAddr, Iqn};
-use crate::{Loaded, LogSection};
+use crate::{check_range, Loaded, LogSection};
 
 /// The embedded default: one target with a 64 MiB RAM LUN (512-byte blocks, Type 1 PI)
 /// on TCP 127.0.0.1:3260 and the soft iSER fabric on 127.0.0.1:3261.
@@ -532,20 +532,6 @@ impl TargetConfig {
     /// The target with this name.
     pub fn target(&self, iqn: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.iqn.as_str() == iqn)
-    }
-}
-
-fn check_range(
-    problems: &mut Vec<Problem>,
-    path: KeyPath,
-    value: u32,
-    range: std::ops::RangeInclusive<u32>,
-) {
-    if !range.contains(&value) {
-        problems.push(Problem::new(
-            path,
-            format!("expected {}..{}, found {value}", range.start(), range.end()),
-        ));
     }
 }
 
