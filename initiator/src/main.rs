@@ -1,7 +1,8 @@
-//! `iser-initiator`: the daemon (log into every configured session and serve the LUN
-//! exports) and the scripting CLI (discover, login, read, write) on the same session
-//! core. Exit status: 0 GOOD, 3 CHECK CONDITION, 4 another SCSI status, 1 any other
-//! failure, 2 usage, 78 invalid configuration.
+//! `iser-initiator`: the daemon (log into every configured session, keep it up, serve
+//! the LUN exports, answer its control socket) and the scripting CLI (discover, login,
+//! logout, sessions, read, write) on the same session core. Exit status: 0 GOOD,
+//! 3 CHECK CONDITION, 4 another SCSI status, 1 any other failure, 2 usage, 78 invalid
+//! configuration.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
