@@ -70,15 +70,7 @@ impl Mlx5Device {
     }
 
     fn qp(&self, qpn: u32) -> Result<Arc<Qp>> {
-        self.hca
-            .qps
-            .read()
-            .get(&qpn)
-            .cloned()
-            .ok_or(VerbsError::UnknownHandle {
-                what: "qp",
-                id: qpn,
-            })
+        self.hca.qp(qpn)
     }
 
     fn doorbell(&self, qp: &Arc<Qp>) {

@@ -123,15 +123,7 @@ impl ConnectRequestOps for PendingReq {
         events: Arc<ConnEvents>,
     ) -> Result<Box<dyn ConnectionOps>, CmError> {
         let PendingReq { hca, mut stream } = *self;
-        let qp =
-            hca.qps
-                .read()
-                .get(&qpn)
-                .cloned()
-                .ok_or(CmError::Verbs(VerbsError::UnknownHandle {
-                    what: "qp",
-                    id: qpn,
-                }))?;
+        let qp = hca.qp(qpn)?;
         write_frame(&mut stream, Op::CmRep, qpn, &param.private_data)?;
         attach(&hca, &qp, stream, events)?;
         Ok(Box::new(SoftConn { qp }))
@@ -276,15 +268,7 @@ pub fn connect(
     param: &ConnParam,
     events: Arc<ConnEvents>,
 ) -> Result<(Vec<u8>, Box<dyn ConnectionOps>), CmError> {
-    let qp =
-        hca.qps
-            .read()
-            .get(&qpn)
-            .cloned()
-            .ok_or(CmError::Verbs(VerbsError::UnknownHandle {
-                what: "qp",
-                id: qpn,
-            }))?;
+    let qp = hca.qp(qpn)?;
     let st = qp.state();
     if st != QpState::Init {
         return Err(CmError::Verbs(VerbsError::InvalidQpState {

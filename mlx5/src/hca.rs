@@ -399,6 +399,18 @@ pub struct Hca {
 }
 
 impl Hca {
+    /// The QP numbered `qpn`.
+    pub fn qp(&self, qpn: u32) -> Result<Arc<Qp>, verbs::VerbsError> {
+        self.qps
+            .read()
+            .get(&qpn)
+            .cloned()
+            .ok_or(verbs::VerbsError::UnknownHandle {
+                what: "qp",
+                id: qpn,
+            })
+    }
+
     /// A device with the faults of `MLX5_SOFT_FAULT`, if set.
     pub fn new(name: &str) -> Hca {
         let faults = match std::env::var("MLX5_SOFT_FAULT") {
