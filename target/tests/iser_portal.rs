@@ -1158,3 +1158,50 @@ fn garbage_sends_get_reject_or_disconnect_never_a_dead_target() {
         "some garbage must have been answered with Reject"
     );
 }
+
+#[test]
+fn cmd_sn_order_is_restored_and_out_of_window_commands_are_ignored() {
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let nop = |ini: &Initiator, itt: u32, cmd_sn: u32, immediate: bool| {
+        let n = NopOut {
+            immediate,
+            lun: 0,
+            itt,
+            ttt: RESERVED_TAG,
+            cmd_sn,
+            exp_stat_sn: ini.exp_stat_sn,
+        };
+        ini.send_pdu(IserControl::default(), Pdu::new(n));
+    };
+    let sn = ini.cmd_sn;
+    // Far outside the window: silently ignored.
+    nop(&ini, 0x500, sn.wrapping_add(1000), false);
+    // CmdSN n+1 arrives before n: held, then both run in CmdSN order.
+    nop(&ini, 0x502, sn.wrapping_add(1), false);
+    nop(&ini, 0x501, sn, false);
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let (p, _) = ini.recv_pdu();
+        match p.header {
+            Header::NopIn(n) => order.push((n.itt, n.exp_cmd_sn)),
+            other => panic!("expected NOP-In, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        order,
+        vec![(0x501, sn.wrapping_add(1)), (0x502, sn.wrapping_add(2))]
+    );
+    ini.cmd_sn = sn.wrapping_add(2);
+    // An immediate ping is answered next: nothing came for the ignored one.
+    nop(&ini, 0x503, ini.cmd_sn, true);
+    let (p, _) = ini.recv_pdu();
+    match p.header {
+        Header::NopIn(n) => {
+            assert_eq!(n.itt, 0x503);
+            assert_eq!(n.exp_cmd_sn, sn.wrapping_add(2));
+            assert_eq!(n.max_cmd_sn, sn.wrapping_add(2 + 8 - 1), "queue depth 8");
+        }
+        other => panic!("expected NOP-In, got {other:?}"),
+    }
+}

@@ -34,10 +34,11 @@ use super::io::{
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
 use crate::iscsi_tcp::command::{absent_lun, illegal_request, lun_number};
-use crate::iscsi_tcp::task::{residual, CmdSnCheck, CmdWindow};
+use crate::iscsi_tcp::task::residual;
 use crate::registry::{ConnectionInfo, Session};
 use crate::service::{Completion, LunSummary, Nexus, ResetScope, ScsiService, Transfer};
 use crate::stats::IoCounters;
+use iscsi::seq::{CmdVerdict, CmdWindow, Sn};
 
 /// How long one login PDU may take to arrive.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -156,7 +157,8 @@ async fn serve_inner(
         service,
         lun_counters,
         luns,
-        window: CmdWindow { exp_cmd_sn, depth },
+        window: CmdWindow::new(exp_cmd_sn, depth),
+        depth,
         stat_sn,
         held: BTreeMap::new(),
         deferred: VecDeque::new(),
@@ -225,6 +227,7 @@ async fn next_recv(cq: &Cq, timeout: Option<Duration>) -> Result<(u64, usize), I
 async fn send_pdu(
     fab: &mut Fabric,
     send: &SendBuf,
+    mut before: Vec<SendWr>,
     pdu: Pdu,
     inv: Option<u32>,
 ) -> Result<(), IserError> {
@@ -236,11 +239,11 @@ async fn send_pdu(
         max_recv_data_segment_length: u32::MAX,
     });
     let sge = send.load(&bytes)?;
-    let wr = match inv {
+    before.push(match inv {
         Some(rkey) => SendWr::send_with_inv(0, sge, rkey),
         None => SendWr::send(0, sge),
-    };
-    fab.run(vec![wr], "SEND").await
+    });
+    fab.run(before, "SEND").await
 }
 
 async fn login(
@@ -304,11 +307,11 @@ async fn login(
                 let mut wr = login_ring.recv_wr(0);
                 wr.wr_id = LOGIN_WR;
                 fab.qp.post_recv_one(wr)?;
-                send_pdu(fab, send, resp, None).await?;
+                send_pdu(fab, send, Vec::new(), resp, None).await?;
             }
             TargetStep::Failed { response, error } => {
                 tracing::info!(%peer, %error, "iSER login refused");
-                send_pdu(fab, send, response, None).await?;
+                send_pdu(fab, send, Vec::new(), response, None).await?;
                 return Ok(None);
             }
             TargetStep::Complete { response, outcome } => {
@@ -336,7 +339,7 @@ async fn login(
                     outcome.target_name.as_deref(),
                     info,
                 );
-                send_pdu(fab, send, response, None).await?;
+                send_pdu(fab, send, Vec::new(), response, None).await?;
                 tracing::info!(
                     %peer,
                     initiator = %outcome.initiator_name,
@@ -387,6 +390,8 @@ struct Conn {
     lun_counters: BTreeMap<u64, Arc<IoCounters>>,
     luns: HashMap<u64, LunSummary>,
     window: CmdWindow,
+    /// Commands the session may queue (the window's depth).
+    depth: u32,
     stat_sn: u32,
     /// Commands received ahead of ExpCmdSN, by CmdSN.
     held: BTreeMap<u32, Msg>,
@@ -477,13 +482,21 @@ impl Conn {
         }
     }
 
-    fn max_cmd_sn(&self) -> u32 {
-        self.window.max_cmd_sn()
+    /// Stamps StatSN/ExpCmdSN/MaxCmdSN and sends `pdu` as one SEND.
+    async fn send(&mut self, pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
+        self.send_after(Vec::new(), pdu, inv).await
     }
 
-    /// Stamps StatSN/ExpCmdSN/MaxCmdSN and sends `pdu` as one SEND.
-    async fn send(&mut self, mut pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
-        let (exp, max) = (self.window.exp_cmd_sn, self.max_cmd_sn());
+    /// Like [`Conn::send`], with `before` (Data-In RDMA WRITEs) posted ahead of the
+    /// SEND in one chain: RC executes them in order, so the data is placed before
+    /// the initiator sees the response.
+    async fn send_after(
+        &mut self,
+        before: Vec<SendWr>,
+        mut pdu: Pdu,
+        inv: Option<u32>,
+    ) -> Result<(), IserError> {
+        let (exp, max) = (self.window.exp_cmd_sn(), self.window.max_cmd_sn());
         let advance = |sn: &mut u32| {
             let s = *sn;
             *sn = sn.wrapping_add(1);
@@ -522,7 +535,7 @@ impl Conn {
             _ => {}
         }
         let inv = inv.filter(|_| self.send_inv);
-        send_pdu(&mut self.fab, &self.send, pdu, inv).await
+        send_pdu(&mut self.fab, &self.send, before, pdu, inv).await
     }
 
     async fn reject(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Result<(), IserError> {
@@ -531,41 +544,42 @@ impl Conn {
     }
 
     /// CmdSN ordering, then dispatch; commands held ahead of ExpCmdSN follow once
-    /// the gap closes.
+    /// the gap closes. A delivered command runs to completion before the next PDU is
+    /// taken, so its slot of the window is released before its response is stamped.
     async fn on_msg(&mut self, msg: Msg) -> Result<(), IserError> {
         let h = &msg.pdu.header;
-        if let (Some(sn), false) = (h.cmd_sn(), h.immediate()) {
-            match self.window.check(sn) {
-                CmdSnCheck::InOrder => {
-                    self.window.advance();
-                    self.dispatch(msg).await?;
-                    while let Some(next) = self.held.remove(&self.window.exp_cmd_sn) {
-                        self.window.advance();
+        let Some(sn) = h.cmd_sn() else {
+            return self.dispatch(msg).await;
+        };
+        let immediate = h.immediate();
+        match self.window.check(sn, immediate) {
+            CmdVerdict::Deliver => {
+                if !immediate {
+                    self.window.complete();
+                }
+                self.dispatch(msg).await?;
+                while let Some(next) = self.held.remove(&self.window.exp_cmd_sn()) {
+                    let sn = self.window.exp_cmd_sn();
+                    if self.window.check(sn, false) == CmdVerdict::Deliver {
+                        self.window.complete();
                         self.dispatch(next).await?;
                     }
                 }
-                CmdSnCheck::Ahead => {
-                    if self.held.len() < self.window.depth as usize {
-                        self.held.insert(sn, msg);
-                    }
-                }
-                CmdSnCheck::OutOfWindow => {
-                    tracing::debug!(
-                        cmd_sn = sn,
-                        exp = self.window.exp_cmd_sn,
-                        "CmdSN outside the window; ignored"
-                    );
+            }
+            CmdVerdict::Hold => {
+                if self.held.len() < self.depth as usize {
+                    self.held.insert(sn, msg);
                 }
             }
-            return Ok(());
-        }
-        if let (Some(sn), true) = (h.cmd_sn(), h.immediate()) {
-            if !self.window.immediate_ok(sn) {
-                tracing::debug!(cmd_sn = sn, "immediate CmdSN outside the window; ignored");
-                return Ok(());
+            CmdVerdict::Drop => {
+                tracing::debug!(
+                    cmd_sn = sn,
+                    exp = self.window.exp_cmd_sn(),
+                    "CmdSN outside the window; ignored"
+                );
             }
         }
-        self.dispatch(msg).await
+        Ok(())
     }
 
     async fn dispatch(&mut self, msg: Msg) -> Result<(), IserError> {
@@ -724,7 +738,7 @@ impl Conn {
         if edtl as usize > io::MAX_TRANSFER {
             let c = Completion::check_condition(illegal_request((0x24, 0x00)));
             return self
-                .respond(&cmd, &iser, &c, 0, 0, out_len, &counters)
+                .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, Vec::new())
                 .await;
         }
         let mut device_out: Option<(Vec<u8>, Vec<u8>)> = None; // (cdb, data)
@@ -736,7 +750,7 @@ impl Conn {
             if self.pool.buffer(&self.fab.pd, buf_len).is_err() {
                 let c = Completion::check_condition(illegal_request((0x24, 0x00)));
                 return self
-                    .respond(&cmd, &iser, &c, 0, 0, out_len, &counters)
+                    .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, Vec::new())
                     .await;
             }
             let imm = (immediate.len() as u32).min(want);
@@ -766,8 +780,9 @@ impl Conn {
             });
             match checked {
                 Some(h) => {
-                    io::register_sig(&mut self.fab, &self.pool, h.mem_len, h.attrs).await?;
-                    io::rdma_reads(&mut self.fab, &self.pool, &reads, LocalView::Signature).await?;
+                    let mut wrs = vec![io::sig_reg_wr(&self.pool, h.mem_len, h.attrs)?];
+                    wrs.extend(io::read_wrs(&self.pool, &reads, LocalView::Signature)?);
+                    self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA READ").await?;
                     if let Some(e) = io::sig_status(&self.pool)? {
                         pi_failure = Some(self.sig_error(summary.as_ref(), &h.plan, &e));
                     }
@@ -775,7 +790,8 @@ impl Conn {
                     device_out = Some((h.device_cdb.clone(), data));
                 }
                 None => {
-                    io::rdma_reads(&mut self.fab, &self.pool, &reads, LocalView::Plain).await?;
+                    let wrs = io::read_wrs(&self.pool, &reads, LocalView::Plain)?;
+                    self.fab.run(wrs, "RDMA READ (Data-Out)").await?;
                     device_out = Some((cmd.cdb.clone(), self.command_bytes(want as usize)?));
                 }
             }
@@ -816,6 +832,7 @@ impl Conn {
         // ---- Data-In ----------------------------------------------------------
         let mut sent = 0u32;
         let mut read_len = completion.data_in.len();
+        let mut data_in_wrs = Vec::new();
         if cmd.read && !completion.data_in.is_empty() {
             let p = match target_plan(&cmd, &iser, 0, chunk, chunk) {
                 Ok(p) => p,
@@ -827,9 +844,9 @@ impl Conn {
                     let writes = clip(&p.rdma_writes, h.wire_len as u32);
                     let buf = self.pool.buffer(&self.fab.pd, h.mem_len)?;
                     buf.write_at(0, &completion.data_in)?;
-                    io::register_sig(&mut self.fab, &self.pool, h.mem_len, h.attrs).await?;
-                    io::rdma_writes(&mut self.fab, &self.pool, &writes, LocalView::Signature)
-                        .await?;
+                    let mut wrs = vec![io::sig_reg_wr(&self.pool, h.mem_len, h.attrs)?];
+                    wrs.extend(io::write_wrs(&self.pool, &writes, LocalView::Signature)?);
+                    self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA WRITE").await?;
                     sent = h.wire_len as u32;
                     if let Some(e) = io::sig_status(&self.pool)? {
                         let (status, sense) = self.sig_error(summary.as_ref(), &h.plan, &e);
@@ -857,7 +874,8 @@ impl Conn {
                     let writes = clip(&p.rdma_writes, send_len);
                     let buf = self.pool.buffer(&self.fab.pd, send_len as usize)?;
                     buf.write_at(0, &completion.data_in[..send_len as usize])?;
-                    io::rdma_writes(&mut self.fab, &self.pool, &writes, LocalView::Plain).await?;
+                    // Posted in one chain with the SCSI Response that follows them.
+                    data_in_wrs = io::write_wrs(&self.pool, &writes, LocalView::Plain)?;
                     sent = send_len;
                 }
             }
@@ -871,6 +889,7 @@ impl Conn {
             data_out_len,
             out_len,
             &counters,
+            data_in_wrs,
         )
         .await
     }
@@ -921,6 +940,7 @@ impl Conn {
         data_out_len: u32,
         out_len: u32,
         counters: &[Arc<IoCounters>],
+        data_in: Vec<SendWr>,
     ) -> Result<(), IserError> {
         for k in counters {
             k.record(&cmd.cdb, u64::from(sent), u64::from(data_out_len), &c.sense);
@@ -956,7 +976,7 @@ impl Conn {
             data,
         );
         let inv = invalidate_stag(iser);
-        self.send(pdu, inv).await
+        self.send_after(data_in, pdu, inv).await
     }
 
     async fn tmf_response(&mut self, itt: u32, response: TmfResponseCode) -> Result<(), IserError> {
@@ -1002,8 +1022,14 @@ impl Conn {
                         self.held.remove(&sn);
                         TmfResponseCode::Complete
                     }
-                    // Already answered (or never seen): nothing left to abort.
-                    None if crate::iscsi_tcp::task::sn_lt(t.ref_cmd_sn, self.window.exp_cmd_sn) => {
+                    // Never received (inside the window, before the TMF): aborted;
+                    // already answered: it no longer exists.
+                    None if {
+                        let r = Sn(t.ref_cmd_sn);
+                        r.in_window(Sn(self.window.exp_cmd_sn()), Sn(self.window.max_cmd_sn()))
+                            && r.lt(Sn(t.cmd_sn))
+                    } =>
+                    {
                         TmfResponseCode::Complete
                     }
                     None => TmfResponseCode::TaskDoesNotExist,

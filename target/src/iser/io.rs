@@ -262,28 +262,25 @@ impl CmdPool {
     }
 }
 
-/// Binds the signature MR over the first `len` bytes of the command buffer.
-pub async fn register_sig(
-    fab: &mut Fabric,
-    pool: &CmdPool,
-    len: usize,
-    attrs: SigAttrs,
-) -> Result<(), IserError> {
+/// The registration binding the signature MR over the first `len` bytes of the
+/// command buffer. Posted in the same chain as the RDMA operations that use it: the
+/// send queue executes in order, as a ULP chains IB_WR_REG_MR_INTEGRITY before its
+/// RDMA work requests.
+pub fn sig_reg_wr(pool: &CmdPool, len: usize, attrs: SigAttrs) -> Result<SendWr, IserError> {
     let data = pool
         .data()
         .ok_or(IserError::Protocol("command buffer missing".into()))?;
     // A status never read (an earlier transfer failed midway) would block the
     // registration; it belongs to a command that is already answered.
     let _ = pool.sig.check_status()?;
-    let wr = SendWr::reg_mr_integrity(
+    Ok(SendWr::reg_mr_integrity(
         0,
         pool.sig.lkey(),
         data.sge(0, len as u32),
         None,
         attrs,
         AccessFlags::LOCAL_WRITE,
-    );
-    fab.run(vec![wr], "signature registration").await
+    ))
 }
 
 /// Where one RDMA operation's local side lies: plain buffer or signature MR.
@@ -311,37 +308,27 @@ fn local_sge(pool: &CmdPool, view: LocalView, offset: u32, len: u32) -> Result<S
 }
 
 /// RDMA READs of `ops` into the command buffer (Data-Out).
-pub async fn rdma_reads(
-    fab: &mut Fabric,
-    pool: &CmdPool,
-    ops: &[RdmaOp],
-    view: LocalView,
-) -> Result<(), IserError> {
-    let wrs = ops
-        .iter()
+pub fn read_wrs(pool: &CmdPool, ops: &[RdmaOp], view: LocalView) -> Result<Vec<SendWr>, IserError> {
+    ops.iter()
         .map(|op| {
             let sge = local_sge(pool, view, op.buffer_offset, op.length)?;
             Ok(SendWr::rdma_read(0, sge, op.remote.va, op.remote.stag))
         })
-        .collect::<Result<Vec<_>, IserError>>()?;
-    fab.run(wrs, "RDMA READ (Data-Out)").await
+        .collect()
 }
 
 /// RDMA WRITEs of `ops` out of the command buffer (Data-In).
-pub async fn rdma_writes(
-    fab: &mut Fabric,
+pub fn write_wrs(
     pool: &CmdPool,
     ops: &[RdmaOp],
     view: LocalView,
-) -> Result<(), IserError> {
-    let wrs = ops
-        .iter()
+) -> Result<Vec<SendWr>, IserError> {
+    ops.iter()
         .map(|op| {
             let sge = local_sge(pool, view, op.buffer_offset, op.length)?;
             Ok(SendWr::rdma_write(0, sge, op.remote.va, op.remote.stag))
         })
-        .collect::<Result<Vec<_>, IserError>>()?;
-    fab.run(wrs, "RDMA WRITE (Data-In)").await
+        .collect()
 }
 
 /// `check_mr_status` of the signature MR after a transfer.
