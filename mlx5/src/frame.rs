@@ -19,7 +19,8 @@
 //! 32+n    4   icrc         CRC32C over bytes 0..32+n (as RoCE's ICRC)
 //! ```
 //!
-//! One frame carries one whole message (no MTU segmentation). A frame whose magic,
+//! One frame carries one whole message (no MTU segmentation); a CM frame carries at
+//! most `verbs::cm::MAX_PRIVATE_DATA` bytes. A frame whose magic,
 //! version, length or CRC is wrong is a transport error: the QP goes to error and
 //! the connection closes; its bytes never reach memory.
 
@@ -218,7 +219,10 @@ fn decode_header(b: &[u8; HDR_LEN]) -> Result<(Header, usize), FrameError> {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[16..24]);
     let n = w(28) as usize;
-    if n > MAX_PAYLOAD {
+    // CM frames carry only private data, which the verbs CM caps; refusing more here
+    // keeps an unauthenticated connection from sizing a large buffer.
+    let cm = matches!(op, Op::CmReq | Op::CmRep | Op::CmRej | Op::Dreq);
+    if n > MAX_PAYLOAD || (cm && n > verbs::cm::MAX_PRIVATE_DATA) {
         return Err(FrameError::TooLong(n));
     }
     Ok((
@@ -292,6 +296,23 @@ mod tests {
         let (h2, p) = decode(&f).unwrap();
         assert_eq!(h2, h);
         assert_eq!(p, b"abc");
+    }
+
+    #[test]
+    fn cm_frames_carry_at_most_the_cm_private_data_limit() {
+        let max = verbs::cm::MAX_PRIVATE_DATA;
+        for op in [Op::CmReq, Op::CmRep, Op::CmRej, Op::Dreq] {
+            assert!(decode(&encode(&Header::new(op, 0), &vec![0x80; max])).is_ok());
+            assert!(
+                matches!(
+                    decode(&encode(&Header::new(op, 0), &vec![0x80; max + 1])),
+                    Err(FrameError::TooLong(_))
+                ),
+                "{op:?}"
+            );
+        }
+        // Data frames are not held to it.
+        assert!(decode(&encode(&Header::new(Op::Send, 0), &vec![0; 4096])).is_ok());
     }
 
     #[test]
