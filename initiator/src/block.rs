@@ -222,12 +222,49 @@ pub async fn probe(session: &(impl Clone + Into<Link>), lun: u16) -> Result<LunI
     })
 }
 
+/// PI check failures seen on one LUN: ASC 10h sense detected by the initiator (on data
+/// it received or host PI it was given) or reported by the target.
+#[derive(Debug, Default)]
+pub struct PiCounters {
+    initiator: std::sync::atomic::AtomicU64,
+    target: std::sync::atomic::AtomicU64,
+}
+
+impl PiCounters {
+    /// Failures the initiator detected.
+    pub fn detected_by_initiator(&self) -> u64 {
+        self.initiator.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Failures the target reported.
+    pub fn reported_by_target(&self) -> u64 {
+        self.target.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn record(&self, out: &IoOutcome) {
+        let pi = out.status == Status::CHECK_CONDITION
+            && out
+                .sense
+                .as_ref()
+                .is_some_and(|s| s.asc == 0x10 && (1..=3).contains(&s.ascq));
+        if !pi {
+            return;
+        }
+        let c = match out.origin {
+            Some(SenseOrigin::Initiator) => &self.initiator,
+            _ => &self.target,
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One LUN of a session under a protection policy.
 #[derive(Debug, Clone)]
 pub struct BlockDevice {
     session: Link,
     info: LunInfo,
     policy: ProtectionPolicy,
+    counters: std::sync::Arc<PiCounters>,
 }
 
 /// Largest number of blocks [`BlockDevice::read_range`] and
@@ -255,7 +292,19 @@ impl BlockDevice {
             session,
             info,
             policy,
+            counters: std::sync::Arc::default(),
         })
+    }
+
+    /// Count PI failures in `counters` (shared across reconnects of one LUN).
+    pub fn with_counters(mut self, counters: std::sync::Arc<PiCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The PI failure counters of this LUN.
+    pub fn counters(&self) -> &std::sync::Arc<PiCounters> {
+        &self.counters
     }
 
     /// What the LUN reported.
@@ -303,6 +352,12 @@ impl BlockDevice {
     /// READ `blocks` blocks at `lba`; the outcome carries host data (and DIX PI in pass
     /// and strip modes).
     pub async fn read(&self, lba: u64, blocks: u32) -> Result<IoOutcome, Error> {
+        let out = self.read_inner(lba, blocks).await?;
+        self.counters.record(&out);
+        Ok(out)
+    }
+
+    async fn read_inner(&self, lba: u64, blocks: u32) -> Result<IoOutcome, Error> {
         self.check_range(lba, blocks)?;
         let p = CommandProtection::select(&self.policy, &self.info, Direction::Read, lba, blocks);
         let edtl = u64::from(blocks) * u64::from(p.wire_block());
@@ -380,6 +435,17 @@ impl BlockDevice {
     /// WRITE `data` at `lba`; `pi` is the host's DIX PI (pass and strip modes; when
     /// absent in those modes the initiator generates it, as for an export without PI).
     pub async fn write(
+        &self,
+        lba: u64,
+        data: &[u8],
+        pi: Option<&[u8]>,
+    ) -> Result<IoOutcome, Error> {
+        let out = self.write_inner(lba, data, pi).await?;
+        self.counters.record(&out);
+        Ok(out)
+    }
+
+    async fn write_inner(
         &self,
         lba: u64,
         data: &[u8],

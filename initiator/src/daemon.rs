@@ -12,7 +12,7 @@ use conf::NbdEndpoint;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::block::{BlockDevice, SharedLun};
+use crate::block::{BlockDevice, PiCounters, SharedLun};
 use crate::error::Error;
 use crate::iser::IserConfig;
 use crate::link::{Link, TransportChoice};
@@ -21,6 +21,7 @@ use crate::session::SessionConfig;
 /// One session the daemon keeps up.
 struct Running {
     portal: String,
+    luns: LunStats,
     stop: watch::Sender<bool>,
     status: watch::Receiver<String>,
     task: tokio::task::JoinHandle<()>,
@@ -28,14 +29,19 @@ struct Running {
 
 type Registry = Arc<tokio::sync::Mutex<HashMap<String, Running>>>;
 
+/// The PI counters of a session's exported LUNs, for `sessions`.
+type LunStats = Arc<std::sync::Mutex<Vec<(u16, Arc<PiCounters>)>>>;
+
 fn start_session(reg: &mut HashMap<String, Running>, iqn: conf::Iqn, s: SessionConf) {
     let target = s.target.as_str().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel("connecting".to_owned());
     let portal = s.portal.to_string();
     let t = target.clone();
+    let luns = LunStats::default();
+    let l = luns.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = supervise(iqn, s, stop_rx, status_tx.clone()).await {
+        if let Err(e) = supervise(iqn, s, stop_rx, status_tx.clone(), l).await {
             error!(target = %t, "session given up: {e}");
             status_tx.send_replace(format!("given up: {e}"));
         }
@@ -44,6 +50,7 @@ fn start_session(reg: &mut HashMap<String, Running>, iqn: conf::Iqn, s: SessionC
         target,
         Running {
             portal,
+            luns,
             stop: stop_tx,
             status: status_rx,
             task,
@@ -172,7 +179,18 @@ async fn answer(req: ControlRequest, reg: &Registry, iqn: &conf::Iqn) -> serde_j
             let r = reg.lock().await;
             let list: Vec<_> = r
                 .iter()
-                .map(|(t, run)| serde_json::json!({"target": t, "portal": run.portal, "state": *run.status.borrow()}))
+                .map(|(t, run)| {
+                    let luns: Vec<_> = run
+                        .luns
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(id, c)| {
+                            serde_json::json!({"lun": id, "pi_errors_initiator": c.detected_by_initiator(), "pi_errors_target": c.reported_by_target()})
+                        })
+                        .collect();
+                    serde_json::json!({"target": t, "portal": run.portal, "state": *run.status.borrow(), "luns": luns})
+                })
                 .collect();
             serde_json::json!({"ok": true, "sessions": list})
         }
@@ -299,6 +317,7 @@ async fn wait_for_signal() {
 
 struct Export {
     tx: watch::Sender<Option<BlockDevice>>,
+    counters: Arc<PiCounters>,
     shared: Arc<SharedLun>,
     _server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -309,6 +328,7 @@ async fn supervise(
     sc: SessionConf,
     mut stop: watch::Receiver<bool>,
     status: watch::Sender<String>,
+    stats: LunStats,
 ) -> Result<(), Error> {
     let target = sc.target.as_str().to_owned();
     let choice = match sc.transport {
@@ -335,6 +355,7 @@ async fn supervise(
                     &sc,
                     &mut exports,
                     &mut mounts,
+                    &stats,
                     cfg.command_timeout,
                 )
                 .await;
@@ -378,6 +399,7 @@ async fn attach_luns(
     sc: &SessionConf,
     exports: &mut HashMap<u16, Export>,
     mounts: &mut HashMap<std::path::PathBuf, fuser::BackgroundSession>,
+    stats: &LunStats,
     wait: Duration,
 ) {
     let target = sc.target.as_str();
@@ -392,9 +414,15 @@ async fn attach_luns(
         };
         info!(%target, lun = l.id, info = %dev.info(), mode = dev.policy().mode.as_str(), "LUN ready");
         if let Some(e) = exports.get(&l.id) {
-            e.tx.send_replace(Some(dev));
+            e.tx.send_replace(Some(dev.with_counters(e.counters.clone())));
             continue;
         }
+        let counters = Arc::new(PiCounters::default());
+        stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((l.id, counters.clone()));
+        let dev = dev.with_counters(counters.clone());
         let info = dev.info().clone();
         let (tx, rx) = watch::channel(Some(dev));
         let shared = Arc::new(SharedLun::new(info, rx, wait));
@@ -429,6 +457,7 @@ async fn attach_luns(
             l.id,
             Export {
                 tx,
+                counters,
                 shared,
                 _server: server,
             },

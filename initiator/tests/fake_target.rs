@@ -682,6 +682,13 @@ async fn pass_mode_and_wire_corruption_caught_by_the_initiator() {
         (sense.asc, sense.ascq, sense.information),
         (0x10, 0x02, Some(40))
     );
+    assert_eq!(
+        (
+            dev.counters().detected_by_initiator(),
+            dev.counters().reported_by_target()
+        ),
+        (2, 0)
+    );
     s.logout().await.expect("logout");
 }
 

@@ -434,6 +434,7 @@ async fn iser_corruption_on_the_wire_is_a_sig_error_with_the_lba() {
         (scsi::SenseKey::ILLEGAL_REQUEST, 0x10, 0x01, Some(203))
     );
     assert_eq!(r.sense_bytes[0], 0x72);
+    assert_eq!(dev.counters().detected_by_initiator(), 1);
     // Blocks without the corruption deliver data and the host's PI.
     let r = dev.read(204, 4).await.expect("read");
     assert!(r.is_good());

@@ -633,6 +633,7 @@ fn daemon_serves_nbd_export() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["sessions"][0]["target"], iqn);
     assert_eq!(v["sessions"][0]["state"], "logged in over tcp");
+    assert_eq!(v["sessions"][0]["luns"][0]["pi_errors_initiator"], 0);
     let iqn2 = "iqn.2026-11.io.iser-pi:tgt-nbd2";
     tgt.add_target(2, iqn2, 1);
     let portal = tgt.portal.to_string();
