@@ -405,6 +405,82 @@ fn out_of_window_cmd_sn_is_ignored() {
 }
 
 #[test]
+fn outstanding_commands_close_the_cmd_sn_window() {
+    let dir = tempdir();
+    let cfg = luns_config().replace(
+        "nop_in_interval = 0",
+        "nop_in_interval = 0\nqueue_depth = 4",
+    );
+    let d = Daemon::start(dir.path(), &cfg);
+    let mut c = Client::login(d.addr, Some(IQN), &LoginOptions::default()).expect("login");
+    c.clear_ua(0);
+    // Four writes that wait for their data: each R2T shows the window shrinking.
+    let first = c.cmd_sn;
+    let mut r2ts = Vec::new();
+    for i in 0..4u32 {
+        let itt = c.next_itt();
+        c.send(&Pdu::new(ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: false,
+            write: true,
+            attr: TaskAttr::Simple,
+            lun: 0,
+            itt,
+            expected_data_transfer_length: 512,
+            cmd_sn: c.cmd_sn,
+            exp_stat_sn: c.exp_stat_sn,
+            cdb: rw10(0x2a, 0, i, 1, false),
+            bidi_read_length: None,
+        }));
+        c.cmd_sn += 1;
+        let p = c.recv();
+        let Header::R2t(r) = p.header else {
+            panic!("expected R2T, got {:?}", p.header)
+        };
+        assert_eq!(r.exp_cmd_sn, first + i + 1);
+        assert_eq!(
+            r.max_cmd_sn,
+            first + 3,
+            "MaxCmdSN holds while commands are outstanding"
+        );
+        r2ts.push((itt, r.ttt));
+    }
+    // The window is closed (MaxCmdSN = ExpCmdSN - 1): a fifth command is ignored.
+    c.send(&Pdu::new(NopOut {
+        immediate: false,
+        lun: 0,
+        itt: 0x5555,
+        ttt: RESERVED_TAG,
+        cmd_sn: c.cmd_sn,
+        exp_stat_sn: c.exp_stat_sn,
+    }));
+    assert!(
+        c.try_recv(Duration::from_millis(300)).is_none(),
+        "command beyond MaxCmdSN must be ignored"
+    );
+    // Completing one write opens one slot.
+    let (itt, ttt) = r2ts[0];
+    c.send(&Pdu::with_data(
+        iscsi::pdu::DataOut {
+            final_: true,
+            lun: 0,
+            itt,
+            ttt,
+            exp_stat_sn: c.exp_stat_sn,
+            data_sn: 0,
+            buffer_offset: 0,
+        },
+        vec![1; 512],
+    ));
+    let p = c.recv();
+    let Header::ScsiResponse(r) = p.header else {
+        panic!("expected SCSI Response, got {:?}", p.header)
+    };
+    assert_eq!((r.itt, r.status, r.max_cmd_sn), (itt, 0, first + 4));
+}
+
+#[test]
 fn task_management_and_logout() {
     let dir = tempdir();
     let d = Daemon::start(dir.path(), &luns_config());
