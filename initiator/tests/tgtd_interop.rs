@@ -296,6 +296,20 @@ async fn mutual_chap_and_digests() {
         "tgtuser",
         "--outgoing",
     ]);
+    // InitialR2T=No: writes carry immediate data and unsolicited Data-Out up to
+    // FirstBurstLength before the R2Ts.
+    tgt.adm(&[
+        "--op",
+        "update",
+        "--mode",
+        "target",
+        "--tid",
+        "1",
+        "-n",
+        "InitialR2T",
+        "-v",
+        "No",
+    ]);
     for key in ["HeaderDigest", "DataDigest"] {
         tgt.adm(&[
             "--op",
@@ -349,6 +363,10 @@ async fn mutual_chap_and_digests() {
     assert!(
         s.params().header_digest && s.params().data_digest,
         "digests negotiated"
+    );
+    assert!(
+        !s.params().initial_r2t && s.params().immediate_data,
+        "InitialR2T=No, ImmediateData=Yes"
     );
     let dev = BlockDevice::open(s.clone(), 1, off_policy())
         .await
