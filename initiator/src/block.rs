@@ -410,10 +410,16 @@ impl BlockDevice {
             let pc = s
                 .execute_protected(lun, &bytes, p, lba, blocks, write)
                 .await?;
-            if let Some(sense) = pc.sig_sense {
-                return Ok(IoOutcome::local_check_condition(sense));
-            }
             let mut out = IoOutcome::from_target(pc.completion);
+            if let Some(sense) = pc.sig_sense {
+                // The initiator's own check overrides a GOOD status only (DESIGN
+                // section 5); when the target already failed the command, its sense
+                // names who detected the error first and is the more precise one.
+                if out.is_good() {
+                    return Ok(IoOutcome::local_check_condition(sense));
+                }
+                tracing::warn!(lba, %sense, "PI check failed at the initiator too; reporting the target's sense");
+            }
             let ua = out.status == Status::CHECK_CONDITION
                 && out
                     .sense
