@@ -19,7 +19,7 @@ use iscsi::{Codec, Pdu};
 use mlx5::{FaultDirection, FaultScope, FaultSpec, FaultTarget, Mlx5Device};
 use target::device::{Lun, LunDesc};
 use target::iscsi_tcp::login::{PortalPolicy, TargetEntry};
-use target::iser::{run_portal, IserContext, IserLimits, IserPortal};
+use target::iser::{run_portal, IserContext, IserLimits, IserPortal, PortalStats};
 use target::luns::TargetLuns;
 use target::registry::Registry;
 use target::service::ScsiService;
@@ -42,6 +42,7 @@ struct TargetUnderTest {
     dev: Arc<Mlx5Device>,
     addr: CmAddr,
     registry: Arc<Registry>,
+    stats: Arc<PortalStats>,
     _shutdown: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
@@ -71,6 +72,7 @@ fn start_target_with(local: LocalParams) -> TargetUnderTest {
         tpgt: 1,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(PortalStats::default());
     let ctx = Arc::new(IserContext {
         policy: Arc::new(policy),
         registry: registry.clone(),
@@ -81,6 +83,7 @@ fn start_target_with(local: LocalParams) -> TargetUnderTest {
         portals: vec!["127.0.0.1:3260".parse().unwrap()],
         app_tags: HashMap::new(),
         shutdown: rx,
+        stats: stats.clone(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,6 +102,7 @@ fn start_target_with(local: LocalParams) -> TargetUnderTest {
         dev,
         addr,
         registry,
+        stats,
         _shutdown: tx,
         _dir: dir,
     }
@@ -749,6 +753,144 @@ fn fault_in_the_target_hca_on_strip_read_and_pass_write() {
     assert_eq!(w.sense_fields(), (0x0b, 0x10, 0x03, (lba + 3) as u32));
     let r = ini.scsi(0, &rw16(READ16, 0, lba, blocks), None, 0, plain.len());
     assert!(r.status == 0 && r.data == plain, "failed write not stored");
+}
+
+/// One command posted but not yet answered.
+struct Submitted {
+    itt: u32,
+    lba: u64,
+    _write: Option<Mr>,
+    read: Option<Mr>,
+}
+
+#[test]
+fn sixteen_commands_in_flight_on_one_connection_overlap_and_complete() {
+    const N: usize = 16;
+    const BLOCKS: u32 = 8;
+    const BS: usize = 512;
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    // The LBAs the reads will fetch get known data first, one command at a time.
+    let read_lba = |i: usize| 1000 + (i * BLOCKS as usize) as u64;
+    let write_lba = |i: usize| 1500 + (i * BLOCKS as usize) as u64;
+    for i in 0..N / 2 {
+        let d = pattern(BLOCKS, BS, 0x40 + i as u8);
+        let w = ini.scsi(2, &rw16(WRITE16, 0, read_lba(i), BLOCKS), Some(&d), 0, 0);
+        assert_eq!(w.status, 0, "prefill {i}");
+    }
+    // 16 SENDs in one post: eight writes and eight reads to distinct LBAs.
+    let len = BLOCKS as usize * BS;
+    let out = ini.pd.reg_mr(N * SLOT, AccessFlags::NONE).unwrap();
+    let mut wrs = Vec::new();
+    let mut pending = Vec::new();
+    for k in 0..N {
+        let i = k / 2;
+        let itt = ini.next_itt();
+        let (ctl, cdb, write, read, lba) = if k % 2 == 0 {
+            let m = ini.pd.reg_mr(len, RW).unwrap();
+            m.write_at(0, &pattern(BLOCKS, BS, 0x80 + i as u8)).unwrap();
+            let ctl = IserControl {
+                write: Some(RemoteBuffer {
+                    stag: m.rkey(),
+                    va: m.addr(),
+                }),
+                read: None,
+            };
+            let lba = write_lba(i);
+            (ctl, rw16(WRITE16, 0, lba, BLOCKS), Some(m), None, lba)
+        } else {
+            let m = ini.pd.reg_mr(len, RW).unwrap();
+            let ctl = IserControl {
+                write: None,
+                read: Some(RemoteBuffer {
+                    stag: m.rkey(),
+                    va: m.addr(),
+                }),
+            };
+            let lba = read_lba(i);
+            (ctl, rw16(READ16, 0, lba, BLOCKS), None, Some(m), lba)
+        };
+        let cmd = ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: read.is_some(),
+            write: write.is_some(),
+            attr: TaskAttr::Simple,
+            lun: 2 << 48,
+            itt,
+            expected_data_transfer_length: len as u32,
+            cmd_sn: ini.cmd_sn,
+            exp_stat_sn: ini.exp_stat_sn,
+            cdb,
+            bidi_read_length: None,
+        };
+        ini.cmd_sn = ini.cmd_sn.wrapping_add(1);
+        let msg = IserMessage {
+            header: IserHeader::Control(ctl),
+            pdu: Some(Pdu::new(cmd)),
+        };
+        let bytes = msg.to_bytes(&PduLimits::default());
+        out.write_at(k * SLOT, &bytes).unwrap();
+        wrs.push(SendWr::send(
+            100 + k as u64,
+            out.sge(k * SLOT, bytes.len() as u32),
+        ));
+        pending.push(Submitted {
+            itt,
+            lba,
+            _write: write,
+            read,
+        });
+    }
+    ini.qp.post_send(&wrs).unwrap();
+    for _ in 0..N {
+        let wc = ini
+            .send_cq
+            .next_blocking(T)
+            .unwrap()
+            .expect("SEND completion");
+        assert_eq!(wc.status, WcStatus::Success, "SEND");
+    }
+    let mut stat_sns = Vec::new();
+    let mut answered = BTreeMap::new();
+    for _ in 0..N {
+        let (resp, _) = ini.recv_pdu();
+        let Header::ScsiResponse(r) = resp.header else {
+            panic!("expected a SCSI Response, got {:?}", resp.header);
+        };
+        assert_eq!(r.status, 0, "ITT {:#x}: sense {:02x?}", r.itt, resp.data);
+        stat_sns.push(r.stat_sn);
+        assert!(answered.insert(r.itt, ()).is_none(), "one response per ITT");
+    }
+    // StatSN counts up by one per response, in the order they arrived.
+    for w in stat_sns.windows(2) {
+        assert_eq!(w[1], w[0].wrapping_add(1), "StatSN in send order");
+    }
+    for (k, p) in pending.iter().enumerate() {
+        assert!(answered.contains_key(&p.itt), "command {k} answered");
+        if let Some(m) = &p.read {
+            let i = k / 2;
+            assert_eq!(
+                m.to_vec(0, len).unwrap(),
+                pattern(BLOCKS, BS, 0x40 + i as u8),
+                "read of LBA {}",
+                p.lba
+            );
+        }
+    }
+    // What the concurrent writes stored reads back.
+    for i in 0..N / 2 {
+        let r = ini.scsi(2, &rw16(READ16, 0, write_lba(i), BLOCKS), None, 0, len);
+        assert_eq!(r.status, 0);
+        assert_eq!(r.data, pattern(BLOCKS, BS, 0x80 + i as u8), "write {i}");
+    }
+    assert!(
+        t.stats.in_flight_high_water() > 1,
+        "commands overlapped (high-water {})",
+        t.stats.in_flight_high_water()
+    );
+    ini.logout();
+    assert_eq!(t.stats.in_flight(), 0, "no command left in flight");
 }
 
 #[test]

@@ -2,12 +2,15 @@
 //! check and accept, the login over SENDs (one login receive buffer; the full receive
 //! ring is posted before the final Login Response), then the full feature phase.
 //!
-//! The connection runs one received PDU at a time: a SCSI command's data move by RDMA
-//! (see [`super::io`]) and the device server runs on the blocking pool before the next
-//! PDU is taken from the receive CQ. Responses are stamped with StatSN, ExpCmdSN and
-//! MaxCmdSN in send order.
+//! One receive path reads the receive CQ and dispatches: SCSI commands are started in
+//! CmdSN order, each as a task holding a command slot of [`super::io`] (as many slots
+//! as the session's queue depth), and may complete out of order; unsolicited Data-Out
+//! is routed by ITT to its command's task. NOP, Text, task management and Logout are
+//! answered by the receive path (task management and Logout after the running
+//! commands finished). Every SEND is stamped with StatSN, ExpCmdSN and MaxCmdSN under
+//! the lock it is posted under, so StatSN follows send order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +27,16 @@ use iscsi::pdu::{
 };
 use iscsi::text::{split_text, TextKeys};
 use iscsi::{Codec, Pdu};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinSet};
 use verbs::cm::{CmConnection, ConnectRequest};
 use verbs::{Cq, SendWr};
 
 use super::adapter::{self, IserLoginPolicy};
 use super::io::{
-    self, clip, recv_slot_len, CmdPool, Fabric, LocalView, RecvRing, SendBuf, LOGIN_DATA, LOGIN_WR,
+    self, clip, recv_slot_len, CmdSlot, Fabric, LocalView, Poller, Pool, RecvRing, SendBuf,
+    LOGIN_DATA, LOGIN_WR, MAX_CHAIN,
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
@@ -101,7 +108,8 @@ async fn serve_inner(
     };
     let peer = req.peer().to_owned();
     let depth = ctx.policy.queue_depth.max(1);
-    let mut fab = Fabric::new(&device, depth + EXTRA_RECVS)?;
+    let fab = Arc::new(Fabric::new(&device, depth + EXTRA_RECVS)?);
+    let _poller = Poller::start(&fab);
     let login_ring = RecvRing::new(&fab.pd, 1, recv_slot_len(LOGIN_DATA as u32))?;
     let mut wr = login_ring.recv_wr(0);
     wr.wr_id = LOGIN_WR;
@@ -115,11 +123,12 @@ async fn serve_inner(
     let cm = req.accept(&fab.qp, &accept_private_data(&hdr))?;
     let send_inv = !hdr.send_w_inv_not_supported;
 
-    let Some(logged) = login(&mut fab, &login_ring, &send, &cm, &ctx, &peer, &portal).await? else {
+    let Some(logged) = login(&fab, &login_ring, &send, &cm, &ctx, &peer, &portal).await? else {
         cm.disconnect();
         return Ok(());
     };
     drop(login_ring);
+    drop(send);
     let LoggedIn {
         params,
         session,
@@ -143,38 +152,51 @@ async fn serve_inner(
         .as_ref()
         .map(|s| s.luns().into_iter().map(|l| (l.lun, l)).collect())
         .unwrap_or_default();
-    let pool = CmdPool::new(&fab.pd)?;
-    let mut c = Conn {
-        fab,
-        ring,
-        send,
-        pool,
+    let sends = (0..depth + EXTRA_RECVS)
+        .map(|_| SendBuf::new(&fab.pd, send_len))
+        .collect::<Result<Vec<_>, _>>()?;
+    let slots = (0..depth)
+        .map(|_| CmdSlot::new(&fab.pd))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sh = Arc::new(Shared {
+        fab: fab.clone(),
+        sends: Pool::new(sends),
+        slots: Pool::new(slots),
+        sn: Mutex::new(SnState {
+            stat_sn,
+            window: CmdWindow::new(exp_cmd_sn, depth),
+        }),
         params,
         session: session.clone(),
         nexus,
         target,
-        cid,
         service,
         lun_counters,
         luns,
-        window: CmdWindow::new(exp_cmd_sn, depth),
-        depth,
-        stat_sn,
-        held: BTreeMap::new(),
-        deferred: VecDeque::new(),
         send_inv,
+        ctx: ctx.clone(),
+    });
+    let mut c = Conn {
+        sh,
+        ring,
+        cid,
+        depth,
+        held: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        data_out: HashMap::new(),
         text_pending: HashMap::new(),
         next_ttt: 1,
         closing: false,
-        ctx: ctx.clone(),
     };
     let r = c.full_feature(&cm).await;
-    // Disconnect: flush everything posted; MRs and the QP are freed on drop.
-    let _ = c.fab.qp.to_error();
+    // Disconnect: flush everything posted, end the command tasks; MRs and the QP are
+    // freed when the last task let go of them.
+    let _ = fab.qp.to_error();
     cm.disconnect();
+    c.tasks.shutdown().await;
     ctx.registry.close_session(&session);
-    if let Some(s) = &c.service {
-        s.nexus_lost(&c.nexus);
+    if let Some(s) = &c.sh.service {
+        s.nexus_lost(&c.sh.nexus);
     }
     r
 }
@@ -225,7 +247,7 @@ async fn next_recv(cq: &Cq, timeout: Option<Duration>) -> Result<(u64, usize), I
 
 /// One iSER SEND of `pdu` (optionally invalidating the initiator's `inv` STag).
 async fn send_pdu(
-    fab: &mut Fabric,
+    fab: &Fabric,
     send: &SendBuf,
     mut before: Vec<SendWr>,
     pdu: Pdu,
@@ -247,7 +269,7 @@ async fn send_pdu(
 }
 
 async fn login(
-    fab: &mut Fabric,
+    fab: &Fabric,
     login_ring: &RecvRing,
     send: &SendBuf,
     cm: &CmConnection,
@@ -376,32 +398,50 @@ struct Msg {
     pdu: Pdu,
 }
 
-struct Conn {
-    fab: Fabric,
-    ring: RecvRing,
-    send: SendBuf,
-    pool: CmdPool,
+/// StatSN and the CmdSN window, changed together with the SEND they stamp.
+struct SnState {
+    stat_sn: u32,
+    window: CmdWindow,
+}
+
+/// What the receive path and the command tasks of one connection share.
+struct Shared {
+    fab: Arc<Fabric>,
+    sends: Arc<Pool<SendBuf>>,
+    slots: Arc<Pool<CmdSlot>>,
+    sn: Mutex<SnState>,
     params: NegotiatedParams,
     session: Arc<Session>,
     nexus: Nexus,
     target: Option<String>,
-    cid: u16,
     service: Option<Arc<dyn ScsiService>>,
     lun_counters: BTreeMap<u64, Arc<IoCounters>>,
     luns: HashMap<u64, LunSummary>,
-    window: CmdWindow,
+    send_inv: bool,
+    ctx: Arc<IserContext>,
+}
+
+/// The receive path of one connection.
+struct Conn {
+    sh: Arc<Shared>,
+    ring: RecvRing,
+    cid: u16,
     /// Commands the session may queue (the window's depth).
     depth: u32,
-    stat_sn: u32,
     /// Commands received ahead of ExpCmdSN, by CmdSN.
     held: BTreeMap<u32, Msg>,
-    /// Messages received while a command collected its Data-Out, in arrival order.
-    deferred: VecDeque<Msg>,
-    send_inv: bool,
+    /// The running SCSI commands.
+    tasks: JoinSet<Result<(), IserError>>,
+    /// Where unsolicited Data-Out goes, by the ITT of the command collecting it.
+    data_out: HashMap<u32, mpsc::UnboundedSender<Msg>>,
     text_pending: HashMap<u32, Vec<Vec<u8>>>,
     next_ttt: u32,
     closing: bool,
-    ctx: Arc<IserContext>,
+}
+
+/// A finished command task's result; a task that panicked ends the connection.
+fn task_result(r: Result<Result<(), IserError>, JoinError>) -> Result<(), IserError> {
+    r.map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
 }
 
 /// What a received message turned into.
@@ -413,18 +453,20 @@ enum Received {
 
 impl Conn {
     async fn full_feature(&mut self, cm: &CmConnection) -> Result<(), IserError> {
-        let mut closed = self.session.closed();
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut closed = self.sh.session.closed();
+        let mut shutdown = self.sh.ctx.shutdown.clone();
         while !self.closing {
-            let msg = if let Some(m) = self.deferred.pop_front() {
-                m
-            } else {
+            let msg = {
                 let r = tokio::select! {
-                    r = next_recv(&self.fab.recv_cq, None) => r,
+                    r = next_recv(&self.sh.fab.recv_cq, None) => r,
+                    Some(t) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                        task_result(t)?;
+                        continue;
+                    }
                     _ = cm.disconnected() => return Err(IserError::Closed),
                     r = closed.changed() => {
                         if r.is_err() || *closed.borrow() {
-                            tracing::debug!(tsih = self.session.tsih, "session closed");
+                            tracing::debug!(tsih = self.sh.session.tsih, "session closed");
                             return Ok(());
                         }
                         continue;
@@ -451,8 +493,8 @@ impl Conn {
     async fn receive(&mut self, slot: u64, len: usize) -> Result<Received, IserError> {
         let slot = usize::try_from(slot).unwrap_or(usize::MAX);
         let bytes = self.ring.take(slot, len)?;
-        self.fab.qp.post_recv_one(self.ring.recv_wr(slot))?;
-        let limits = self.params.recv_limits(Role::Target);
+        self.sh.fab.qp.post_recv_one(self.ring.recv_wr(slot))?;
+        let limits = self.sh.params.recv_limits(Role::Target);
         match IserMessage::decode(&bytes, &limits) {
             Ok(IserMessage {
                 header: IserHeader::Control(iser),
@@ -483,86 +525,142 @@ impl Conn {
     }
 
     /// Stamps StatSN/ExpCmdSN/MaxCmdSN and sends `pdu` as one SEND.
-    async fn send(&mut self, pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
+    async fn send(&self, pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
+        self.sh.send(pdu, inv).await
+    }
+
+    async fn reject(&self, reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Result<(), IserError> {
+        self.sh.reject(reason, bhs).await
+    }
+}
+
+impl Shared {
+    /// Stamps StatSN/ExpCmdSN/MaxCmdSN and sends `pdu` as one SEND.
+    async fn send(&self, pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
         self.send_after(Vec::new(), pdu, inv).await
     }
 
-    /// Like [`Conn::send`], with `before` (Data-In RDMA WRITEs) posted ahead of the
+    /// Like [`Shared::send`], with `before` (Data-In RDMA WRITEs) posted ahead of the
     /// SEND in one chain: RC executes them in order, so the data is placed before
-    /// the initiator sees the response.
+    /// the initiator sees the response. The PDU is stamped and the chain posted under
+    /// the StatSN lock; its completions are awaited after the lock is released.
     async fn send_after(
-        &mut self,
-        before: Vec<SendWr>,
+        &self,
+        mut before: Vec<SendWr>,
         mut pdu: Pdu,
         inv: Option<u32>,
     ) -> Result<(), IserError> {
-        let (exp, max) = (self.window.exp_cmd_sn(), self.window.max_cmd_sn());
-        let advance = |sn: &mut u32| {
-            let s = *sn;
-            *sn = sn.wrapping_add(1);
-            s
-        };
-        match &mut pdu.header {
-            Header::ScsiResponse(h) => {
-                h.stat_sn = advance(&mut self.stat_sn);
-                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
-            }
-            Header::TmfResponse(h) => {
-                h.stat_sn = advance(&mut self.stat_sn);
-                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
-            }
-            Header::TextResponse(h) => {
-                h.stat_sn = advance(&mut self.stat_sn);
-                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
-            }
-            Header::LogoutResponse(h) => {
-                h.stat_sn = advance(&mut self.stat_sn);
-                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
-            }
-            Header::Reject(h) => {
-                h.stat_sn = advance(&mut self.stat_sn);
-                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
-            }
-            Header::NopIn(h) => {
-                // A NOP-In answering a NOP-Out advances StatSN; an unsolicited one not.
-                h.stat_sn = if h.itt != RESERVED_TAG {
-                    advance(&mut self.stat_sn)
-                } else {
-                    self.stat_sn
-                };
-                (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
-            }
-            _ => {}
+        if before.len() >= MAX_CHAIN {
+            // Too long for one chain: the data go first, then the response alone.
+            self.fab
+                .run(std::mem::take(&mut before), "RDMA WRITE (Data-In)")
+                .await?;
         }
-        let inv = inv.filter(|_| self.send_inv);
-        send_pdu(&mut self.fab, &self.send, before, pdu, inv).await
+        let buf = self.sends.take().await?;
+        let credits = self.fab.credits(before.len() + 1).await?;
+        let pending = {
+            let mut guard = self.sn.lock();
+            let sn = &mut *guard;
+            let (exp, max) = (sn.window.exp_cmd_sn(), sn.window.max_cmd_sn());
+            let advance = |sn: &mut u32| {
+                let s = *sn;
+                *sn = sn.wrapping_add(1);
+                s
+            };
+            match &mut pdu.header {
+                Header::ScsiResponse(h) => {
+                    h.stat_sn = advance(&mut sn.stat_sn);
+                    (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+                }
+                Header::TmfResponse(h) => {
+                    h.stat_sn = advance(&mut sn.stat_sn);
+                    (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+                }
+                Header::TextResponse(h) => {
+                    h.stat_sn = advance(&mut sn.stat_sn);
+                    (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+                }
+                Header::LogoutResponse(h) => {
+                    h.stat_sn = advance(&mut sn.stat_sn);
+                    (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+                }
+                Header::Reject(h) => {
+                    h.stat_sn = advance(&mut sn.stat_sn);
+                    (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+                }
+                Header::NopIn(h) => {
+                    // A NOP-In answering a NOP-Out advances StatSN; an unsolicited one not.
+                    h.stat_sn = if h.itt != RESERVED_TAG {
+                        advance(&mut sn.stat_sn)
+                    } else {
+                        sn.stat_sn
+                    };
+                    (h.exp_cmd_sn, h.max_cmd_sn) = (exp, max);
+                }
+                _ => {}
+            }
+            let inv = inv.filter(|_| self.send_inv);
+            let msg = IserMessage {
+                header: IserHeader::Control(IserControl::default()),
+                pdu: Some(pdu),
+            };
+            let bytes = msg.to_bytes(&PduLimits {
+                max_recv_data_segment_length: u32::MAX,
+            });
+            let sge = buf.get()?.load(&bytes)?;
+            before.push(match inv {
+                Some(rkey) => SendWr::send_with_inv(0, sge, rkey),
+                None => SendWr::send(0, sge),
+            });
+            self.fab.post(before, credits)?
+        };
+        pending.wait("SEND").await
     }
 
-    async fn reject(&mut self, reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Result<(), IserError> {
+    async fn reject(&self, reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Result<(), IserError> {
         let pdu = reject_pdu(reason, bhs, 0, 0, 0);
         self.send(pdu, None).await
     }
+}
 
+impl Conn {
     /// CmdSN ordering, then dispatch; commands held ahead of ExpCmdSN follow once
-    /// the gap closes. A delivered command runs to completion before the next PDU is
-    /// taken, so its slot of the window is released before its response is stamped.
+    /// the gap closes. A delivered command's slot of the window is released when it
+    /// is delivered (its task is bounded by the command slots instead), so every
+    /// response carries MaxCmdSN = ExpCmdSN + queue depth - 1.
     async fn on_msg(&mut self, msg: Msg) -> Result<(), IserError> {
         let h = &msg.pdu.header;
         let Some(sn) = h.cmd_sn() else {
             return self.dispatch(msg).await;
         };
         let immediate = h.immediate();
-        match self.window.check(sn, immediate) {
+        let verdict = {
+            let mut s = self.sh.sn.lock();
+            let v = s.window.check(sn, immediate);
+            if v == CmdVerdict::Deliver && !immediate {
+                s.window.complete();
+            }
+            v
+        };
+        match verdict {
             CmdVerdict::Deliver => {
-                if !immediate {
-                    self.window.complete();
-                }
                 self.dispatch(msg).await?;
-                while let Some(next) = self.held.remove(&self.window.exp_cmd_sn()) {
-                    let sn = self.window.exp_cmd_sn();
-                    if self.window.check(sn, false) == CmdVerdict::Deliver {
-                        self.window.complete();
-                        self.dispatch(next).await?;
+                loop {
+                    let next = {
+                        let mut s = self.sh.sn.lock();
+                        let exp = s.window.exp_cmd_sn();
+                        match self.held.remove(&exp) {
+                            Some(next) if s.window.check(exp, false) == CmdVerdict::Deliver => {
+                                s.window.complete();
+                                Some(next)
+                            }
+                            Some(_) => continue,
+                            None => None,
+                        }
+                    };
+                    match next {
+                        Some(next) => self.dispatch(next).await?,
+                        None => break,
                     }
                 }
             }
@@ -574,7 +672,7 @@ impl Conn {
             CmdVerdict::Drop => {
                 tracing::debug!(
                     cmd_sn = sn,
-                    exp = self.window.exp_cmd_sn(),
+                    exp = self.sh.sn.lock().window.exp_cmd_sn(),
                     "CmdSN outside the window; ignored"
                 );
             }
@@ -584,20 +682,76 @@ impl Conn {
 
     async fn dispatch(&mut self, msg: Msg) -> Result<(), IserError> {
         let bhs = msg.pdu.bhs_bytes();
+        if let Header::DataOut(d) = &msg.pdu.header {
+            // Unsolicited Data-Out goes to the task of the command collecting it.
+            let itt = d.itt;
+            if d.ttt == RESERVED_TAG {
+                if let Some(tx) = self.data_out.get(&itt) {
+                    match tx.send(msg) {
+                        Ok(()) => return Ok(()),
+                        Err(_) => {
+                            self.data_out.remove(&itt);
+                        }
+                    }
+                }
+            }
+            // Solicited data moves by RDMA READ; anything else names no task
+            // awaiting data.
+            return self.reject(RejectReason::ProtocolError, &bhs).await;
+        }
         match msg.pdu.header {
-            Header::ScsiCommand(cmd) => self.on_command(msg.iser, cmd, msg.pdu.data).await,
+            Header::ScsiCommand(cmd) => self.spawn_command(msg.iser, cmd, msg.pdu.data).await,
             Header::NopOut(n) => self.on_nop_out(n, msg.pdu.data).await,
-            Header::TmfRequest(t) => self.on_tmf(t).await,
+            Header::TmfRequest(t) => {
+                self.drain().await?;
+                self.on_tmf(t).await
+            }
             Header::TextRequest(t) => self.on_text(t, &msg.pdu.data).await,
-            Header::LogoutRequest(l) => self.on_logout(l).await,
-            Header::DataOut(_) => {
-                // Solicited data moves by RDMA READ; unsolicited Data-Out is taken by
-                // its command. Anything else names no task awaiting data.
-                self.reject(RejectReason::ProtocolError, &bhs).await
+            Header::LogoutRequest(l) => {
+                self.drain().await?;
+                self.on_logout(l).await
             }
             Header::SnackRequest(_) => self.reject(RejectReason::SnackReject, &bhs).await,
             _ => self.reject(RejectReason::CommandNotSupported, &bhs).await,
         }
+    }
+
+    /// Starts `cmd` as a task; one that may receive unsolicited Data-Out gets a route
+    /// for it by ITT. Commands waiting for a slot are bounded too.
+    async fn spawn_command(
+        &mut self,
+        iser: IserControl,
+        cmd: ScsiCommand,
+        immediate: Vec<u8>,
+    ) -> Result<(), IserError> {
+        for _ in 0..=self.depth {
+            if self.tasks.len() < 2 * self.depth as usize {
+                break;
+            }
+            if let Some(r) = self.tasks.join_next().await {
+                task_result(r)?;
+            }
+        }
+        let route = if cmd.write && !self.sh.params.initial_r2t && !cmd.final_ {
+            self.data_out.retain(|_, tx| !tx.is_closed());
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.data_out.insert(cmd.itt, tx);
+            Some(rx)
+        } else {
+            None
+        };
+        let sh = self.sh.clone();
+        self.tasks
+            .spawn(async move { sh.run_command(iser, cmd, immediate, route).await });
+        Ok(())
+    }
+
+    /// Waits until every running command has answered.
+    async fn drain(&mut self) -> Result<(), IserError> {
+        while let Some(r) = self.tasks.join_next().await {
+            task_result(r)?;
+        }
+        Ok(())
     }
 
     async fn on_nop_out(&mut self, n: NopOut, data: Vec<u8>) -> Result<(), IserError> {
@@ -605,7 +759,7 @@ impl Conn {
             // The answer to a NOP-In ping (or a ping that wants no answer).
             return Ok(());
         }
-        let max = self.params.max_send_data_segment(Role::Target) as usize;
+        let max = self.sh.params.max_send_data_segment(Role::Target) as usize;
         let mut data = data;
         data.truncate(max);
         let pdu = Pdu::with_data(
@@ -621,7 +775,9 @@ impl Conn {
         );
         self.send(pdu, None).await
     }
+}
 
+impl Shared {
     fn counters_for(&self, lun: Option<u64>) -> Vec<Arc<IoCounters>> {
         let mut v = vec![self.session.counters.clone()];
         if let Some(c) = lun.and_then(|l| self.lun_counters.get(&l)) {
@@ -630,11 +786,13 @@ impl Conn {
         v
     }
 
-    /// Collects the unsolicited Data-Out PDUs of `cmd` into the command buffer, up to
-    /// `until` bytes; other messages arriving meanwhile are kept for later. Returns
-    /// the bytes received.
+    /// Collects the unsolicited Data-Out PDUs of `cmd` (routed to `route` by the
+    /// receive path) into the command buffer, up to `until` bytes. Returns the bytes
+    /// received.
     async fn collect_data_out(
-        &mut self,
+        &self,
+        slot: &CmdSlot,
+        route: &mut mpsc::UnboundedReceiver<Msg>,
         cmd: &ScsiCommand,
         have: u32,
         until: u32,
@@ -646,11 +804,10 @@ impl Conn {
             if got >= until {
                 break;
             }
-            let now = tokio::time::Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            let (slot, len) = next_recv(&self.fab.recv_cq, Some(left)).await?;
-            let Received::Msg(m) = self.receive(slot, len).await? else {
-                continue;
+            let m = match tokio::time::timeout_at(deadline, route.recv()).await {
+                Err(_) => return Err(IserError::Timeout("unsolicited Data-Out")),
+                Ok(None) => return Err(IserError::Closed),
+                Ok(Some(m)) => m,
             };
             match &m.pdu.header {
                 Header::DataOut(d) if d.itt == cmd.itt && d.ttt == RESERVED_TAG => {
@@ -658,8 +815,7 @@ impl Conn {
                     let end = d.buffer_offset.checked_add(m.pdu.data.len() as u32);
                     match end {
                         Some(end) if end <= until && !m.pdu.data.is_empty() => {
-                            let buf = self
-                                .pool
+                            let buf = slot
                                 .data()
                                 .ok_or(IserError::Protocol("command buffer missing".into()))?;
                             buf.write_at(d.buffer_offset as usize, &m.pdu.data)?;
@@ -675,23 +831,53 @@ impl Conn {
                         }
                     }
                 }
-                _ => self.deferred.push_back(m),
+                _ => {
+                    let bhs = m.pdu.bhs_bytes();
+                    self.reject(RejectReason::ProtocolError, &bhs).await?;
+                }
             }
         }
         Ok(got)
     }
 
-    async fn reject_cmd(&mut self, cmd: &ScsiCommand, why: String) -> Result<(), IserError> {
+    async fn reject_cmd(&self, cmd: &ScsiCommand, why: String) -> Result<(), IserError> {
         tracing::debug!(error = %why, itt = cmd.itt, "SCSI Command rejected");
         let bhs = Pdu::new(cmd.clone()).bhs_bytes();
         self.reject(RejectReason::ProtocolError, &bhs).await
     }
 
-    async fn on_command(
-        &mut self,
+    /// One command's task: takes a command slot (waiting while all are in use), runs
+    /// the command, and answers Data-Out still routed to it with Reject.
+    async fn run_command(
+        self: Arc<Self>,
         iser: IserControl,
         cmd: ScsiCommand,
         immediate: Vec<u8>,
+        mut route: Option<mpsc::UnboundedReceiver<Msg>>,
+    ) -> Result<(), IserError> {
+        let mut lease = self.slots.take().await?;
+        let _busy = self.ctx.stats.enter();
+        let r = self
+            .on_command(lease.get_mut()?, iser, cmd, immediate, route.as_mut())
+            .await;
+        drop(lease);
+        if let Some(mut rx) = route {
+            rx.close();
+            while let Ok(m) = rx.try_recv() {
+                self.reject(RejectReason::ProtocolError, &m.pdu.bhs_bytes())
+                    .await?;
+            }
+        }
+        r
+    }
+
+    async fn on_command(
+        &self,
+        slot: &mut CmdSlot,
+        iser: IserControl,
+        cmd: ScsiCommand,
+        immediate: Vec<u8>,
+        route: Option<&mut mpsc::UnboundedReceiver<Msg>>,
     ) -> Result<(), IserError> {
         let Some(service) = self.service.clone() else {
             // Discovery sessions carry no SCSI commands.
@@ -747,7 +933,7 @@ impl Conn {
             let buf_len = hca
                 .as_ref()
                 .map_or(want as usize, |h| h.mem_len.max(want as usize));
-            if self.pool.buffer(&self.fab.pd, buf_len).is_err() {
+            if slot.buffer(&self.fab.pd, buf_len).is_err() {
                 let c = Completion::check_condition(illegal_request((0x24, 0x00)));
                 return self
                     .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, Vec::new())
@@ -755,16 +941,18 @@ impl Conn {
             }
             let imm = (immediate.len() as u32).min(want);
             if imm > 0 {
-                if let Some(buf) = self.pool.data() {
+                if let Some(buf) = slot.data() {
                     buf.write_at(0, &immediate[..imm as usize])?;
                 }
             }
             let mut unsolicited = imm;
             let first_burst = self.params.first_burst_length.min(want);
             if !self.params.initial_r2t && !cmd.final_ && unsolicited < first_burst {
-                unsolicited = self
-                    .collect_data_out(&cmd, unsolicited, first_burst)
-                    .await?;
+                if let Some(route) = route {
+                    unsolicited = self
+                        .collect_data_out(slot, route, &cmd, unsolicited, first_burst)
+                        .await?;
+                }
             }
             let p = match target_plan(&cmd, &iser, unsolicited, chunk, chunk) {
                 Ok(p) => p,
@@ -780,19 +968,19 @@ impl Conn {
             });
             match checked {
                 Some(h) => {
-                    let mut wrs = vec![io::sig_reg_wr(&self.pool, h.mem_len, h.attrs)?];
-                    wrs.extend(io::read_wrs(&self.pool, &reads, LocalView::Signature)?);
+                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, h.attrs)?];
+                    wrs.extend(io::read_wrs(slot, &reads, LocalView::Signature)?);
                     self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA READ").await?;
-                    if let Some(e) = io::sig_status(&self.pool)? {
+                    if let Some(e) = io::sig_status(slot)? {
                         pi_failure = Some(self.sig_error(summary.as_ref(), &h.plan, &e));
                     }
-                    let data = self.command_bytes(h.mem_len)?;
+                    let data = self.command_bytes(slot, h.mem_len)?;
                     device_out = Some((h.device_cdb.clone(), data));
                 }
                 None => {
-                    let wrs = io::read_wrs(&self.pool, &reads, LocalView::Plain)?;
+                    let wrs = io::read_wrs(slot, &reads, LocalView::Plain)?;
                     self.fab.run(wrs, "RDMA READ (Data-Out)").await?;
-                    device_out = Some((cmd.cdb.clone(), self.command_bytes(want as usize)?));
+                    device_out = Some((cmd.cdb.clone(), self.command_bytes(slot, want as usize)?));
                 }
             }
         }
@@ -842,13 +1030,13 @@ impl Conn {
                 Some(h) if completion.data_in.len() == h.mem_len => {
                     read_len = h.wire_len;
                     let writes = clip(&p.rdma_writes, h.wire_len as u32);
-                    let buf = self.pool.buffer(&self.fab.pd, h.mem_len)?;
+                    let buf = slot.buffer(&self.fab.pd, h.mem_len)?;
                     buf.write_at(0, &completion.data_in)?;
-                    let mut wrs = vec![io::sig_reg_wr(&self.pool, h.mem_len, h.attrs)?];
-                    wrs.extend(io::write_wrs(&self.pool, &writes, LocalView::Signature)?);
+                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, h.attrs)?];
+                    wrs.extend(io::write_wrs(slot, &writes, LocalView::Signature)?);
                     self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA WRITE").await?;
                     sent = h.wire_len as u32;
-                    if let Some(e) = io::sig_status(&self.pool)? {
+                    if let Some(e) = io::sig_status(slot)? {
                         let (status, sense) = self.sig_error(summary.as_ref(), &h.plan, &e);
                         completion.status = status;
                         completion.sense = sense;
@@ -872,10 +1060,10 @@ impl Conn {
                 None => {
                     let send_len = completion.data_in.len().min(edtl as usize) as u32;
                     let writes = clip(&p.rdma_writes, send_len);
-                    let buf = self.pool.buffer(&self.fab.pd, send_len as usize)?;
+                    let buf = slot.buffer(&self.fab.pd, send_len as usize)?;
                     buf.write_at(0, &completion.data_in[..send_len as usize])?;
                     // Posted in one chain with the SCSI Response that follows them.
-                    data_in_wrs = io::write_wrs(&self.pool, &writes, LocalView::Plain)?;
+                    data_in_wrs = io::write_wrs(slot, &writes, LocalView::Plain)?;
                     sent = send_len;
                 }
             }
@@ -895,8 +1083,8 @@ impl Conn {
     }
 
     /// A copy of the first `len` bytes of the command buffer.
-    fn command_bytes(&self, len: usize) -> Result<Vec<u8>, IserError> {
-        match self.pool.data() {
+    fn command_bytes(&self, slot: &CmdSlot, len: usize) -> Result<Vec<u8>, IserError> {
+        match slot.data() {
             Some(b) if len > 0 => Ok(b.to_vec(0, len)?),
             _ => Ok(Vec::new()),
         }
@@ -932,7 +1120,7 @@ impl Conn {
     /// STag when SEND with invalidate is in use).
     #[allow(clippy::too_many_arguments)]
     async fn respond(
-        &mut self,
+        &self,
         cmd: &ScsiCommand,
         iser: &IserControl,
         c: &Completion,
@@ -978,7 +1166,9 @@ impl Conn {
         let inv = invalidate_stag(iser);
         self.send_after(data_in, pdu, inv).await
     }
+}
 
+impl Conn {
     async fn tmf_response(&mut self, itt: u32, response: TmfResponseCode) -> Result<(), IserError> {
         let pdu = Pdu::new(TmfResponse {
             response,
@@ -991,7 +1181,7 @@ impl Conn {
     }
 
     async fn on_tmf(&mut self, t: TmfRequest) -> Result<(), IserError> {
-        let Some(service) = self.service.clone() else {
+        let Some(service) = self.sh.service.clone() else {
             return self.tmf_response(t.itt, TmfResponseCode::Rejected).await;
         };
         let lun = lun_number(t.lun).filter(|l| service.has_lun(*l));
@@ -1007,8 +1197,8 @@ impl Conn {
                 .tmf_response(t.itt, TmfResponseCode::LunDoesNotExist)
                 .await;
         }
-        // Commands run to completion one at a time, so only commands held ahead of
-        // ExpCmdSN can still be aborted.
+        // The running commands have answered (the receive path drained them), so
+        // only commands held ahead of ExpCmdSN can still be aborted.
         let code = match t.function {
             TmfFunction::AbortTask => {
                 let rtt = t.referenced_task_tag;
@@ -1026,7 +1216,8 @@ impl Conn {
                     // already answered: it no longer exists.
                     None if {
                         let r = Sn(t.ref_cmd_sn);
-                        r.in_window(Sn(self.window.exp_cmd_sn()), Sn(self.window.max_cmd_sn()))
+                        let s = self.sh.sn.lock();
+                        r.in_window(Sn(s.window.exp_cmd_sn()), Sn(s.window.max_cmd_sn()))
                             && r.lt(Sn(t.cmd_sn))
                     } =>
                     {
@@ -1041,7 +1232,7 @@ impl Conn {
                     |_, m| !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw),
                 );
                 service.reset(
-                    &self.nexus,
+                    &self.sh.nexus,
                     ResetScope::TaskSet {
                         lun: lun.unwrap_or(0),
                         clear: t.function == TmfFunction::ClearTaskSet,
@@ -1054,17 +1245,17 @@ impl Conn {
                 self.held.retain(
                     |_, m| !matches!(&m.pdu.header, Header::ScsiCommand(c) if c.lun == raw),
                 );
-                service.reset(&self.nexus, ResetScope::LogicalUnit(lun.unwrap_or(0)));
+                service.reset(&self.sh.nexus, ResetScope::LogicalUnit(lun.unwrap_or(0)));
                 TmfResponseCode::Complete
             }
             TmfFunction::TargetWarmReset => {
                 self.held.clear();
-                service.reset(&self.nexus, ResetScope::Target);
+                service.reset(&self.sh.nexus, ResetScope::Target);
                 TmfResponseCode::Complete
             }
             TmfFunction::TargetColdReset => {
                 self.held.clear();
-                service.reset(&self.nexus, ResetScope::Target);
+                service.reset(&self.sh.nexus, ResetScope::Target);
                 self.closing = true;
                 TmfResponseCode::Complete
             }
@@ -1076,21 +1267,21 @@ impl Conn {
 
     fn send_targets(&self, what: &str) -> TextKeys {
         let mut out = TextKeys::new();
-        let policy = &self.ctx.policy;
+        let policy = &self.sh.ctx.policy;
         for t in &policy.targets {
             let listed = match what {
-                "All" if self.target.is_none() => true,
-                "All" | "" => self.target.as_deref() == Some(t.iqn.as_str()),
+                "All" if self.sh.target.is_none() => true,
+                "All" | "" => self.sh.target.as_deref() == Some(t.iqn.as_str()),
                 name => {
                     name.eq_ignore_ascii_case(&t.iqn)
-                        && (self.target.is_none() || self.target.as_deref() == Some(name))
+                        && (self.sh.target.is_none() || self.sh.target.as_deref() == Some(name))
                 }
             };
-            if !listed || !t.allows(&self.nexus.initiator) {
+            if !listed || !t.allows(&self.sh.nexus.initiator) {
                 continue;
             }
             out.push("TargetName", t.iqn.clone());
-            for p in &self.ctx.portals {
+            for p in &self.sh.ctx.portals {
                 let host = match p {
                     std::net::SocketAddr::V4(a) => a.to_string(),
                     std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
@@ -1102,7 +1293,7 @@ impl Conn {
     }
 
     async fn on_text(&mut self, t: TextRequest, data: &[u8]) -> Result<(), IserError> {
-        let max = self.params.max_send_data_segment(Role::Target).max(512) as usize;
+        let max = self.sh.params.max_send_data_segment(Role::Target).max(512) as usize;
         if t.ttt != RESERVED_TAG {
             let (seg, rest) = match self.text_pending.remove(&t.ttt) {
                 Some(mut rest) if !rest.is_empty() => {
@@ -1193,7 +1384,7 @@ impl Conn {
             self.held.clear();
             self.closing = true;
             if l.reason == LogoutReason::CloseSession {
-                self.session.close();
+                self.sh.session.close();
             }
         }
         self.send(pdu, None).await

@@ -1,13 +1,19 @@
-//! One connection's verbs resources and the data movement of one SCSI command: the
-//! queue pair with its send and receive CQs, the receive ring, the send buffer, and a
-//! pool of one command buffer plus one signature MR (the connection runs one command
-//! at a time). Data-Out is fetched with RDMA READs from the initiator's Write STag;
+//! One connection's verbs resources and the data movement of SCSI commands: the
+//! queue pair with its send and receive CQs (the send CQ read by one poller that
+//! wakes each work request's waiter), the receive ring, pools of send buffers and of
+//! command slots (a command buffer plus a signature MR each, one per command in
+//! flight). Data-Out is fetched with RDMA READs from the initiator's Write STag;
 //! Data-In is delivered with RDMA WRITEs to its Read STag; when the command's plan
 //! puts PI on the wire both go through the signature MR and its status is checked
 //! after every transfer.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use iscsi::iser::{RdmaOp, ISER_HEADER_LEN};
 use iscsi::pdu::BHS_LEN;
@@ -38,7 +44,9 @@ pub fn recv_slot_len(data: u32) -> usize {
     ISER_HEADER_LEN + BHS_LEN + AHS_ROOM + data as usize + 4
 }
 
-/// The verbs objects of one connection.
+/// The verbs objects of one connection. The send CQ is read by one poller task
+/// ([`Fabric::poll_completions`]) that hands each work completion to the waiter of its
+/// `wr_id`, so several commands can have work requests in flight at once.
 #[derive(Debug)]
 pub struct Fabric {
     /// Protection domain.
@@ -49,7 +57,38 @@ pub struct Fabric {
     pub recv_cq: Cq,
     /// The RC queue pair.
     pub qp: Qp,
-    next_wr: u64,
+    next_wr: AtomicU64,
+    /// Waiters by `wr_id`; `None` once the poller stopped (the connection is dead).
+    waiters: Mutex<Option<HashMap<u64, oneshot::Sender<WorkCompletion>>>>,
+    /// Free send-queue entries.
+    credits: Arc<Semaphore>,
+}
+
+/// Send-queue entries a connection keeps below its `max_send_wr`.
+const SEND_CREDITS: usize = 120;
+/// Largest chain [`Fabric::run`] posts at once.
+pub const MAX_CHAIN: usize = 64;
+
+/// Posted work requests whose completions have not been awaited yet.
+#[derive(Debug)]
+pub struct Pending {
+    waiters: Vec<oneshot::Receiver<WorkCompletion>>,
+    _credits: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// Waits for every completion of the chain; the first failed one is the error.
+    pub async fn wait(self, what: &'static str) -> Result<(), IserError> {
+        let deadline = tokio::time::Instant::now() + WR_TIMEOUT;
+        for w in self.waiters {
+            match tokio::time::timeout_at(deadline, w).await {
+                Err(_) => return Err(IserError::Timeout(what)),
+                Ok(Err(_)) => return Err(IserError::Closed),
+                Ok(Ok(wc)) => check_wc(&wc, what)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Fabric {
@@ -71,52 +110,177 @@ impl Fabric {
             send_cq,
             recv_cq,
             qp,
-            next_wr: 0,
+            next_wr: AtomicU64::new(0),
+            waiters: Mutex::new(Some(HashMap::new())),
+            credits: Arc::new(Semaphore::new(SEND_CREDITS)),
         })
     }
 
-    /// Posts `wrs` (their `wr_id`s are replaced) and waits for every completion.
-    pub async fn run(&mut self, mut wrs: Vec<SendWr>, what: &'static str) -> Result<(), IserError> {
-        let first = self.next_wr;
-        for wr in &mut wrs {
-            wr.wr_id = self.next_wr;
-            self.next_wr = self.next_wr.wrapping_add(1) & (u64::MAX >> 1);
-        }
-        let n = wrs.len();
-        if n == 0 {
-            return Ok(());
-        }
-        // Post in chunks the send queue can hold.
-        let mut done = 0usize;
-        let mut posted = 0usize;
-        let mut out = Vec::with_capacity(16);
-        while done < n {
-            if posted < n && posted - done < 64 {
-                let end = (posted + 64 - (posted - done)).min(n);
-                self.qp.post_send(&wrs[posted..end])?;
-                posted = end;
-            }
+    /// Reads the send CQ until it fails, waking the waiter of every completion.
+    /// Signature error CQEs are consumed by the provider while polling (they precede
+    /// the completion of the transfer they belong to), so a waiter that wakes can
+    /// read the signature MR's status. When the CQ fails every waiter is dropped.
+    pub async fn poll_completions(self: Arc<Self>) {
+        let mut out = Vec::with_capacity(32);
+        loop {
             out.clear();
-            match tokio::time::timeout(WR_TIMEOUT, self.send_cq.next_batch(&mut out, 16)).await {
-                Err(_) => return Err(IserError::Timeout(what)),
-                Ok(r) => {
-                    r?;
-                }
+            if let Err(e) = self.send_cq.next_batch(&mut out, 32).await {
+                tracing::debug!(error = %e, "send CQ failed");
+                break;
             }
-            for wc in &out {
-                check_wc(wc, what)?;
-                if wc.wr_id.wrapping_sub(first) & (u64::MAX >> 1) < n as u64 {
-                    done += 1;
+            let mut w = self.waiters.lock();
+            let Some(map) = w.as_mut() else { break };
+            for wc in out.drain(..) {
+                if let Some(tx) = map.remove(&wc.wr_id) {
+                    let _ = tx.send(wc);
                 }
             }
         }
-        // Signature error CQEs are consumed (and recorded on the MR) while polling.
-        out.clear();
-        self.send_cq.poll(&mut out, 16)?;
-        for wc in &out {
-            check_wc(wc, what)?;
+        *self.waiters.lock() = None;
+    }
+
+    /// Send-queue room for `n` work requests (waits while other commands use it).
+    pub async fn credits(&self, n: usize) -> Result<OwnedSemaphorePermit, IserError> {
+        let n = u32::try_from(n.clamp(1, SEND_CREDITS)).unwrap_or(1);
+        self.credits
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| IserError::Closed)
+    }
+
+    /// Posts `wrs` (their `wr_id`s are replaced) holding `credits`; never waits.
+    pub fn post(
+        &self,
+        mut wrs: Vec<SendWr>,
+        credits: OwnedSemaphorePermit,
+    ) -> Result<Pending, IserError> {
+        let mut waiters = Vec::with_capacity(wrs.len());
+        {
+            let mut w = self.waiters.lock();
+            let map = w.as_mut().ok_or(IserError::Closed)?;
+            for wr in &mut wrs {
+                wr.wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 1);
+                let (tx, rx) = oneshot::channel();
+                map.insert(wr.wr_id, tx);
+                waiters.push(rx);
+            }
+        }
+        if !wrs.is_empty() {
+            if let Err(e) = self.qp.post_send(&wrs) {
+                if let Some(map) = self.waiters.lock().as_mut() {
+                    for wr in &wrs {
+                        map.remove(&wr.wr_id);
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(Pending {
+            waiters,
+            _credits: credits,
+        })
+    }
+
+    /// Posts `wrs` in chains the send queue can hold and waits for every completion.
+    pub async fn run(&self, wrs: Vec<SendWr>, what: &'static str) -> Result<(), IserError> {
+        let mut wrs = wrs;
+        while !wrs.is_empty() {
+            let rest = wrs.split_off(wrs.len().min(MAX_CHAIN));
+            let credits = self.credits(wrs.len()).await?;
+            self.post(wrs, credits)?.wait(what).await?;
+            wrs = rest;
         }
         Ok(())
+    }
+}
+
+/// Ends the send-CQ poller of a connection when dropped.
+#[derive(Debug)]
+pub struct Poller(tokio::task::JoinHandle<()>);
+
+impl Poller {
+    /// Starts the poller of `fab` on the current runtime.
+    pub fn start(fab: &Arc<Fabric>) -> Poller {
+        Poller(tokio::spawn(fab.clone().poll_completions()))
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A fixed set of `T`s lent to one user at a time; [`Pool::take`] waits while all
+/// are out, and a [`Lease`] returns its item when dropped.
+#[derive(Debug)]
+pub struct Pool<T> {
+    free: Mutex<Vec<T>>,
+    available: Semaphore,
+}
+
+impl<T> Pool<T> {
+    /// A pool of `items`.
+    pub fn new(items: Vec<T>) -> Arc<Pool<T>> {
+        let n = items.len();
+        Arc::new(Pool {
+            free: Mutex::new(items),
+            available: Semaphore::new(n),
+        })
+    }
+
+    /// Lends one item, waiting while none is free.
+    pub async fn take(self: &Arc<Self>) -> Result<Lease<T>, IserError> {
+        let permit = self
+            .available
+            .acquire()
+            .await
+            .map_err(|_| IserError::Closed)?;
+        permit.forget();
+        let item = self.free.lock().pop();
+        match item {
+            Some(item) => Ok(Lease {
+                item: Some(item),
+                pool: self.clone(),
+            }),
+            None => {
+                self.available.add_permits(1);
+                Err(IserError::Protocol("resource pool out of step".into()))
+            }
+        }
+    }
+}
+
+/// One item lent by a [`Pool`].
+#[derive(Debug)]
+pub struct Lease<T> {
+    item: Option<T>,
+    pool: Arc<Pool<T>>,
+}
+
+impl<T> Lease<T> {
+    /// The lent item.
+    pub fn get(&self) -> Result<&T, IserError> {
+        self.item
+            .as_ref()
+            .ok_or(IserError::Protocol("lease already returned".into()))
+    }
+
+    /// The lent item, mutably.
+    pub fn get_mut(&mut self) -> Result<&mut T, IserError> {
+        self.item
+            .as_mut()
+            .ok_or(IserError::Protocol("lease already returned".into()))
+    }
+}
+
+impl<T> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            self.pool.free.lock().push(item);
+            self.pool.available.add_permits(1);
+        }
     }
 }
 
@@ -187,7 +351,7 @@ impl RecvRing {
     }
 }
 
-/// The buffer every SEND goes out of (one in flight at a time).
+/// A buffer one SEND goes out of (one SEND in flight per buffer).
 #[derive(Debug)]
 pub struct SendBuf {
     mr: Mr,
@@ -215,17 +379,17 @@ impl SendBuf {
     }
 }
 
-/// The command buffer and signature MR of a connection.
+/// The command buffer and signature MR one command uses while it runs.
 #[derive(Debug)]
-pub struct CmdPool {
+pub struct CmdSlot {
     data: Option<Mr>,
     sig: SigMr,
 }
 
-impl CmdPool {
-    /// A pool with one signature MR (one data and one metadata SGE).
-    pub fn new(pd: &Pd) -> Result<CmdPool, IserError> {
-        Ok(CmdPool {
+impl CmdSlot {
+    /// A slot with one signature MR (one data and one metadata SGE).
+    pub fn new(pd: &Pd) -> Result<CmdSlot, IserError> {
+        Ok(CmdSlot {
             data: None,
             sig: pd.alloc_mr_integrity(1, 1)?,
         })
@@ -266,7 +430,7 @@ impl CmdPool {
 /// command buffer. Posted in the same chain as the RDMA operations that use it: the
 /// send queue executes in order, as a ULP chains IB_WR_REG_MR_INTEGRITY before its
 /// RDMA work requests.
-pub fn sig_reg_wr(pool: &CmdPool, len: usize, attrs: SigAttrs) -> Result<SendWr, IserError> {
+pub fn sig_reg_wr(pool: &CmdSlot, len: usize, attrs: SigAttrs) -> Result<SendWr, IserError> {
     let data = pool
         .data()
         .ok_or(IserError::Protocol("command buffer missing".into()))?;
@@ -292,7 +456,7 @@ pub enum LocalView {
     Signature,
 }
 
-fn local_sge(pool: &CmdPool, view: LocalView, offset: u32, len: u32) -> Result<Sge, IserError> {
+fn local_sge(pool: &CmdSlot, view: LocalView, offset: u32, len: u32) -> Result<Sge, IserError> {
     let data = pool
         .data()
         .ok_or(IserError::Protocol("command buffer missing".into()))?;
@@ -308,7 +472,7 @@ fn local_sge(pool: &CmdPool, view: LocalView, offset: u32, len: u32) -> Result<S
 }
 
 /// RDMA READs of `ops` into the command buffer (Data-Out).
-pub fn read_wrs(pool: &CmdPool, ops: &[RdmaOp], view: LocalView) -> Result<Vec<SendWr>, IserError> {
+pub fn read_wrs(pool: &CmdSlot, ops: &[RdmaOp], view: LocalView) -> Result<Vec<SendWr>, IserError> {
     ops.iter()
         .map(|op| {
             let sge = local_sge(pool, view, op.buffer_offset, op.length)?;
@@ -319,7 +483,7 @@ pub fn read_wrs(pool: &CmdPool, ops: &[RdmaOp], view: LocalView) -> Result<Vec<S
 
 /// RDMA WRITEs of `ops` out of the command buffer (Data-In).
 pub fn write_wrs(
-    pool: &CmdPool,
+    pool: &CmdSlot,
     ops: &[RdmaOp],
     view: LocalView,
 ) -> Result<Vec<SendWr>, IserError> {
@@ -332,7 +496,7 @@ pub fn write_wrs(
 }
 
 /// `check_mr_status` of the signature MR after a transfer.
-pub fn sig_status(pool: &CmdPool) -> Result<Option<SigErr>, IserError> {
+pub fn sig_status(pool: &CmdSlot) -> Result<Option<SigErr>, IserError> {
     Ok(pool.sig.check_status()?)
 }
 

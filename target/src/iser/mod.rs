@@ -3,8 +3,8 @@
 //! 28-byte iSER header, and move SCSI data by RDMA READ (Data-Out) and RDMA WRITE
 //! (Data-In) through signature MRs that check T10-PI in the HCA.
 //!
-//! [`conn`] serves one connection (CM accept, login, full feature phase); [`io`] moves
-//! one command's data (buffers, signature registration, RDMA operations, status
+//! [`conn`] serves one connection (CM accept, login, full feature phase, SCSI commands
+//! running concurrently as tasks); [`io`] moves commands' data (buffers, signature registration, RDMA operations, status
 //! checks); [`adapter`] holds what the portal needs from the device server and the
 //! login policy in iSER terms. `target/ISER.md` documents the wire contract.
 
@@ -14,6 +14,7 @@ pub mod io;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,44 @@ pub struct IserContext {
     pub app_tags: HashMap<(String, u64), u16>,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Commands in flight on the portal's connections.
+    pub stats: Arc<PortalStats>,
+}
+
+/// How many SCSI commands the portal's connections run at once.
+#[derive(Debug, Default)]
+pub struct PortalStats {
+    in_flight: AtomicUsize,
+    high_water: AtomicUsize,
+}
+
+impl PortalStats {
+    /// Commands holding a command slot now (between their start and their response).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most commands that were in flight at once since the portal started.
+    pub fn in_flight_high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    /// Counts one command in flight until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.high_water.fetch_max(now, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// One command counted in [`PortalStats::in_flight`].
+#[derive(Debug)]
+pub struct InFlight(Arc<PortalStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A bound iSER portal: a CM listener on one device.
@@ -198,6 +237,7 @@ pub fn spawn_portals(
             })
             .collect(),
         shutdown: tcp.shutdown.clone(),
+        stats: Arc::default(),
     });
     for p in iser {
         if let Some(dev) = &p.device {
