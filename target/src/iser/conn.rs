@@ -6,8 +6,8 @@
 //! CmdSN order, each as a task holding a command slot of [`super::io`] (as many slots
 //! as the session's queue depth), and may complete out of order; unsolicited Data-Out
 //! is routed by ITT to its command's task. NOP, Text, task management and Logout are
-//! answered by the receive path (task management and Logout after the running
-//! commands finished). Every SEND is stamped with StatSN, ExpCmdSN and MaxCmdSN under
+//! answered by the receive path (task management after the commands it names
+//! answered, Logout after all of them). Every SEND is stamped with StatSN, ExpCmdSN and MaxCmdSN under
 //! the lock it is posted under, so StatSN follows send order.
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +29,7 @@ use iscsi::text::{split_text, TextKeys};
 use iscsi::{Codec, Pdu};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use verbs::cm::{CmConnection, ConnectRequest};
 use verbs::{Cq, SendWr};
 
@@ -183,6 +183,7 @@ async fn serve_inner(
         depth,
         held: BTreeMap::new(),
         tasks: JoinSet::new(),
+        running: HashMap::new(),
         data_out: HashMap::new(),
         text_pending: HashMap::new(),
         next_ttt: 1,
@@ -432,16 +433,13 @@ struct Conn {
     held: BTreeMap<u32, Msg>,
     /// The running SCSI commands.
     tasks: JoinSet<Result<(), IserError>>,
+    /// ITT and LUN field of each running command, by task.
+    running: HashMap<TaskId, (u32, u64)>,
     /// Where unsolicited Data-Out goes, by the ITT of the command collecting it.
     data_out: HashMap<u32, mpsc::UnboundedSender<Msg>>,
     text_pending: HashMap<u32, Vec<Vec<u8>>>,
     next_ttt: u32,
     closing: bool,
-}
-
-/// A finished command task's result; a task that panicked ends the connection.
-fn task_result(r: Result<Result<(), IserError>, JoinError>) -> Result<(), IserError> {
-    r.map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
 }
 
 /// What a received message turned into.
@@ -459,8 +457,8 @@ impl Conn {
             let msg = {
                 let r = tokio::select! {
                     r = next_recv(&self.sh.fab.recv_cq, None) => r,
-                    Some(t) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                        task_result(t)?;
+                    Some(t) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                        self.finished(t)?;
                         continue;
                     }
                     _ = cm.disconnected() => return Err(IserError::Closed),
@@ -703,12 +701,21 @@ impl Conn {
             Header::ScsiCommand(cmd) => self.spawn_command(msg.iser, cmd, msg.pdu.data).await,
             Header::NopOut(n) => self.on_nop_out(n, msg.pdu.data).await,
             Header::TmfRequest(t) => {
-                self.drain().await?;
+                // The commands the function names answer first: ABORT TASK waits for
+                // its task, the task set and LUN functions for the LUN's commands.
+                let (rtt, lun) = (t.referenced_task_tag, t.lun);
+                match t.function {
+                    TmfFunction::AbortTask => self.wait_for(|itt, _| itt == rtt).await?,
+                    TmfFunction::AbortTaskSet
+                    | TmfFunction::ClearTaskSet
+                    | TmfFunction::LogicalUnitReset => self.wait_for(|_, l| l == lun).await?,
+                    _ => self.wait_for(|_, _| true).await?,
+                }
                 self.on_tmf(t).await
             }
             Header::TextRequest(t) => self.on_text(t, &msg.pdu.data).await,
             Header::LogoutRequest(l) => {
-                self.drain().await?;
+                self.wait_for(|_, _| true).await?;
                 self.on_logout(l).await
             }
             Header::SnackRequest(_) => self.reject(RejectReason::SnackReject, &bhs).await,
@@ -728,8 +735,8 @@ impl Conn {
             if self.tasks.len() < 2 * self.depth as usize {
                 break;
             }
-            if let Some(r) = self.tasks.join_next().await {
-                task_result(r)?;
+            if let Some(r) = self.tasks.join_next_with_id().await {
+                self.finished(r)?;
             }
         }
         let route = if cmd.write && !self.sh.params.initial_r2t && !cmd.final_ {
@@ -741,15 +748,38 @@ impl Conn {
             None
         };
         let sh = self.sh.clone();
-        self.tasks
+        let (itt, lun) = (cmd.itt, cmd.lun);
+        let task = self
+            .tasks
             .spawn(async move { sh.run_command(iser, cmd, immediate, route).await });
+        self.running.insert(task.id(), (itt, lun));
         Ok(())
     }
 
-    /// Waits until every running command has answered.
-    async fn drain(&mut self) -> Result<(), IserError> {
-        while let Some(r) = self.tasks.join_next().await {
-            task_result(r)?;
+    /// Books a finished command task; one that failed ends the connection.
+    fn finished(
+        &mut self,
+        r: Result<(TaskId, Result<(), IserError>), JoinError>,
+    ) -> Result<(), IserError> {
+        match r {
+            Ok((id, r)) => {
+                self.running.remove(&id);
+                r
+            }
+            Err(e) => {
+                self.running.remove(&e.id());
+                Err(IserError::Protocol(format!("command task failed: {e}")))
+            }
+        }
+    }
+
+    /// Waits until no running command matches `pending(ITT, LUN field)`.
+    async fn wait_for(&mut self, pending: impl Fn(u32, u64) -> bool) -> Result<(), IserError> {
+        while self.running.values().any(|&(itt, lun)| pending(itt, lun)) {
+            match self.tasks.join_next_with_id().await {
+                Some(r) => self.finished(r)?,
+                None => self.running.clear(),
+            }
         }
         Ok(())
     }
@@ -1197,8 +1227,8 @@ impl Conn {
                 .tmf_response(t.itt, TmfResponseCode::LunDoesNotExist)
                 .await;
         }
-        // The running commands have answered (the receive path drained them), so
-        // only commands held ahead of ExpCmdSN can still be aborted.
+        // The commands the function names have answered (the receive path waited for
+        // them), so only commands held ahead of ExpCmdSN can still be aborted.
         let code = match t.function {
             TmfFunction::AbortTask => {
                 let rtt = t.referenced_task_tag;
