@@ -12,7 +12,7 @@ use iscsi::login::{InitiatorLogin, InitiatorLoginConfig, InitiatorStep};
 use iscsi::negotiate::LocalParams;
 use iscsi::pdu::{
     DataOut, Header, Isid, LogoutReason, LogoutRequest, NopOut, PduLimits, ScsiCommand, TaskAttr,
-    TextRequest, RESERVED_TAG,
+    TextRequest, TmfFunction, TmfRequest, TmfResponseCode, RESERVED_TAG,
 };
 use iscsi::text::TextKeys;
 use iscsi::{Codec, Pdu};
@@ -891,6 +891,127 @@ fn sixteen_commands_in_flight_on_one_connection_overlap_and_complete() {
     );
     ini.logout();
     assert_eq!(t.stats.in_flight(), 0, "no command left in flight");
+}
+
+/// Posts every message as one SEND in a single post and waits for their completions.
+fn post_batch(ini: &Initiator, msgs: Vec<(IserControl, Pdu)>) {
+    let out = ini.pd.reg_mr(msgs.len() * SLOT, AccessFlags::NONE).unwrap();
+    let mut wrs = Vec::new();
+    for (k, (ctl, pdu)) in msgs.into_iter().enumerate() {
+        let msg = IserMessage {
+            header: IserHeader::Control(ctl),
+            pdu: Some(pdu),
+        };
+        let bytes = msg.to_bytes(&PduLimits::default());
+        out.write_at(k * SLOT, &bytes).unwrap();
+        wrs.push(SendWr::send(
+            200 + k as u64,
+            out.sge(k * SLOT, bytes.len() as u32),
+        ));
+    }
+    let n = wrs.len();
+    ini.qp.post_send(&wrs).unwrap();
+    for _ in 0..n {
+        let wc = ini
+            .send_cq
+            .next_blocking(T)
+            .unwrap()
+            .expect("SEND completion");
+        assert_eq!(wc.status, WcStatus::Success, "SEND");
+    }
+}
+
+#[test]
+fn task_management_answers_after_the_commands_it_names() {
+    const READS: usize = 6;
+    let t = start_target();
+    let mut ini = logged_in(&t, 0xc0);
+    let len = 8 * 512;
+    let mut bufs = Vec::new();
+    let mut msgs = Vec::new();
+    let mut itts = Vec::new();
+    let mut cmd_sns = Vec::new();
+    for i in 0..READS {
+        let m = ini.pd.reg_mr(len, RW).unwrap();
+        let itt = ini.next_itt();
+        let ctl = IserControl {
+            write: None,
+            read: Some(RemoteBuffer {
+                stag: m.rkey(),
+                va: m.addr(),
+            }),
+        };
+        let cmd = ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: true,
+            write: false,
+            attr: TaskAttr::Simple,
+            lun: 2 << 48,
+            itt,
+            expected_data_transfer_length: len as u32,
+            cmd_sn: ini.cmd_sn,
+            exp_stat_sn: ini.exp_stat_sn,
+            cdb: rw16(READ16, 0, 64 * i as u64, 8),
+            bidi_read_length: None,
+        };
+        cmd_sns.push(ini.cmd_sn);
+        ini.cmd_sn = ini.cmd_sn.wrapping_add(1);
+        itts.push(itt);
+        bufs.push(m);
+        msgs.push((ctl, Pdu::new(cmd)));
+    }
+    let tmf = |ini: &mut Initiator, function, rtt, ref_cmd_sn| {
+        let itt = ini.next_itt();
+        let req = TmfRequest {
+            immediate: true,
+            function,
+            lun: 2 << 48,
+            itt,
+            referenced_task_tag: rtt,
+            cmd_sn: ini.cmd_sn,
+            exp_stat_sn: ini.exp_stat_sn,
+            ref_cmd_sn,
+            exp_data_sn: 0,
+        };
+        (itt, (IserControl::default(), Pdu::new(req)))
+    };
+    let named = READS - 2;
+    let (abort_itt, abort) = tmf(
+        &mut ini,
+        TmfFunction::AbortTask,
+        itts[named],
+        cmd_sns[named],
+    );
+    let (reset_itt, reset) = tmf(&mut ini, TmfFunction::LogicalUnitReset, RESERVED_TAG, 0);
+    msgs.push(abort);
+    msgs.push(reset);
+    post_batch(&ini, msgs);
+    let mut order = Vec::new();
+    for _ in 0..READS + 2 {
+        let (resp, _) = ini.recv_pdu();
+        match resp.header {
+            Header::ScsiResponse(r) => {
+                assert_eq!(r.status, 0, "read {:#x}", r.itt);
+                order.push((r.itt, None));
+            }
+            Header::TmfResponse(r) => order.push((r.itt, Some(r.response))),
+            h => panic!("unexpected {h:?}"),
+        }
+    }
+    let at = |itt: u32| order.iter().position(|(i, _)| *i == itt).unwrap();
+    // ABORT TASK waited for the running command it names, which had answered.
+    assert!(at(abort_itt) > at(itts[named]), "{order:x?}");
+    assert_eq!(
+        order[at(abort_itt)].1,
+        Some(TmfResponseCode::TaskDoesNotExist)
+    );
+    // LOGICAL UNIT RESET waited for every command of the LUN.
+    for &itt in &itts {
+        assert!(at(reset_itt) > at(itt), "{order:x?}");
+    }
+    assert_eq!(order[at(reset_itt)].1, Some(TmfResponseCode::Complete));
+    ini.logout();
 }
 
 #[test]
