@@ -1,7 +1,9 @@
 //! The iSER portal against a minimal iSER initiator built here from `verbs`, the soft
 //! mlx5 HCA and `iscsi`: CM private data, login over SENDs, WRITE/READ with and
 //! without PI on the wire (Type 1 / 512 and Type 3 / 4096), a bad guard from the
-//! initiator, a fault injected in the target's HCA, Reject, NOP, SendTargets, logout.
+//! initiator, a fault injected in the target's HCA, Reject, NOP, SendTargets, logout,
+//! commands in flight together on one connection, and task management waiting for
+//! the commands it names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
