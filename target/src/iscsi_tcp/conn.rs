@@ -423,7 +423,6 @@ async fn full_feature(
     let window = CmdWindow {
         exp_cmd_sn: li.exp_cmd_sn,
         depth,
-        outstanding: 0,
     };
     let sn = Arc::new(Sn {
         exp_cmd_sn: AtomicU32::new(window.exp_cmd_sn),
@@ -591,16 +590,6 @@ impl Conn {
 
     fn reject(&self, reason: RejectReason, bhs: &[u8; BHS_LEN]) {
         self.send(vec![reject_pdu(reason, bhs, 0, 0, 0)]);
-    }
-
-    /// End a task: a non-immediate one frees its slot in the command window.
-    fn remove_task(&mut self, itt: u32) -> Option<Task> {
-        let task = self.tasks.remove(&itt)?;
-        if !task.cmd.immediate {
-            self.window.outstanding = self.window.outstanding.saturating_sub(1);
-            self.publish_window();
-        }
-        Some(task)
     }
 
     fn publish_window(&self) {
@@ -777,10 +766,6 @@ impl Conn {
             unsolicited_data_sn: 0,
         };
         let itt = cmd.itt;
-        if !cmd.immediate {
-            self.window.outstanding += 1;
-            self.publish_window();
-        }
         self.tasks.insert(
             itt,
             Task {
@@ -900,7 +885,7 @@ impl Conn {
             );
             self.reject(RejectReason::ProtocolError, bhs);
             // Within-command recovery needs ErrorRecoveryLevel 1: end the task.
-            if let Some(task) = self.remove_task(d.itt) {
+            if let Some(task) = self.tasks.remove(&d.itt) {
                 let sense = scsi::Sense::new(scsi::SenseKey(0x0b), (0x4b, 0x00))
                     .to_bytes(scsi::SenseFormat::Fixed);
                 self.complete_now(
@@ -932,11 +917,7 @@ impl Conn {
             .tasks
             .get(&itt)
             .is_some_and(|t| matches!(t.state, TaskState::Receiving(_)));
-        if let Some(task) = if receiving {
-            self.remove_task(itt)
-        } else {
-            None
-        } {
+        if let Some(task) = receiving.then(|| self.tasks.remove(&itt)).flatten() {
             let sense = scsi::Sense::new(scsi::SenseKey(0x0b), (0x47, 0x05))
                 .to_bytes(scsi::SenseFormat::Fixed);
             self.complete_now(
@@ -1024,7 +1005,7 @@ impl Conn {
         let mut pdus = Vec::new();
         let mut ready = Vec::new();
         for a in answers {
-            let Some(task) = self.remove_task(a.itt) else {
+            let Some(task) = self.tasks.remove(&a.itt) else {
                 continue;
             };
             if task.aborted {
@@ -1077,7 +1058,7 @@ impl Conn {
             }
         }
         for itt in drop_now {
-            self.remove_task(itt);
+            self.tasks.remove(&itt);
         }
         waiting
     }

@@ -29,30 +29,19 @@ pub enum CmdSnCheck {
 pub struct CmdWindow {
     /// The next CmdSN expected.
     pub exp_cmd_sn: u32,
-    /// Commands the initiator may have queued: MaxCmdSN = ExpCmdSN + depth - 1 while
-    /// none is outstanding.
+    /// Commands the initiator may have queued (MaxCmdSN = ExpCmdSN + depth - 1).
     pub depth: u32,
-    /// Received commands not yet completed. Each holds its slot until its response, so
-    /// MaxCmdSN advances as commands complete (never backwards) and a session never
-    /// has more than `depth` commands in the target.
-    pub outstanding: u32,
 }
 
 impl CmdWindow {
-    /// MaxCmdSN. With `depth` commands outstanding the window closes (MaxCmdSN =
-    /// ExpCmdSN - 1).
+    /// MaxCmdSN.
     pub fn max_cmd_sn(&self) -> u32 {
-        let depth = self.depth.max(1);
-        self.exp_cmd_sn
-            .wrapping_add(depth - 1)
-            .wrapping_sub(self.outstanding.min(depth))
+        self.exp_cmd_sn.wrapping_add(self.depth.max(1) - 1)
     }
 
     /// Classify a non-immediate command's CmdSN.
     pub fn check(&self, cmd_sn: u32) -> CmdSnCheck {
-        if self.outstanding >= self.depth.max(1) {
-            CmdSnCheck::OutOfWindow
-        } else if cmd_sn == self.exp_cmd_sn {
+        if cmd_sn == self.exp_cmd_sn {
             CmdSnCheck::InOrder
         } else if sn_lt(self.exp_cmd_sn, cmd_sn) && sn_le(cmd_sn, self.max_cmd_sn()) {
             CmdSnCheck::Ahead
@@ -62,15 +51,9 @@ impl CmdWindow {
     }
 
     /// True when an immediate command's CmdSN is acceptable (it must equal ExpCmdSN;
-    /// tolerate anything inside the full window, as Linux and tgt do). Immediate
-    /// commands take no slot, so a closed window does not refuse them.
+    /// tolerate anything inside the window, as Linux and tgt do).
     pub fn immediate_ok(&self, cmd_sn: u32) -> bool {
-        CmdWindow {
-            outstanding: 0,
-            ..*self
-        }
-        .check(cmd_sn)
-            != CmdSnCheck::OutOfWindow
+        self.check(cmd_sn) != CmdSnCheck::OutOfWindow
     }
 
     /// Accept the command with CmdSN == ExpCmdSN.
@@ -356,7 +339,6 @@ mod tests {
         let w = CmdWindow {
             exp_cmd_sn: u32::MAX - 1,
             depth: 4,
-            outstanding: 0,
         };
         assert_eq!(w.max_cmd_sn(), 1);
         assert_eq!(w.check(u32::MAX - 1), CmdSnCheck::InOrder);
@@ -398,7 +380,6 @@ mod tests {
         let w = CmdWindow {
             exp_cmd_sn: 10,
             depth: 8,
-            outstanding: 0,
         };
         // Completed (CmdSN 9 < ExpCmdSN): does not exist.
         assert!(!abort_of_unreceived(&w, 9, 10));
@@ -421,32 +402,6 @@ mod tests {
         );
         caw[13] = 1;
         assert!(!caw_count_wrapped(&caw, true, 1024));
-    }
-
-    #[test]
-    fn outstanding_commands_hold_max_cmd_sn() {
-        let mut w = CmdWindow {
-            exp_cmd_sn: 1,
-            depth: 4,
-            outstanding: 0,
-        };
-        assert_eq!(w.max_cmd_sn(), 4);
-        // Receiving a command advances ExpCmdSN but keeps MaxCmdSN until it completes.
-        for _ in 0..4 {
-            assert_eq!(w.check(w.exp_cmd_sn), CmdSnCheck::InOrder);
-            w.advance();
-            w.outstanding += 1;
-            assert_eq!(w.max_cmd_sn(), 4);
-        }
-        // Four outstanding of four: closed (MaxCmdSN = ExpCmdSN - 1), but immediate
-        // commands still pass.
-        assert_eq!(w.check(5), CmdSnCheck::OutOfWindow);
-        assert!(w.immediate_ok(5));
-        w.outstanding -= 2;
-        assert_eq!(w.max_cmd_sn(), 6);
-        assert_eq!(w.check(5), CmdSnCheck::InOrder);
-        assert_eq!(w.check(6), CmdSnCheck::Ahead);
-        assert_eq!(w.check(7), CmdSnCheck::OutOfWindow);
     }
 
     #[test]
