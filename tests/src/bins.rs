@@ -1,7 +1,7 @@
 //! Where the daemons' binaries are. `CARGO_BIN_EXE_<name>` exists only for the bins
 //! of the package that owns a test, so the suite finds `iser-target` and
 //! `iser-initiator` in the cargo profile directory its own executable was built into
-//! (`target/<profile>/`), after one `cargo build -p target -p initiator --bins` per
+//! (`build/<profile>/`), after one `cargo build -p target -p initiator --bins` per
 //! test process to make sure they exist and are current (a no-op when `cargo test
 //! --workspace` or `cargo nextest run --workspace` just built them). Setting
 //! `ISER_E2E_BIN_DIR` skips the build and uses the binaries in that directory.
@@ -17,7 +17,7 @@ pub const TARGET: &str = "iser-target";
 /// The initiator daemon and CLI.
 pub const INITIATOR: &str = "iser-initiator";
 
-/// The cargo profile directory this process was built into (`target/debug`).
+/// The cargo profile directory this process was built into (`build/debug`).
 fn profile_dir() -> Result<PathBuf, SupportError> {
     let exe = std::env::current_exe().map_err(|e| SupportError::io("current_exe", e))?;
     let mut dir = exe
