@@ -458,7 +458,7 @@ impl BlockDevice {
         pi: Option<&[u8]>,
     ) -> Result<IoOutcome, Error> {
         let bs = self.info.block_size as usize;
-        if data.is_empty() || data.len() % bs != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
             return Err(Error::Invalid(format!(
                 "write of {} bytes is not a whole number of {bs}-byte blocks",
                 data.len()
@@ -699,7 +699,7 @@ impl SharedLun {
         }
         let bs = u64::from(self.info.block_size);
         let (lba, blocks, skip) = self.span(offset, data.len() as u64);
-        if offset % bs == 0 && data.len() as u64 % bs == 0 {
+        if offset.is_multiple_of(bs) && (data.len() as u64).is_multiple_of(bs) {
             let out = self
                 .with_retry(|d| async move { d.write_range(lba, data, None).await })
                 .await?;

@@ -185,7 +185,7 @@ impl Filesystem for LunFs {
         };
         if off
             .checked_add(data.len() as u64)
-            .map_or(true, |end| end > lun.info().size_bytes())
+            .is_none_or(|end| end > lun.info().size_bytes())
         {
             return reply.error(ENOSPC);
         }

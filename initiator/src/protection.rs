@@ -170,7 +170,7 @@ impl CommandProtection {
         pi: Option<&[u8]>,
     ) -> Result<Result<Vec<u8>, Sense>, crate::Error> {
         let bs = self.block_size as usize;
-        if bs == 0 || data.len() % bs != 0 {
+        if bs == 0 || !data.len().is_multiple_of(bs) {
             return Err(crate::Error::Invalid(format!(
                 "write of {} bytes is not a whole number of {bs}-byte blocks",
                 data.len()
@@ -239,7 +239,7 @@ impl CommandProtection {
     ) -> Result<Result<HostData, Sense>, crate::Error> {
         let bs = self.block_size as usize;
         let wb = self.wire_block() as usize;
-        if bs == 0 || wire.len() % wb != 0 {
+        if bs == 0 || !wire.len().is_multiple_of(wb) {
             return Err(crate::Error::Protocol(format!(
                 "read returned {} bytes, not a whole number of {wb}-byte blocks",
                 wire.len()

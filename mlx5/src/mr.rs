@@ -243,7 +243,7 @@ impl MkeyTable {
             Mapping::Direct(seg) => Ok(Resolved::Plain(seg.sub(off as usize, len as usize))),
             Mapping::Sig(b) => {
                 let wb = b.wire_block();
-                if off % wb != 0 || len % wb != 0 {
+                if off % wb != 0 || !len.is_multiple_of(wb) {
                     return Err(AccessError::Unaligned);
                 }
                 Ok(Resolved::Sig {

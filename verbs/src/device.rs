@@ -158,7 +158,7 @@ impl Pd {
         len: usize,
         access: AccessFlags,
     ) -> Result<Mr> {
-        if offset.checked_add(len).map_or(true, |end| end > buf.len()) {
+        if offset.checked_add(len).is_none_or(|end| end > buf.len()) {
             return Err(VerbsError::OutOfBounds {
                 offset,
                 len,

@@ -589,7 +589,7 @@ impl Lun {
             if let Cdb::ReadWrite(mut rw) = plan.cdb {
                 if matches!(rw.kind, scsi::RwKind::Write | scsi::RwKind::WriteAndVerify) {
                     let stride = plan.prot.wire_stride();
-                    if wire_out.len() % stride != 0 {
+                    if !wire_out.len().is_multiple_of(stride) {
                         return Err(SenseReason::DataLength);
                     }
                     let blocks = (wire_out.len() / stride) as u32;

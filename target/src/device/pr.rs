@@ -185,7 +185,7 @@ fn transport_id(initiator: &str) -> Vec<u8> {
     };
     let mut name = initiator.as_bytes().to_vec();
     name.push(0);
-    while name.len() % 4 != 0 || name.len() < 20 {
+    while !name.len().is_multiple_of(4) || name.len() < 20 {
         name.push(0);
     }
     let mut t = vec![format | 0x05, 0];

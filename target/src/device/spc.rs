@@ -364,7 +364,7 @@ impl Lun {
                     let mut name = nexus.target_port.as_bytes().to_vec();
                     name.truncate(250);
                     name.push(0);
-                    while name.len() % 4 != 0 {
+                    while !name.len().is_multiple_of(4) {
                         name.push(0);
                     }
                     b.extend_from_slice(&[0x53, 0x98, 0x00, name.len() as u8]);

@@ -320,7 +320,7 @@ pub fn shorten_write(cdb: &mut [u8], out_len: u32, edtl: u32) -> Option<u32> {
     };
     let field = cdb.get(at..at + width)?;
     let blocks = field.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b));
-    if blocks == 0 || out_len % blocks != 0 {
+    if blocks == 0 || !out_len.is_multiple_of(blocks) {
         return None;
     }
     let stride = out_len / blocks;

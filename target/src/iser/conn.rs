@@ -993,7 +993,9 @@ impl Shared {
             // the wire view (PASS), or when there is none (INSERT: the HCA generates
             // every tuple).
             let checked = hca.as_ref().filter(|h| match h.plan.op {
-                crate::device::ProtOp::Pass => unsolicited as usize % h.plan.wire_stride() == 0,
+                crate::device::ProtOp::Pass => {
+                    (unsolicited as usize).is_multiple_of(h.plan.wire_stride())
+                }
                 _ => unsolicited == 0,
             });
             match checked {

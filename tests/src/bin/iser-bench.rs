@@ -199,7 +199,7 @@ fn next_random(state: &mut u64) -> u64 {
 async fn run(a: RunArgs) -> anyhow::Result<()> {
     let dev = open(&a.c).await?;
     let bs = dev.info().block_size;
-    if a.io_size == 0 || a.io_size % bs != 0 {
+    if a.io_size == 0 || !a.io_size.is_multiple_of(bs) {
         bail!(
             "--io-size {} is not a multiple of the block size {bs}",
             a.io_size

@@ -207,7 +207,7 @@ pub(crate) fn check_range(lba: u64, n: u64, capacity: u64) -> Result<(), Backend
 
 /// Number of whole units in `len`, or an error when `len` is not a multiple.
 pub(crate) fn units(len: usize, unit: usize) -> Result<u64, BackendError> {
-    if unit == 0 || len % unit != 0 {
+    if unit == 0 || !len.is_multiple_of(unit) {
         return Err(BackendError::BadBuffer { len, unit });
     }
     Ok((len / unit) as u64)
