@@ -95,6 +95,8 @@ pub struct Daemon {
     listeners: Vec<(TcpListener, Arc<PortalContext>)>,
     control: Option<(tokio::net::UnixListener, PathBuf)>,
     shutdown: watch::Sender<bool>,
+    /// The iSER portal tasks (already serving; awaited at shutdown).
+    iser_portals: Vec<tokio::task::JoinHandle<()>>,
     /// The TCP portal addresses actually bound (port 0 resolved).
     pub portals: Vec<SocketAddr>,
 }
@@ -142,7 +144,7 @@ impl Daemon {
             portals: portals.clone(),
             shutdown: shutdown_rx,
         });
-        crate::iser::spawn_portals(cfg, &ctx)?;
+        let iser_portals = crate::iser::spawn_portals(cfg, &ctx)?;
         let listeners = bound.into_iter().map(|l| (l, ctx.clone())).collect();
         let control = match control_socket {
             None => None,
@@ -159,6 +161,7 @@ impl Daemon {
             listeners,
             control,
             shutdown,
+            iser_portals,
             portals,
         })
     }
@@ -190,6 +193,9 @@ impl Daemon {
         self.shutdown.send_replace(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while tasks.join_next().await.is_some() {}
+            for portal in self.iser_portals {
+                let _ = portal.await;
+            }
         })
         .await;
         if drained.is_err() {

@@ -204,20 +204,21 @@ pub fn soft_device() -> Result<verbs::Context, IserError> {
 
 /// Bind every iSER portal of `cfg` and serve it on a task of the current runtime,
 /// sharing the TCP portals' login policy, registry and shutdown signal. Returns the
-/// bound addresses.
+/// portal tasks, which end once the shutdown signal fired and their connections
+/// finished: the daemon awaits them before it flushes the LUNs.
 pub fn spawn_portals(
     cfg: &conf::target::TargetConfig,
     tcp: &crate::iscsi_tcp::PortalContext,
-) -> anyhow::Result<Vec<CmAddr>> {
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use anyhow::Context as _;
-    let mut bound = Vec::new();
+    let mut tasks = Vec::new();
     let iser: Vec<&conf::target::Portal> = cfg
         .portals
         .iter()
         .filter(|p| p.transport == conf::target::Transport::Iser)
         .collect();
     if iser.is_empty() {
-        return Ok(bound);
+        return Ok(tasks);
     }
     let ctx = Arc::new(IserContext {
         policy: tcp.policy.clone(),
@@ -253,8 +254,7 @@ pub fn spawn_portals(
         })?;
         let local = portal.local_addr();
         tracing::info!(portal = %local, "iSER portal listening");
-        bound.push(local);
-        tokio::spawn(run_portal(portal, ctx.clone()));
+        tasks.push(tokio::spawn(run_portal(portal, ctx.clone())));
     }
-    Ok(bound)
+    Ok(tasks)
 }
