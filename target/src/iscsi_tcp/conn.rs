@@ -13,9 +13,9 @@ use iscsi::codec::Action;
 use iscsi::digest::{crc32c, crc32c_append, digest_to_wire};
 use iscsi::negotiate::{NegotiatedParams, SessionType};
 use iscsi::pdu::{
-    reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode,
-    NopIn, NopOut, R2t, RejectReason, Role, ScsiCommand, TextRequest, TextResponse, TmfFunction,
-    TmfRequest, TmfResponse, TmfResponseCode, WireConfig, BHS_LEN, RESERVED_TAG,
+    reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponseCode, NopIn, NopOut,
+    R2t, RejectReason, Role, ScsiCommand, TextRequest, TextResponse, TmfFunction, TmfRequest,
+    TmfResponse, TmfResponseCode, WireConfig, BHS_LEN, RESERVED_TAG,
 };
 use iscsi::text::{split_text, TextKeys};
 use iscsi::{Codec, Framer, Pdu};
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use super::command::{self, illegal_request, lun_number, Answer, Job};
 use super::login::PortalPolicy;
 use super::pool::CommandPool;
-use super::task::{CmdSnCheck, CmdWindow, DataOutBuffer, R2tSchedule};
+use super::task::{logout_response, CmdSnCheck, CmdWindow, DataOutBuffer, R2tSchedule};
 use crate::registry::{ConnectionInfo, Registry, Session};
 use crate::service::{Completion, Nexus, ResetScope, ScsiService, Transfer};
 use iscsi::login::{TargetLogin, TargetLoginConfig, TargetStep};
@@ -1256,23 +1256,7 @@ impl Conn {
     }
 
     fn on_logout(&mut self, l: LogoutRequest) {
-        let response = match l.reason {
-            LogoutReason::CloseSession => LogoutResponseCode::Success,
-            LogoutReason::CloseConnection if l.cid == self.cid => LogoutResponseCode::Success,
-            LogoutReason::CloseConnection => LogoutResponseCode::CidNotFound,
-            // ErrorRecoveryLevel is 0: no connection recovery.
-            LogoutReason::RemoveForRecovery => LogoutResponseCode::RecoveryNotSupported,
-            _ => LogoutResponseCode::CleanupFailed,
-        };
-        let pdu = Pdu::new(LogoutResponse {
-            response,
-            itt: l.itt,
-            stat_sn: 0,
-            exp_cmd_sn: 0,
-            max_cmd_sn: 0,
-            time2wait: 0,
-            time2retain: 0,
-        });
+        let (response, pdu) = logout_response(&l, self.cid);
         if response != LogoutResponseCode::Success {
             self.send(vec![pdu]);
             return;

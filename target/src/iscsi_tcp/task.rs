@@ -1,7 +1,7 @@
 //! Pure per-task rules of the full feature phase, no sockets: the CmdSN window,
 //! residual counts, Data-In segmentation and the R2T schedule of a write.
 
-use iscsi::pdu::Residual;
+use iscsi::pdu::{LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, Pdu, Residual};
 
 /// Serial-number comparison (RFC 1982, 32-bit): `a < b`.
 pub fn sn_lt(a: u32, b: u32) -> bool {
@@ -328,6 +328,29 @@ pub fn shorten_write(cdb: &mut [u8], out_len: u32, edtl: u32) -> Option<u32> {
     let bytes = fit.to_be_bytes();
     cdb[at..at + width].copy_from_slice(&bytes[4 - width..]);
     Some(fit * stride)
+}
+
+/// The Logout Response for `l` on connection `cid` (StatSN and the window are stamped
+/// when it is sent): closing the session or this connection succeeds; there is no
+/// connection recovery (ErrorRecoveryLevel 0).
+pub fn logout_response(l: &LogoutRequest, cid: u16) -> (LogoutResponseCode, Pdu) {
+    let response = match l.reason {
+        LogoutReason::CloseSession => LogoutResponseCode::Success,
+        LogoutReason::CloseConnection if l.cid == cid => LogoutResponseCode::Success,
+        LogoutReason::CloseConnection => LogoutResponseCode::CidNotFound,
+        LogoutReason::RemoveForRecovery => LogoutResponseCode::RecoveryNotSupported,
+        _ => LogoutResponseCode::CleanupFailed,
+    };
+    let pdu = Pdu::new(LogoutResponse {
+        response,
+        itt: l.itt,
+        stat_sn: 0,
+        exp_cmd_sn: 0,
+        max_cmd_sn: 0,
+        time2wait: 0,
+        time2retain: 0,
+    });
+    (response, pdu)
 }
 
 #[cfg(test)]

@@ -21,9 +21,9 @@ use iscsi::iser::{
 use iscsi::login::{TargetLogin, TargetLoginConfig, TargetStep};
 use iscsi::negotiate::{NegotiatedParams, SessionType};
 use iscsi::pdu::{
-    reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode,
-    NopIn, NopOut, PduLimits, RejectReason, Residual, Role, ScsiCommand, ScsiResponse, TextRequest,
-    TextResponse, TmfFunction, TmfRequest, TmfResponse, TmfResponseCode, BHS_LEN, RESERVED_TAG,
+    reject_pdu, DataOut, Header, LogoutReason, LogoutRequest, LogoutResponseCode, NopIn, NopOut,
+    PduLimits, RejectReason, Residual, Role, ScsiCommand, ScsiResponse, TextRequest, TextResponse,
+    TmfFunction, TmfRequest, TmfResponse, TmfResponseCode, BHS_LEN, RESERVED_TAG,
 };
 use iscsi::text::{split_text, TextKeys};
 use iscsi::{Codec, Pdu};
@@ -41,7 +41,7 @@ use super::io::{
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
 use crate::iscsi_tcp::command::{absent_lun, illegal_request, lun_number};
-use crate::iscsi_tcp::task::residual;
+use crate::iscsi_tcp::task::{logout_response, residual};
 use crate::registry::{ConnectionInfo, Session};
 use crate::service::{Completion, LunSummary, Nexus, ResetScope, ScsiService, Transfer};
 use crate::stats::IoCounters;
@@ -1396,22 +1396,7 @@ impl Conn {
     }
 
     async fn on_logout(&mut self, l: LogoutRequest) -> Result<(), IserError> {
-        let response = match l.reason {
-            LogoutReason::CloseSession => LogoutResponseCode::Success,
-            LogoutReason::CloseConnection if l.cid == self.cid => LogoutResponseCode::Success,
-            LogoutReason::CloseConnection => LogoutResponseCode::CidNotFound,
-            LogoutReason::RemoveForRecovery => LogoutResponseCode::RecoveryNotSupported,
-            _ => LogoutResponseCode::CleanupFailed,
-        };
-        let pdu = Pdu::new(LogoutResponse {
-            response,
-            itt: l.itt,
-            stat_sn: 0,
-            exp_cmd_sn: 0,
-            max_cmd_sn: 0,
-            time2wait: 0,
-            time2retain: 0,
-        });
+        let (response, pdu) = logout_response(&l, self.cid);
         if response == LogoutResponseCode::Success {
             self.held.clear();
             self.closing = true;
