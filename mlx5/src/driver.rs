@@ -74,8 +74,17 @@ impl Mlx5Device {
     }
 
     fn doorbell(&self, qp: &Arc<Qp>) {
-        if let Some(l) = qp.link.lock().as_ref() {
-            let _ = l.req.send(ReqEvent::Doorbell);
+        let link = qp
+            .link
+            .lock()
+            .as_ref()
+            .map(|l| (Arc::clone(&l.sq), l.req.clone()));
+        if let Some((sq, req)) = link {
+            // Execute right here unless another thread is at it (it may have
+            // looked at the ring before these WQEs landed, so tell the requester).
+            if !sq.try_execute(&self.hca, qp) {
+                let _ = req.send(ReqEvent::Doorbell);
+            }
             return;
         }
         // Not connected (error state): the device flushes right away.

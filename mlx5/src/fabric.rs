@@ -18,7 +18,7 @@ use verbs::{QpState, VerbsError};
 
 use crate::frame::{self, FrameError, Header, Op};
 use crate::hca::{Hca, Link, Qp};
-use crate::requester::{self, ReqEvent};
+use crate::requester::{self, ReqEvent, SqExec};
 use crate::transport::{self, Stream, TxItem, Wire};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,14 +57,16 @@ pub fn attach(
     let reader = stream.try_clone()?;
     let (req_tx, req_rx) = crossbeam_channel::unbounded();
     let (tx_tx, tx_rx) = crossbeam_channel::unbounded();
+    let wire = Arc::new(Wire::new(stream));
+    let sq = Arc::new(SqExec::new(Arc::clone(&wire)));
     *qp.link.lock() = Some(Link {
         req: req_tx.clone(),
+        sq: Arc::clone(&sq),
         tx: tx_tx.clone(),
         events,
     });
     *qp.state.lock() = QpState::Rts;
     let n = qp.qpn;
-    let wire = Arc::new(Wire::new(stream));
     {
         let (qp, wire) = (Arc::clone(qp), Arc::clone(&wire));
         spawn(format!("mlx5-tx-{n}"), move || {
@@ -72,15 +74,16 @@ pub fn attach(
         })?;
     }
     {
-        let (hca, qp, tx) = (Arc::clone(hca), Arc::clone(qp), tx_tx.clone());
+        let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
+        let replies = transport::Replies::new(tx_tx.clone(), Arc::clone(&wire));
         spawn(format!("mlx5-rx-{n}"), move || {
-            transport::rx_loop(hca, qp, reader, tx, req_tx)
+            transport::rx_loop(hca, qp, reader, replies, req_tx)
         })?;
     }
     {
         let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
         spawn(format!("mlx5-req-{n}"), move || {
-            requester::run(hca, qp, req_rx, wire)
+            requester::run(hca, qp, req_rx, sq)
         })?;
     }
     // Work posted before the connection came up.

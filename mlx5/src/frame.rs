@@ -243,13 +243,10 @@ pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Header, Fr
     let mut hb = [0u8; HDR_LEN];
     r.read_exact(&mut hb)?;
     let (h, n) = decode_header(&hb)?;
-    payload.clear();
-    payload.reserve(n);
-    // `read_to_end` fills spare capacity without zeroing it first.
-    let got = r.by_ref().take(n as u64).read_to_end(payload)?;
-    if got != n {
-        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
-    }
+    // One read for the whole payload (`read_to_end` would grow its reads from
+    // 8 KiB, costing several system calls and buffer copies per bulk frame).
+    payload.resize(n, 0);
+    r.read_exact(payload)?;
     let mut tb = [0u8; TRAILER_LEN];
     r.read_exact(&mut tb)?;
     let carried = u32::from_be_bytes(tb);

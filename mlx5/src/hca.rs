@@ -198,6 +198,8 @@ pub struct Inflight {
 pub struct Link {
     /// Requester events.
     pub req: Sender<crate::requester::ReqEvent>,
+    /// SQ execution (doorbell fast path).
+    pub sq: Arc<crate::requester::SqExec>,
     /// Frames to the socket.
     pub tx: Sender<TxItem>,
     /// CM connection events.

@@ -3,11 +3,17 @@
 //! REG_MR_INTEGRITY and LOCAL_INV; SET_PSV), turns SEND/WRITE/READ into frames,
 //! and retransmits after an RNR NAK (go-back-N from the NAKed PSN) until the QP's
 //! RNR retry count is used up.
+//!
+//! The SQ is executed by whoever holds the QP's [`SqExec`] lock: the thread that
+//! rings the doorbell when the lock is free (no thread wake-up on the fast path, as
+//! a real HCA starts on the doorbell write), otherwise the requester thread, which
+//! also owns RNR retransmission.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
 use verbs::cm::DisconnectReason;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, QpState};
@@ -38,9 +44,57 @@ pub enum ReqEvent {
     Stop,
 }
 
+/// The send side of a connected QP: the next PSN, behind the lock that serializes
+/// SQ execution and retransmission, and the socket the frames go to.
+#[derive(Debug)]
+pub struct SqExec {
+    next_psn: Mutex<u32>,
+    wire: Arc<Wire>,
+}
+
+impl SqExec {
+    /// Starts at PSN 0 on `wire`.
+    pub fn new(wire: Arc<Wire>) -> SqExec {
+        SqExec {
+            next_psn: Mutex::new(0),
+            wire,
+        }
+    }
+
+    /// Executes the posted WQEs in the calling thread if no other thread is doing
+    /// so; returns false (nothing done) when the lock is taken.
+    pub fn try_execute(&self, hca: &Hca, qp: &Qp) -> bool {
+        match self.next_psn.try_lock() {
+            Some(mut psn) => {
+                transmit(hca, qp, &mut psn, &self.wire);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Executes the posted WQEs, waiting for the lock.
+    fn execute(&self, hca: &Hca, qp: &Qp) {
+        transmit(hca, qp, &mut self.next_psn.lock(), &self.wire);
+    }
+}
+
+/// Runs the SQ and writes the request frames, then flushes the socket.
+fn transmit(hca: &Hca, qp: &Qp, next_psn: &mut u32, wire: &Wire) {
+    let mut failed = None;
+    process_sq(hca, qp, next_psn, &mut |f| {
+        if failed.is_none() {
+            failed = wire.write(&f).err();
+        }
+    });
+    if let Some(e) = failed.or_else(|| wire.flush().err()) {
+        qp.to_error(DisconnectReason::Transport(e.to_string()));
+    }
+}
+
 /// Requester thread body.
-pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, wire: Arc<Wire>) {
-    let mut next_psn = 0u32;
+pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqExec>) {
+    let wire = Arc::clone(&exec.wire);
     let mut retx: Option<(Instant, u32)> = None;
     loop {
         let ev = match retx {
@@ -48,17 +102,7 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, wire: Arc<Wir
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match ev {
-            Ok(ReqEvent::Doorbell) => {
-                let mut failed = None;
-                process_sq(&hca, &qp, &mut next_psn, &mut |f| {
-                    if failed.is_none() {
-                        failed = wire.write(&f).err();
-                    }
-                });
-                if let Some(e) = failed.or_else(|| wire.flush().err()) {
-                    qp.to_error(DisconnectReason::Transport(e.to_string()));
-                }
-            }
+            Ok(ReqEvent::Doorbell) => exec.execute(&hca, &qp),
             Ok(ReqEvent::Rnr { psn, delay }) => {
                 let mut exceeded = false;
                 if let Some(e) = qp.inflight.lock().iter_mut().find(|e| e.psn == Some(psn)) {
@@ -78,6 +122,8 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, wire: Arc<Wir
             Ok(ReqEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {
                 if let Some((_, psn)) = retx.take() {
+                    // Holding the SQ lock: no new request is written in between.
+                    let _sq = exec.next_psn.lock();
                     if qp.state() != QpState::Error {
                         // Go-back-N from the NAKed PSN. Collect first: no lock is held
                         // while writing to the socket.

@@ -1,17 +1,21 @@
 //! The responder: executes incoming requests in PSN order. SEND lands in the next
 //! posted receive (or is refused with an RNR NAK), WRITE is placed at the rkey,
 //! READ is served from the rkey; each is acknowledged or NAKed.
+//!
+//! ACKs are coalesced as a real responder does: one cumulative ACK covers every
+//! request handled since the last one, sent when the receive thread has no more
+//! bytes buffered (or after [`Responder::ACK_EVERY`] requests), before a NAK or a
+//! READ response, and before the receive completions of the SENDs it covers.
 
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
 use verbs::QpState;
 
 use crate::dma::{self, DmaError};
 use crate::frame::{self, nak, Header, Op};
 use crate::hca::{Hca, Qp};
 use crate::layout::{syndrome, Cqe};
-use crate::transport::TxItem;
+use crate::transport::Replies;
 
 /// Responder states, as rxe names them, for traces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +34,12 @@ pub enum RespState {
 pub struct Responder {
     expected_psn: u32,
     state: RespState,
+    /// The last PSN executed and not yet acknowledged.
+    unacked: Option<u32>,
+    /// Requests covered by `unacked`.
+    unacked_count: u32,
+    /// Receive completions held until their ACK is queued.
+    held: Vec<Cqe>,
 }
 
 impl Default for Responder {
@@ -44,36 +54,53 @@ impl Responder {
         Responder {
             expected_psn: 0,
             state: RespState::Ready,
+            unacked: None,
+            unacked_count: 0,
+            held: Vec::new(),
+        }
+    }
+
+    /// Requests acknowledged by one ACK at most, under a continuous stream.
+    pub const ACK_EVERY: u32 = 16;
+
+    /// Records `psn` as executed; sends the ACK once [`Self::ACK_EVERY`] requests
+    /// wait for it.
+    fn ack_later(&mut self, qp: &Qp, tx: &Replies, psn: u32) {
+        self.unacked = Some(psn);
+        self.unacked_count += 1;
+        if self.unacked_count >= Self::ACK_EVERY {
+            self.flush(qp, tx);
+        }
+    }
+
+    /// Sends the pending ACK, then raises the receive completions it covers (so
+    /// that nothing the ULP does on seeing them, a disconnect, overtakes it).
+    pub fn flush(&mut self, qp: &Qp, tx: &Replies) {
+        if let Some(psn) = self.unacked.take() {
+            self.unacked_count = 0;
+            self.reply(qp, tx, Op::Ack, psn, 0, 0, &[]);
+        }
+        for cqe in self.held.drain(..) {
+            qp.recv_cq.push(&cqe);
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn reply(
-        &self,
-        qp: &Qp,
-        tx: &Sender<TxItem>,
-        op: Op,
-        psn: u32,
-        key: u32,
-        len: u32,
-        payload: &[u8],
-    ) {
+    fn reply(&self, qp: &Qp, tx: &Replies, op: Op, psn: u32, key: u32, len: u32, payload: &[u8]) {
         let mut h = Header::new(op, psn);
         h.qpn = qp.qpn;
         h.key = key;
         h.len = len;
-        let _ = tx.send(TxItem::Frame(Arc::new(frame::encode(&h, payload))));
+        let f = frame::encode(&h, payload);
+        if op == Op::Ack {
+            tx.small(f);
+        } else {
+            tx.queue(Arc::new(f));
+        }
     }
 
     /// Handles one request frame.
-    pub fn handle(
-        &mut self,
-        hca: &Hca,
-        qp: &Qp,
-        h: &Header,
-        payload: &mut [u8],
-        tx: &Sender<TxItem>,
-    ) {
+    pub fn handle(&mut self, hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], tx: &Replies) {
         if h.psn != self.expected_psn || self.state == RespState::Failed {
             tracing::trace!(qpn = qp.qpn, psn = h.psn, expected = self.expected_psn, state = ?self.state, "dropping out-of-order request");
             return;
@@ -85,6 +112,7 @@ impl Responder {
         match h.op {
             Op::Send | Op::SendInv => {
                 let Some((idx, sges)) = qp.take_recv() else {
+                    self.flush(qp, tx);
                     self.state = RespState::RnrWait(h.psn);
                     let delay = qp.attr.min_rnr_timer.as_micros().min(u128::from(u32::MAX)) as u32;
                     self.reply(qp, tx, Op::Nak, h.psn, nak::RNR, delay, &[]);
@@ -107,17 +135,16 @@ impl Responder {
                     });
                 match placed {
                     Ok(()) => {
-                        // Acknowledge before the receive completes, so that nothing the
-                        // ULP does on seeing the completion (a disconnect) overtakes it.
-                        self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]);
-                        qp.recv_cq.push(&Cqe::Resp {
+                        self.held.push(Cqe::Resp {
                             qpn: qp.qpn,
                             wqe_counter: idx,
                             byte_cnt: payload.len() as u32,
                             inval_rkey: inval,
                         });
+                        self.ack_later(qp, tx, h.psn);
                     }
                     Err((syn, n)) => {
+                        self.flush(qp, tx);
                         qp.recv_cq.push(&Cqe::Err {
                             responder: true,
                             syndrome: syn,
@@ -132,17 +159,20 @@ impl Responder {
                 }
             }
             Op::Write => match dma::scatter_remote(hca, qp, h.key, h.addr, payload, &qp.recv_cq) {
-                Ok(()) => self.reply(qp, tx, Op::Ack, h.psn, 0, 0, &[]),
+                Ok(()) => self.ack_later(qp, tx, h.psn),
                 Err(_) => {
+                    self.flush(qp, tx);
                     self.reply(qp, tx, Op::Nak, h.psn, nak::REMOTE_ACCESS, 0, &[]);
                     self.state = RespState::Failed;
                 }
             },
             Op::ReadReq if h.len as usize > frame::MAX_PAYLOAD => {
+                self.flush(qp, tx);
                 self.reply(qp, tx, Op::Nak, h.psn, nak::INVALID_REQ, 0, &[]);
                 self.state = RespState::Failed;
             }
             Op::ReadReq => {
+                self.flush(qp, tx);
                 let mut b = frame::FrameBuilder::in_buf(
                     qp.bufs.get(h.len as usize + 64),
                     &Header {
@@ -161,7 +191,7 @@ impl Responder {
                     &qp.recv_cq,
                 ) {
                     Ok(()) => {
-                        let _ = tx.send(TxItem::Frame(Arc::new(b.finish())));
+                        tx.queue(Arc::new(b.finish()));
                     }
                     Err(_) => {
                         self.reply(qp, tx, Op::Nak, h.psn, nak::REMOTE_ACCESS, 0, &[]);

@@ -3,11 +3,13 @@
 //! checks each frame and hands it to the responder or the completer.
 //!
 //! Threads per connected QP: requester (SQ processing, RNR retransmission; writes
-//! its request frames itself), rx (responder + completer), tx (writes the
-//! responses the rx thread queues). The rx thread never blocks on a socket write,
-//! so two HCAs reading from each other cannot deadlock.
+//! its request frames itself, and the doorbell writer does so in its place when
+//! it can), rx (responder + completer), tx (writes the responses the rx thread
+//! queues). The rx thread never blocks on a socket write, so two HCAs reading from
+//! each other cannot deadlock: it writes an ACK itself only when the socket takes
+//! it without waiting, and queues everything else.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -97,8 +99,21 @@ impl Write for Stream {
 pub enum TxItem {
     /// Send this frame.
     Frame(Arc<Vec<u8>>),
+    /// Flush what is buffered (the rx thread left part of a frame there).
+    Flush,
     /// Flush and close the socket.
     Shutdown,
+}
+
+/// What [`Wire::try_write_now`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteNow {
+    /// All of it is on the socket.
+    Sent,
+    /// Some or all of it waits in the write buffer; someone must flush.
+    Buffered,
+    /// Nothing written: another writer holds the socket or has bytes buffered.
+    Busy,
 }
 
 /// The write side of a connection, shared by the requester (which writes its
@@ -113,21 +128,59 @@ pub struct Wire {
     ctl: Option<Stream>,
 }
 
+/// Bytes of the socket write and read buffers. Frames at least this long bypass
+/// them (`BufWriter` and `BufReader` do so for requests as large as their
+/// buffer), so bulk data is copied once between frame and socket.
+pub const STAGING: usize = 32 << 10;
+
 /// How long [`Wire::shutdown`] waits for the lock, and then for the final flush.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 impl Wire {
-    /// Wraps the socket with a 256 KiB write buffer.
+    /// Wraps the socket with a [`STAGING`]-byte write buffer: small frames (ACKs,
+    /// iSER control messages) are batched into few writes, larger ones go to the
+    /// socket straight from the frame, without a copy into the buffer.
     pub fn new(stream: Stream) -> Wire {
         Wire {
             ctl: stream.try_clone().ok(),
-            w: Mutex::new(BufWriter::with_capacity(256 << 10, stream)),
+            w: Mutex::new(BufWriter::with_capacity(STAGING, stream)),
         }
     }
     /// Writes one frame (buffered; large frames go straight to the socket).
     pub fn write(&self, f: &[u8]) -> io::Result<()> {
         self.w.lock().write_all(f)
     }
+    /// Writes a small frame without ever blocking: only when no other writer holds
+    /// the lock or has bytes buffered, with a non-blocking send; what the socket
+    /// does not take at once stays in the (empty, so roomy) write buffer.
+    pub fn try_write_now(&self, f: &[u8]) -> WriteNow {
+        let Some(mut w) = self.w.try_lock() else {
+            return WriteNow::Busy;
+        };
+        if !w.buffer().is_empty() || f.len() > w.capacity() {
+            return WriteNow::Busy;
+        }
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let sent = match w.get_ref() {
+            Stream::Tcp(s) => socket2::SockRef::from(s).send_with_flags(f, flags),
+            Stream::Unix(s) => socket2::SockRef::from(s).send_with_flags(f, flags),
+        };
+        let n = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            // Let the transmit thread meet the error on its own write.
+            Err(_) => return WriteNow::Busy,
+        };
+        if n == f.len() {
+            return WriteNow::Sent;
+        }
+        // Fits: the buffer is empty and larger than the frame.
+        match w.write_all(&f[n..]) {
+            Ok(()) => WriteNow::Buffered,
+            Err(_) => WriteNow::Busy,
+        }
+    }
+
     /// Pushes buffered frames to the socket.
     pub fn flush(&self) -> io::Result<()> {
         self.w.lock().flush()
@@ -196,6 +249,7 @@ pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
                     }
                     qp.bufs.put(f);
                 }
+                TxItem::Flush => {}
                 TxItem::Shutdown => break 'outer,
             }
             match rx.try_recv() {
@@ -211,25 +265,66 @@ pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
     wire.shutdown();
 }
 
-/// Receive thread: reads and checks frames until the connection ends.
-pub fn rx_loop(
-    hca: Arc<Hca>,
-    qp: Arc<Qp>,
-    mut stream: Stream,
+/// Where the receive thread's responses go.
+#[derive(Debug)]
+pub struct Replies {
     tx: Sender<TxItem>,
-    req: Sender<ReqEvent>,
-) {
+    wire: Arc<Wire>,
+}
+
+impl Replies {
+    /// Responses through `tx` (the transmit thread), small ones straight to `wire`
+    /// when that cannot block.
+    pub fn new(tx: Sender<TxItem>, wire: Arc<Wire>) -> Replies {
+        Replies { tx, wire }
+    }
+
+    /// Queues `f` for the transmit thread.
+    pub fn queue(&self, f: Arc<Vec<u8>>) {
+        let _ = self.tx.send(TxItem::Frame(f));
+    }
+
+    /// Sends a small frame (an ACK): straight to the socket when the transmit
+    /// thread has nothing queued and the socket takes it now, which saves waking
+    /// that thread; otherwise queued behind the earlier responses.
+    pub fn small(&self, f: Vec<u8>) {
+        if self.tx.is_empty() {
+            match self.wire.try_write_now(&f) {
+                WriteNow::Sent => return,
+                WriteNow::Buffered => {
+                    let _ = self.tx.send(TxItem::Flush);
+                    return;
+                }
+                WriteNow::Busy => {}
+            }
+        }
+        self.queue(Arc::new(f));
+    }
+}
+
+/// Receive thread: reads and checks frames until the connection ends. Frames are
+/// read through a [`STAGING`]-byte buffer (bulk payloads go around it); whenever
+/// it runs dry the responder's coalesced
+/// ACK goes out before the thread blocks on the socket again.
+pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sender<ReqEvent>) {
     let mut payload = Vec::new();
     let mut resp = crate::responder::Responder::new();
+    let mut stream = BufReader::with_capacity(STAGING, stream);
     loop {
+        if stream.buffer().is_empty() {
+            resp.flush(&qp, &tx);
+        }
         let h = match frame::read_frame(&mut stream, &mut payload) {
             Ok(h) => h,
             Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // What was received before the end still completes.
+                resp.flush(&qp, &tx);
                 qp.to_error(DisconnectReason::Remote);
                 return;
             }
             Err(e) => {
                 tracing::warn!(qpn = qp.qpn, error = %e, "transport error");
+                resp.flush(&qp, &tx);
                 qp.to_error(DisconnectReason::Transport(e.to_string()));
                 return;
             }
@@ -242,10 +337,12 @@ pub fn rx_loop(
                 crate::completer::handle(&hca, &qp, &h, &mut payload, &req)
             }
             Op::Dreq => {
+                resp.flush(&qp, &tx);
                 qp.to_error(DisconnectReason::Remote);
                 return;
             }
             Op::CmReq | Op::CmRep | Op::CmRej => {
+                resp.flush(&qp, &tx);
                 qp.to_error(DisconnectReason::Transport(format!(
                     "unexpected {:?} on a connected QP",
                     h.op
