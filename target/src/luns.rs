@@ -205,6 +205,10 @@ impl ScsiService for TargetLuns {
         }
     }
 
+    fn in_memory(&self, lun: u64) -> bool {
+        self.luns.get(&lun).is_some_and(Lun::in_memory)
+    }
+
     fn reset(&self, _nexus: &Nexus, scope: ResetScope) {
         match scope {
             // The transport aborted the tasks; the device server keeps no task list.

@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use target::control;
 use target::daemon::{Daemon, Termination};
 
+/// Large command buffers come and go per command; mimalloc keeps them mapped
+/// instead of returning them to the kernel (page faults, TLB shootdowns) each time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// iSCSI target with end-to-end T10 protection information.
 #[derive(Debug, Parser)]
 #[command(name = "iser-target", version)]

@@ -118,6 +118,14 @@ pub trait ScsiService: Send + Sync + fmt::Debug {
     /// Expected Data Transfer Length was shorter).
     fn execute(&self, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: &[u8]) -> Completion;
 
+    /// Whether `lun`'s commands finish without waiting on I/O (a RAM backing
+    /// store): a transport may then run them in place rather than on a blocking
+    /// worker thread, saving two thread hand-offs per command.
+    fn in_memory(&self, lun: u64) -> bool {
+        let _ = lun;
+        false
+    }
+
     /// Tells the device server about a reset or task-set abort (unit attentions).
     fn reset(&self, nexus: &Nexus, scope: ResetScope);
 

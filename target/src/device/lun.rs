@@ -186,6 +186,11 @@ fn dif_type(id: u64, t: u8) -> Result<Option<DifType>, LunError> {
 }
 
 impl Lun {
+    /// Whether the blocks live in memory (commands never wait on I/O).
+    pub fn in_memory(&self) -> bool {
+        matches!(self.desc.backing, Backing::Ram { .. })
+    }
+
     /// Opens the backing store described by `desc`.
     pub fn open(desc: LunDesc) -> Result<Lun, LunError> {
         let id = desc.id;

@@ -1041,12 +1041,17 @@ impl Shared {
         } else {
             let nexus = self.nexus.clone();
             let svc = service.clone();
-            tokio::task::spawn_blocking(move || match lun {
+            let run = move || match lun {
                 Some(l) => svc.execute(&nexus, l, &exec_cdb, &data),
                 None => absent_lun(svc.as_ref(), &nexus, &exec_cdb, &data),
-            })
-            .await
-            .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
+            };
+            if lun.is_some_and(|l| service.in_memory(l)) {
+                run()
+            } else {
+                tokio::task::spawn_blocking(run)
+                    .await
+                    .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
+            }
         };
 
         // ---- Data-In ----------------------------------------------------------

@@ -18,8 +18,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use iscsi::iser::{RdmaOp, ISER_HEADER_LEN};
 use iscsi::pdu::BHS_LEN;
 use verbs::{
-    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, Sge, SigAttrs, SigErr, SigMr,
-    WcOpcode, WorkCompletion,
+    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendFlags, SendWr, Sge, SigAttrs,
+    SigErr, SigMr, WcOpcode, WorkCompletion,
 };
 
 use super::IserError;
@@ -155,23 +155,29 @@ impl Fabric {
         mut wrs: Vec<SendWr>,
         credits: OwnedSemaphorePermit,
     ) -> Result<Pending, IserError> {
-        let mut waiters = Vec::with_capacity(wrs.len());
-        {
+        // Only the last work request of the chain is signaled: RC completes them in
+        // order, and one that fails flushes the rest, the last one included.
+        let mut waiters = Vec::with_capacity(1);
+        let last = wrs.len().saturating_sub(1);
+        for (i, wr) in wrs.iter_mut().enumerate() {
+            wr.wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 1);
+            if i < last {
+                wr.flags = SendFlags(wr.flags.0 & !SendFlags::SIGNALED.0);
+            } else {
+                wr.flags = wr.flags | SendFlags::SIGNALED;
+            }
+        }
+        if let Some(wr) = wrs.last() {
             let mut w = self.waiters.lock();
             let map = w.as_mut().ok_or(IserError::Closed)?;
-            for wr in &mut wrs {
-                wr.wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 1);
-                let (tx, rx) = oneshot::channel();
-                map.insert(wr.wr_id, tx);
-                waiters.push(rx);
-            }
+            let (tx, rx) = oneshot::channel();
+            map.insert(wr.wr_id, tx);
+            waiters.push(rx);
         }
         if !wrs.is_empty() {
             if let Err(e) = self.qp.post_send(&wrs) {
-                if let Some(map) = self.waiters.lock().as_mut() {
-                    for wr in &wrs {
-                        map.remove(&wr.wr_id);
-                    }
+                if let Some((map, wr)) = self.waiters.lock().as_mut().zip(wrs.last()) {
+                    map.remove(&wr.wr_id);
                 }
                 return Err(e.into());
             }
