@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, info, warn};
 use verbs::cm::{CmAddr, CmConnection, ConnParam};
 use verbs::{
-    AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, SigAttrs, SigDomain,
-    SigErrType, WcOpcode,
+    AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendFlags, SendWr, SigAttrs,
+    SigDomain, SigErrType, WcOpcode,
 };
 
 use crate::command::{parse_sense_segment, Completion};
@@ -103,7 +103,6 @@ struct Inner {
     conn: Mutex<Option<CmConnection>>,
     ring: Vec<Mr>,
     sends: Mutex<HashMap<u64, Mr>>,
-    regs: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     next_wr: AtomicU64,
     login_tx: mpsc::UnboundedSender<Pdu>,
     st: Mutex<State>,
@@ -206,7 +205,6 @@ impl IserSession {
             conn: Mutex::new(Some(conn)),
             ring,
             sends: Mutex::new(HashMap::new()),
-            regs: Mutex::new(HashMap::new()),
             next_wr: AtomicU64::new(SEND_TAG),
             login_tx,
             st: Mutex::new(State {
@@ -682,10 +680,11 @@ impl IserSession {
             .pd
             .alloc_mr_integrity(1, 1)
             .map_err(|e| verr("alloc_mr_integrity", e))?;
+        // Posted unsignaled ahead of the command's SEND: the send queue executes in
+        // order, so the MR is valid before the target can touch it, and a failed
+        // registration moves the QP to error, which fails the SEND (and the command).
         let wr_id = self.inner.next_wr.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner.regs).insert(wr_id, tx);
-        let wr = SendWr::reg_mr_integrity(
+        let mut wr = SendWr::reg_mr_integrity(
             wr_id,
             sig.lkey(),
             data.sge_all(),
@@ -693,18 +692,11 @@ impl IserSession {
             attrs,
             access,
         );
+        wr.flags = SendFlags(wr.flags.0 & !SendFlags::SIGNALED.0);
         self.inner
             .qp
             .post_send_one(wr)
             .map_err(|e| verr("posting the signature registration", e))?;
-        match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(true)) => {}
-            _ => {
-                return Err(Error::ConnectionLost(
-                    "signature MR registration failed".into(),
-                ))
-            }
-        }
         let wire_len = blocks * p.wire_block();
         let buf = Some(RemoteBuffer {
             stag: sig.rkey(),
@@ -836,9 +828,6 @@ impl Inner {
         };
         for t in tasks {
             let _ = t.send(Err(Error::ConnectionLost(reason.to_owned())));
-        }
-        for (_, r) in lock(&self.regs).drain() {
-            let _ = r.send(false);
         }
         self.window.notify_waiters();
         self.closed_tx.send_replace(true);
@@ -976,11 +965,6 @@ async fn poller(inner: std::sync::Weak<Inner>) {
                     if let Err(e) = i.handle(&bytes) {
                         i.close(&e.to_string());
                         return;
-                    }
-                }
-                WcOpcode::RegMr => {
-                    if let Some(tx) = lock(&i.regs).remove(&wc.wr_id) {
-                        let _ = tx.send(wc.is_ok());
                     }
                 }
                 _ => {
