@@ -18,6 +18,11 @@ use initiator::iser::IserConfig;
 use initiator::{BlockDevice, Error, Link, Session, SessionConfig, TransportChoice};
 use serde_json::json;
 
+/// Large command buffers come and go per command; mimalloc keeps them mapped
+/// instead of returning them to the kernel (page faults, TLB shootdowns) each time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// iSCSI/iSER initiator with end-to-end T10 protection information.
 #[derive(Debug, Parser)]
 #[command(name = "iser-initiator", version)]

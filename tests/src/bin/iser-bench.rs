@@ -16,6 +16,11 @@ use initiator::block::SenseOrigin;
 use initiator::{BlockDevice, Link, SessionConfig, TransportChoice};
 use serde_json::json;
 
+/// Large command buffers come and go per command; mimalloc keeps them mapped
+/// instead of returning them to the kernel (page faults, TLB shootdowns) each time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator and sense probe on the iser-initiator library.
 #[derive(Debug, Parser)]
 #[command(name = "iser-bench")]
