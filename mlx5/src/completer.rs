@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crate::sync::Sender;
 use verbs::cm::DisconnectReason;
 
 use crate::dma::{self, DmaError};

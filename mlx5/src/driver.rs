@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use verbs::cm::{CmAddr, CmError, ConnEvents, ConnParam, DisconnectReason, RequestSink};
 use verbs::notify::Signal;
 use verbs::provider::{ConnectionOps, ContextOps, DeviceAttr, ListenOps, MrKeys};

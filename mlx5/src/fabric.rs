@@ -55,8 +55,8 @@ pub fn attach(
     }
     stream.set_read_timeout(None)?;
     let reader = stream.try_clone()?;
-    let (req_tx, req_rx) = crossbeam_channel::unbounded();
-    let (tx_tx, tx_rx) = crossbeam_channel::unbounded();
+    let (req_tx, req_rx) = crate::sync::channel();
+    let (tx_tx, tx_rx) = crate::sync::channel();
     let wire = Arc::new(Wire::new(stream));
     let sq = Arc::new(SqExec::new(Arc::clone(&wire)));
     *qp.link.lock() = Some(Link {

@@ -6,8 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-use parking_lot::{Mutex, RwLock};
+use crate::sync::Mutex;
+use crate::sync::Sender;
+use parking_lot::RwLock;
 use t10pi::{PiError, PiErrorKind};
 use verbs::cm::{ConnEvents, DisconnectReason};
 use verbs::notify::Signal;

@@ -23,6 +23,7 @@ pub mod mr;
 pub mod requester;
 pub mod responder;
 pub mod sig;
+pub mod sync;
 pub mod transport;
 
 use std::sync::{Arc, OnceLock};

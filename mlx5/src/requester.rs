@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-use parking_lot::Mutex;
+use crate::sync::Mutex;
+use crate::sync::{Receiver, RecvTimeoutError};
 use verbs::cm::DisconnectReason;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, QpState};

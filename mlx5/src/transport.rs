@@ -15,8 +15,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use crate::sync::Mutex;
+use crate::sync::{Receiver, Sender};
 use verbs::cm::DisconnectReason;
 
 use crate::frame::{self, FrameError, Op};
@@ -253,8 +253,8 @@ pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
                 TxItem::Shutdown => break 'outer,
             }
             match rx.try_recv() {
-                Ok(next) => item = next,
-                Err(_) => break,
+                Some(next) => item = next,
+                None => break,
             }
         }
         if let Err(e) = wire.flush() {
@@ -364,7 +364,7 @@ mod tests {
     fn shutdown_unblocks_a_writer_stuck_on_a_silent_peer() {
         let (a, _silent_peer) = UnixStream::pair().unwrap();
         let wire = Arc::new(Wire::new(Stream::Unix(a)));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         {
             let (wire, done_tx) = (Arc::clone(&wire), done_tx.clone());
             std::thread::spawn(move || {
