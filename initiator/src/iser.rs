@@ -109,6 +109,11 @@ struct Inner {
     window: Notify,
     closed_tx: watch::Sender<bool>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// SENDs waiting for the next doorbell of [`ring_doorbells`].
+    outbox: Mutex<Vec<SendWr>>,
+    /// Wakes [`ring_doorbells`].
+    outbox_ready: Arc<Notify>,
+    doorbells: Mutex<Option<tokio::task::JoinHandle<()>>>,
     _ctx: Context,
 }
 
@@ -218,9 +223,13 @@ impl IserSession {
             window: Notify::new(),
             closed_tx,
             poller: Mutex::new(None),
+            outbox: Mutex::new(Vec::new()),
+            outbox_ready: Arc::new(Notify::new()),
+            doorbells: Mutex::new(None),
             _ctx: ctx,
         });
         *lock(&inner.poller) = Some(tokio::spawn(poller(Arc::downgrade(&inner))));
+        *lock(&inner.doorbells) = Some(tokio::spawn(ring_doorbells(Arc::downgrade(&inner))));
         let session = IserSession { inner };
 
         let mut mutual_random = vec![0u8; 17];
@@ -789,10 +798,13 @@ impl Inner {
         let wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed);
         let sge = mr.sge_all();
         lock(&self.sends).insert(wr_id, mr);
-        if let Err(e) = self.qp.post_send_one(SendWr::send(wr_id, sge)) {
-            lock(&self.sends).remove(&wr_id);
-            self.close(&format!("post_send failed: {e}"));
-            return Err(verr("post_send", e));
+        let first = {
+            let mut out = lock(&self.outbox);
+            out.push(SendWr::send(wr_id, sge));
+            out.len() == 1
+        };
+        if first {
+            self.outbox_ready.notify_one();
         }
         Ok(())
     }
@@ -836,6 +848,9 @@ impl Inner {
         }
         if let Some(p) = lock(&self.poller).take() {
             p.abort();
+        }
+        if let Some(d) = lock(&self.doorbells).take() {
+            d.abort();
         }
     }
 
@@ -975,6 +990,36 @@ async fn poller(inner: std::sync::Weak<Inner>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Posts the SENDs queued by [`Inner::post_message`], once per turn of the runtime:
+/// after a wake-up it yields so that every task ready to submit a command queues it
+/// first, and all of them go out with one doorbell (on the soft HCA, one socket
+/// write).
+async fn ring_doorbells(inner: std::sync::Weak<Inner>) {
+    let ready = match inner.upgrade() {
+        Some(i) => Arc::clone(&i.outbox_ready),
+        None => return,
+    };
+    loop {
+        ready.notified().await;
+        tokio::task::yield_now().await;
+        let Some(i) = inner.upgrade() else { return };
+        let wrs = std::mem::take(&mut *lock(&i.outbox));
+        if wrs.is_empty() {
+            continue;
+        }
+        if let Err(e) = i.qp.post_send(&wrs) {
+            {
+                let mut sends = lock(&i.sends);
+                for wr in &wrs {
+                    sends.remove(&wr.wr_id);
+                }
+            }
+            i.close(&format!("post_send failed: {e}"));
+            return;
         }
     }
 }

@@ -75,7 +75,7 @@ pub fn attach(
     }
     {
         let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
-        let replies = transport::Replies::new(tx_tx.clone(), Arc::clone(&wire));
+        let replies = transport::Replies::new(tx_tx.clone(), Arc::clone(&wire), Arc::clone(&qp));
         spawn(format!("mlx5-rx-{n}"), move || {
             transport::rx_loop(hca, qp, reader, replies, req_tx)
         })?;

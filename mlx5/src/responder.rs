@@ -91,11 +91,11 @@ impl Responder {
         h.qpn = qp.qpn;
         h.key = key;
         h.len = len;
-        let f = frame::encode(&h, payload);
+        let f = Arc::new(frame::encode(&h, payload));
         if op == Op::Ack {
-            tx.small(f);
+            tx.send(f);
         } else {
-            tx.queue(Arc::new(f));
+            tx.queue(f);
         }
     }
 
@@ -191,7 +191,7 @@ impl Responder {
                     &qp.recv_cq,
                 ) {
                     Ok(()) => {
-                        tx.queue(Arc::new(b.finish()));
+                        tx.send(Arc::new(b.finish()));
                     }
                     Err(_) => {
                         self.reply(qp, tx, Op::Nak, h.psn, nak::REMOTE_ACCESS, 0, &[]);

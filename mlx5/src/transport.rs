@@ -110,7 +110,7 @@ pub enum TxItem {
 pub enum WriteNow {
     /// All of it is on the socket.
     Sent,
-    /// Some or all of it waits in the write buffer; someone must flush.
+    /// Part of it was sent; the rest waits for the next writer or flush.
     Buffered,
     /// Nothing written: another writer holds the socket or has bytes buffered.
     Busy,
@@ -122,10 +122,28 @@ pub enum WriteNow {
 /// the rx thread, which must never block).
 #[derive(Debug)]
 pub struct Wire {
-    w: Mutex<BufWriter<Stream>>,
+    w: Mutex<WireState>,
     /// A second handle to the socket, for closing it without the lock: a writer
     /// blocked on a peer that stopped reading holds the lock indefinitely.
     ctl: Option<Stream>,
+}
+
+#[derive(Debug)]
+struct WireState {
+    out: BufWriter<Stream>,
+    /// The unsent tail of a frame the rx thread started with a non-blocking send
+    /// (frame, bytes already sent). Whoever takes the lock next writes it before
+    /// anything else; while it is set, the write buffer is empty.
+    rest: Option<(Arc<Vec<u8>>, usize)>,
+}
+
+impl WireState {
+    fn finish_rest(&mut self) -> io::Result<()> {
+        match self.rest.take() {
+            Some((f, sent)) => self.out.write_all(&f[sent..]),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Bytes of the socket write and read buffers. Frames at least this long bypass
@@ -143,25 +161,31 @@ impl Wire {
     pub fn new(stream: Stream) -> Wire {
         Wire {
             ctl: stream.try_clone().ok(),
-            w: Mutex::new(BufWriter::with_capacity(STAGING, stream)),
+            w: Mutex::new(WireState {
+                out: BufWriter::with_capacity(STAGING, stream),
+                rest: None,
+            }),
         }
     }
     /// Writes one frame (buffered; large frames go straight to the socket).
     pub fn write(&self, f: &[u8]) -> io::Result<()> {
-        self.w.lock().write_all(f)
+        let mut w = self.w.lock();
+        w.finish_rest()?;
+        w.out.write_all(f)
     }
-    /// Writes a small frame without ever blocking: only when no other writer holds
-    /// the lock or has bytes buffered, with a non-blocking send; what the socket
-    /// does not take at once stays in the (empty, so roomy) write buffer.
-    pub fn try_write_now(&self, f: &[u8]) -> WriteNow {
+    /// Writes a frame without ever blocking, when no other writer holds the lock
+    /// or has bytes waiting: a non-blocking send, and whatever the socket does not
+    /// take at once is left for the next writer (the caller must make sure there
+    /// is one: [`WriteNow::Buffered`]).
+    pub fn try_write_now(&self, f: &Arc<Vec<u8>>) -> WriteNow {
         let Some(mut w) = self.w.try_lock() else {
             return WriteNow::Busy;
         };
-        if !w.buffer().is_empty() || f.len() > w.capacity() {
+        if !w.out.buffer().is_empty() || w.rest.is_some() {
             return WriteNow::Busy;
         }
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        let sent = match w.get_ref() {
+        let sent = match w.out.get_ref() {
             Stream::Tcp(s) => socket2::SockRef::from(s).send_with_flags(f, flags),
             Stream::Unix(s) => socket2::SockRef::from(s).send_with_flags(f, flags),
         };
@@ -174,16 +198,15 @@ impl Wire {
         if n == f.len() {
             return WriteNow::Sent;
         }
-        // Fits: the buffer is empty and larger than the frame.
-        match w.write_all(&f[n..]) {
-            Ok(()) => WriteNow::Buffered,
-            Err(_) => WriteNow::Busy,
-        }
+        w.rest = Some((Arc::clone(f), n));
+        WriteNow::Buffered
     }
 
     /// Pushes buffered frames to the socket.
     pub fn flush(&self) -> io::Result<()> {
-        self.w.lock().flush()
+        let mut w = self.w.lock();
+        w.finish_rest()?;
+        w.out.flush()
     }
     /// Flushes (for at most [`SHUTDOWN_WAIT`]) and closes both directions. When a
     /// writer holds the lock past [`SHUTDOWN_WAIT`] (its peer stopped reading), the
@@ -192,14 +215,14 @@ impl Wire {
     pub fn shutdown(&self) {
         match (self.w.try_lock_for(SHUTDOWN_WAIT), &self.ctl) {
             (Some(mut w), _) => {
-                let _ = w.get_ref().set_write_timeout(Some(SHUTDOWN_WAIT));
-                let _ = w.flush();
-                w.get_ref().shutdown();
+                let _ = w.out.get_ref().set_write_timeout(Some(SHUTDOWN_WAIT));
+                let _ = w.finish_rest().and_then(|()| w.out.flush());
+                w.out.get_ref().shutdown();
             }
             (None, Some(ctl)) => ctl.shutdown(),
             (None, None) => {
                 let w = self.w.lock();
-                w.get_ref().shutdown();
+                w.out.get_ref().shutdown();
             }
         }
     }
@@ -270,13 +293,14 @@ pub fn tx_loop(qp: Arc<Qp>, wire: Arc<Wire>, rx: Receiver<TxItem>) {
 pub struct Replies {
     tx: Sender<TxItem>,
     wire: Arc<Wire>,
+    qp: Arc<Qp>,
 }
 
 impl Replies {
-    /// Responses through `tx` (the transmit thread), small ones straight to `wire`
+    /// Responses of `qp` through `tx` (the transmit thread), or straight to `wire`
     /// when that cannot block.
-    pub fn new(tx: Sender<TxItem>, wire: Arc<Wire>) -> Replies {
-        Replies { tx, wire }
+    pub fn new(tx: Sender<TxItem>, wire: Arc<Wire>, qp: Arc<Qp>) -> Replies {
+        Replies { tx, wire, qp }
     }
 
     /// Queues `f` for the transmit thread.
@@ -284,21 +308,25 @@ impl Replies {
         let _ = self.tx.send(TxItem::Frame(f));
     }
 
-    /// Sends a small frame (an ACK): straight to the socket when the transmit
-    /// thread has nothing queued and the socket takes it now, which saves waking
-    /// that thread; otherwise queued behind the earlier responses.
-    pub fn small(&self, f: Vec<u8>) {
+    /// Sends a response (an ACK, a READ response): straight to the socket when the
+    /// transmit thread has nothing queued and the socket takes it without waiting,
+    /// which saves waking that thread; otherwise queued behind earlier responses.
+    pub fn send(&self, f: Arc<Vec<u8>>) {
         if self.tx.is_empty() {
             match self.wire.try_write_now(&f) {
-                WriteNow::Sent => return,
+                WriteNow::Sent => {
+                    self.qp.bufs.put(f);
+                    return;
+                }
                 WriteNow::Buffered => {
+                    // The transmit thread finishes the frame.
                     let _ = self.tx.send(TxItem::Flush);
                     return;
                 }
                 WriteNow::Busy => {}
             }
         }
-        self.queue(Arc::new(f));
+        self.queue(f);
     }
 }
 

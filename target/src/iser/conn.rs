@@ -610,7 +610,7 @@ impl Shared {
                 Some(rkey) => SendWr::send_with_inv(0, sge, rkey),
                 None => SendWr::send(0, sge),
             });
-            self.fab.post(before, credits)?
+            self.fab.post_batched(before, credits)?
         };
         pending.wait("SEND").await
     }
@@ -957,7 +957,8 @@ impl Shared {
                 .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, Vec::new())
                 .await;
         }
-        let mut device_out: Option<(Vec<u8>, Vec<u8>)> = None; // (cdb, data)
+        // (CDB for the device server, bytes of Data-Out in the command buffer)
+        let mut device_out: Option<(Vec<u8>, usize)> = None;
         let mut pi_failure: Option<(u8, Vec<u8>)> = None;
         if cmd.write && want > 0 {
             let buf_len = hca
@@ -1006,13 +1007,12 @@ impl Shared {
                     if let Some(e) = io::sig_status(slot)? {
                         pi_failure = Some(self.sig_error(summary.as_ref(), &h.plan, &e));
                     }
-                    let data = self.command_bytes(slot, h.mem_len)?;
-                    device_out = Some((h.device_cdb.clone(), data));
+                    device_out = Some((h.device_cdb.clone(), h.mem_len));
                 }
                 None => {
                     let wrs = io::read_wrs(slot, &reads, LocalView::Plain)?;
                     self.fab.run(wrs, "RDMA READ (Data-Out)").await?;
-                    device_out = Some((cmd.cdb.clone(), self.command_bytes(slot, want as usize)?));
+                    device_out = Some((cmd.cdb.clone(), want as usize));
                 }
             }
         }
@@ -1023,11 +1023,11 @@ impl Shared {
         let read_hca = hca
             .as_ref()
             .filter(|h| h.plan.dir == crate::device::ProtDir::Read);
-        let (exec_cdb, data) = match device_out {
+        let (exec_cdb, out_bytes) = match device_out {
             Some(d) => d,
             None => (
                 read_hca.map_or_else(|| cmd.cdb.clone(), |h| h.device_cdb.clone()),
-                Vec::new(),
+                0,
             ),
         };
         let data_out_len = if cmd.write { want } else { 0 };
@@ -1038,20 +1038,28 @@ impl Shared {
                 sense,
                 data_in: Vec::new(),
             }
+        } else if lun.is_some_and(|l| service.in_memory(l)) {
+            // In place, reading the Data-Out straight from the command buffer.
+            let run = |data: &[u8]| match lun {
+                Some(l) => service.execute(&self.nexus, l, &exec_cdb, data),
+                None => absent_lun(service.as_ref(), &self.nexus, &exec_cdb, data),
+            };
+            match slot.data().filter(|_| out_bytes > 0) {
+                Some(buf) => buf.with(|b| b.get(..out_bytes).map(run)).ok_or_else(|| {
+                    IserError::Protocol("Data-Out longer than the command buffer".into())
+                })?,
+                None => run(&[]),
+            }
         } else {
+            let data = self.command_bytes(slot, out_bytes)?;
             let nexus = self.nexus.clone();
             let svc = service.clone();
-            let run = move || match lun {
+            tokio::task::spawn_blocking(move || match lun {
                 Some(l) => svc.execute(&nexus, l, &exec_cdb, &data),
                 None => absent_lun(svc.as_ref(), &nexus, &exec_cdb, &data),
-            };
-            if lun.is_some_and(|l| service.in_memory(l)) {
-                run()
-            } else {
-                tokio::task::spawn_blocking(run)
-                    .await
-                    .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
-            }
+            })
+            .await
+            .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
         };
 
         // ---- Data-In ----------------------------------------------------------

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use iscsi::iser::{RdmaOp, ISER_HEADER_LEN};
 use iscsi::pdu::BHS_LEN;
@@ -62,6 +62,10 @@ pub struct Fabric {
     waiters: Mutex<Option<HashMap<u64, oneshot::Sender<WorkCompletion>>>>,
     /// Free send-queue entries.
     credits: Arc<Semaphore>,
+    /// Work requests waiting for the next doorbell of [`Fabric::ring_doorbells`].
+    outbox: Mutex<Vec<SendWr>>,
+    /// Wakes [`Fabric::ring_doorbells`].
+    outbox_ready: Notify,
 }
 
 /// Send-queue entries a connection keeps below its `max_send_wr`.
@@ -113,6 +117,8 @@ impl Fabric {
             next_wr: AtomicU64::new(0),
             waiters: Mutex::new(Some(HashMap::new())),
             credits: Arc::new(Semaphore::new(SEND_CREDITS)),
+            outbox: Mutex::new(Vec::new()),
+            outbox_ready: Notify::new(),
         })
     }
 
@@ -152,11 +158,68 @@ impl Fabric {
     /// Posts `wrs` (their `wr_id`s are replaced) holding `credits`; never waits.
     pub fn post(
         &self,
-        mut wrs: Vec<SendWr>,
+        wrs: Vec<SendWr>,
         credits: OwnedSemaphorePermit,
     ) -> Result<Pending, IserError> {
-        // Only the last work request of the chain is signaled: RC completes them in
-        // order, and one that fails flushes the rest, the last one included.
+        let (wrs, pending) = self.prepare(wrs, credits)?;
+        if !wrs.is_empty() {
+            if let Err(e) = self.qp.post_send(&wrs) {
+                self.forget(&wrs);
+                return Err(e.into());
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Like [`Fabric::post`], but the work requests join the ones other commands
+    /// queue in the same turn of the runtime, and [`Fabric::ring_doorbells`] posts
+    /// them together: one doorbell, and on the soft HCA one socket write, for the
+    /// responses of every command that finished meanwhile. Chains keep their order.
+    pub fn post_batched(
+        &self,
+        wrs: Vec<SendWr>,
+        credits: OwnedSemaphorePermit,
+    ) -> Result<Pending, IserError> {
+        let (wrs, pending) = self.prepare(wrs, credits)?;
+        let first = {
+            let mut out = self.outbox.lock();
+            let first = out.is_empty();
+            out.extend(wrs);
+            first
+        };
+        if first {
+            self.outbox_ready.notify_one();
+        }
+        Ok(pending)
+    }
+
+    /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime:
+    /// after a wake-up it yields, so that every command ready to run queues its work
+    /// first. Runs until the connection's tasks are dropped.
+    pub async fn ring_doorbells(self: Arc<Self>) {
+        loop {
+            self.outbox_ready.notified().await;
+            tokio::task::yield_now().await;
+            let wrs = std::mem::take(&mut *self.outbox.lock());
+            if wrs.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.qp.post_send(&wrs) {
+                tracing::debug!(error = %e, "posting queued work requests failed");
+                // Their waiters see the connection closed.
+                self.forget(&wrs);
+            }
+        }
+    }
+
+    /// Assigns `wr_id`s, signals only the last work request (RC completes them in
+    /// order, and one that fails flushes the rest, the last one included) and
+    /// registers its waiter.
+    fn prepare(
+        &self,
+        mut wrs: Vec<SendWr>,
+        credits: OwnedSemaphorePermit,
+    ) -> Result<(Vec<SendWr>, Pending), IserError> {
         let mut waiters = Vec::with_capacity(1);
         let last = wrs.len().saturating_sub(1);
         for (i, wr) in wrs.iter_mut().enumerate() {
@@ -174,18 +237,22 @@ impl Fabric {
             map.insert(wr.wr_id, tx);
             waiters.push(rx);
         }
-        if !wrs.is_empty() {
-            if let Err(e) = self.qp.post_send(&wrs) {
-                if let Some((map, wr)) = self.waiters.lock().as_mut().zip(wrs.last()) {
-                    map.remove(&wr.wr_id);
-                }
-                return Err(e.into());
+        Ok((
+            wrs,
+            Pending {
+                waiters,
+                _credits: credits,
+            },
+        ))
+    }
+
+    /// Drops the waiters of work requests that were never posted.
+    fn forget(&self, wrs: &[SendWr]) {
+        if let Some(map) = self.waiters.lock().as_mut() {
+            for wr in wrs {
+                map.remove(&wr.wr_id);
             }
         }
-        Ok(Pending {
-            waiters,
-            _credits: credits,
-        })
     }
 
     /// Posts `wrs` in chains the send queue can hold and waits for every completion.
@@ -194,27 +261,32 @@ impl Fabric {
         while !wrs.is_empty() {
             let rest = wrs.split_off(wrs.len().min(MAX_CHAIN));
             let credits = self.credits(wrs.len()).await?;
-            self.post(wrs, credits)?.wait(what).await?;
+            self.post_batched(wrs, credits)?.wait(what).await?;
             wrs = rest;
         }
         Ok(())
     }
 }
 
-/// Ends the send-CQ poller of a connection when dropped.
+/// The send-CQ poller and the doorbell task of a connection; both end when this
+/// is dropped.
 #[derive(Debug)]
-pub struct Poller(tokio::task::JoinHandle<()>);
+pub struct Poller(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>);
 
 impl Poller {
-    /// Starts the poller of `fab` on the current runtime.
+    /// Starts the tasks of `fab` on the current runtime.
     pub fn start(fab: &Arc<Fabric>) -> Poller {
-        Poller(tokio::spawn(fab.clone().poll_completions()))
+        Poller(
+            tokio::spawn(fab.clone().poll_completions()),
+            tokio::spawn(fab.clone().ring_doorbells()),
+        )
     }
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
         self.0.abort();
+        self.1.abort();
     }
 }
 
