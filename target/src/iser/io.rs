@@ -155,26 +155,11 @@ impl Fabric {
             .map_err(|_| IserError::Closed)
     }
 
-    /// Posts `wrs` (their `wr_id`s are replaced) holding `credits`; never waits.
-    pub fn post(
-        &self,
-        wrs: Vec<SendWr>,
-        credits: OwnedSemaphorePermit,
-    ) -> Result<Pending, IserError> {
-        let (wrs, pending) = self.prepare(wrs, credits)?;
-        if !wrs.is_empty() {
-            if let Err(e) = self.qp.post_send(&wrs) {
-                self.forget(&wrs);
-                return Err(e.into());
-            }
-        }
-        Ok(pending)
-    }
-
-    /// Like [`Fabric::post`], but the work requests join the ones other commands
-    /// queue in the same turn of the runtime, and [`Fabric::ring_doorbells`] posts
-    /// them together: one doorbell, and on the soft HCA one socket write, for the
-    /// responses of every command that finished meanwhile. Chains keep their order.
+    /// Queues `wrs` (their `wr_id`s are replaced) holding `credits`; never waits.
+    /// The work requests join the ones other commands queue in the same turn of
+    /// the runtime, and [`Fabric::ring_doorbells`] posts them together: one
+    /// doorbell, and on the soft HCA one socket write, for the responses of every
+    /// command that finished meanwhile. Chains keep their order.
     pub fn post_batched(
         &self,
         wrs: Vec<SendWr>,
