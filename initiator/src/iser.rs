@@ -109,7 +109,8 @@ struct Inner {
     window: Notify,
     closed_tx: watch::Sender<bool>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// SENDs waiting for the next doorbell of [`ring_doorbells`].
+    /// Work requests (SENDs, signature registrations) waiting for the next
+    /// doorbell of [`ring_doorbells`].
     outbox: Mutex<Vec<SendWr>>,
     /// Wakes [`ring_doorbells`].
     outbox_ready: Arc<Notify>,
@@ -702,10 +703,7 @@ impl IserSession {
             access,
         );
         wr.flags = SendFlags(wr.flags.0 & !SendFlags::SIGNALED.0);
-        self.inner
-            .qp
-            .post_send_one(wr)
-            .map_err(|e| verr("posting the signature registration", e))?;
+        self.inner.queue_send(wr);
         let wire_len = blocks * p.wire_block();
         let buf = Some(RemoteBuffer {
             stag: sig.rkey(),
@@ -798,15 +796,21 @@ impl Inner {
         let wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed);
         let sge = mr.sge_all();
         lock(&self.sends).insert(wr_id, mr);
+        self.queue_send(SendWr::send(wr_id, sge));
+        Ok(())
+    }
+
+    /// Queues `wr` for the next doorbell of [`ring_doorbells`] (work requests go
+    /// out in the order they are queued).
+    fn queue_send(&self, wr: SendWr) {
         let first = {
             let mut out = lock(&self.outbox);
-            out.push(SendWr::send(wr_id, sge));
+            out.push(wr);
             out.len() == 1
         };
         if first {
             self.outbox_ready.notify_one();
         }
-        Ok(())
     }
 
     fn finish(&self, itt: u32, r: Result<Pdu, Error>) {
