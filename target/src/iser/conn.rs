@@ -7,8 +7,10 @@
 //! as the session's queue depth), and may complete out of order; unsolicited Data-Out
 //! is routed by ITT to its command's task. NOP, Text, task management and Logout are
 //! answered by the receive path (task management after the commands it names
-//! answered, Logout after all of them). Every SEND is stamped with StatSN, ExpCmdSN and MaxCmdSN under
-//! the lock it is posted under, so StatSN follows send order.
+//! answered, Logout after all of them). Every SEND is stamped with StatSN, ExpCmdSN and
+//! MaxCmdSN under the lock it is queued under, so StatSN follows send order; the queued
+//! work requests of all commands go out together once per turn of the runtime.
+//! Commands on RAM LUNs run on the connection's runtime; others on the blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
