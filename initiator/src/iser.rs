@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, info, warn};
 use verbs::cm::{CmAddr, CmConnection, ConnParam};
 use verbs::{
-    AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendFlags, SendWr, SigAttrs,
-    SigDomain, SigErrType, WcOpcode,
+    AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendBatch, SendFlags, SendWr,
+    SigAttrs, SigDomain, SigErrType, WcOpcode,
 };
 
 use crate::command::{parse_sense_segment, Completion};
@@ -111,9 +111,7 @@ struct Inner {
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Work requests (SENDs, signature registrations) waiting for the next
     /// doorbell of [`ring_doorbells`].
-    outbox: Mutex<Vec<SendWr>>,
-    /// Wakes [`ring_doorbells`].
-    outbox_ready: Arc<Notify>,
+    outbox: Arc<SendBatch>,
     doorbells: Mutex<Option<tokio::task::JoinHandle<()>>>,
     _ctx: Context,
 }
@@ -224,8 +222,7 @@ impl IserSession {
             window: Notify::new(),
             closed_tx,
             poller: Mutex::new(None),
-            outbox: Mutex::new(Vec::new()),
-            outbox_ready: Arc::new(Notify::new()),
+            outbox: Arc::new(SendBatch::new()),
             doorbells: Mutex::new(None),
             _ctx: ctx,
         });
@@ -803,14 +800,7 @@ impl Inner {
     /// Queues `wr` for the next doorbell of [`ring_doorbells`] (work requests go
     /// out in the order they are queued).
     fn queue_send(&self, wr: SendWr) {
-        let first = {
-            let mut out = lock(&self.outbox);
-            out.push(wr);
-            out.len() == 1
-        };
-        if first {
-            self.outbox_ready.notify_one();
-        }
+        self.outbox.queue([wr]);
     }
 
     fn finish(&self, itt: u32, r: Result<Pdu, Error>) {
@@ -998,34 +988,30 @@ async fn poller(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Posts the SENDs queued by [`Inner::post_message`], once per turn of the runtime:
-/// after a wake-up it yields so that every task ready to submit a command queues it
-/// first, and all of them go out with one doorbell (on the soft HCA, one socket
-/// write).
+/// Posts the work requests queued by [`Inner::queue_send`] with one doorbell per
+/// turn of the runtime ([`SendBatch`]), until the session ends.
 async fn ring_doorbells(inner: std::sync::Weak<Inner>) {
-    let ready = match inner.upgrade() {
-        Some(i) => Arc::clone(&i.outbox_ready),
-        None => return,
+    let Some(batch) = inner.upgrade().map(|i| Arc::clone(&i.outbox)) else {
+        return;
     };
-    loop {
-        ready.notified().await;
-        tokio::task::yield_now().await;
-        let Some(i) = inner.upgrade() else { return };
-        let wrs = std::mem::take(&mut *lock(&i.outbox));
-        if wrs.is_empty() {
-            continue;
-        }
-        if let Err(e) = i.qp.post_send(&wrs) {
-            {
-                let mut sends = lock(&i.sends);
-                for wr in &wrs {
-                    sends.remove(&wr.wr_id);
+    batch
+        .run(|wrs| {
+            let Some(i) = inner.upgrade() else {
+                return false;
+            };
+            if let Err(e) = i.qp.post_send(&wrs) {
+                {
+                    let mut sends = lock(&i.sends);
+                    for wr in &wrs {
+                        sends.remove(&wr.wr_id);
+                    }
                 }
+                i.close(&format!("post_send failed: {e}"));
+                return false;
             }
-            i.close(&format!("post_send failed: {e}"));
-            return;
-        }
-    }
+            true
+        })
+        .await
 }
 
 /// Ping every `nop_interval`; close the session when the NOP-In does not come back

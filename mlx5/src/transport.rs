@@ -386,6 +386,39 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    /// A frame the socket takes only in part is finished, in order and before any
+    /// later frame, by the next writer; the non-blocking path never blocks.
+    #[test]
+    fn partly_sent_frame_is_finished_before_the_next_one() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let wire = Wire::new(Stream::Unix(a));
+        // Fill the socket buffer without blocking.
+        let filler = Arc::new(vec![0xeeu8; 64 << 10]);
+        let mut filled = 0usize;
+        let first = loop {
+            match wire.try_write_now(&filler) {
+                WriteNow::Sent => filled += filler.len(),
+                other => break other,
+            }
+            assert!(filled < 64 << 20, "socket never filled");
+        };
+        assert_eq!(first, WriteNow::Buffered, "a full socket leaves the rest");
+        let tail = Arc::new((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        assert_eq!(wire.try_write_now(&tail), WriteNow::Busy, "rest pending");
+        let expected = filled + filler.len() + tail.len();
+        let reader = std::thread::spawn(move || {
+            let mut b = b;
+            let mut got = vec![0u8; expected];
+            b.read_exact(&mut got).unwrap();
+            got
+        });
+        wire.write(&tail).unwrap();
+        wire.flush().unwrap();
+        let got = reader.join().unwrap();
+        assert!(got[..filled + filler.len()].iter().all(|&x| x == 0xee));
+        assert_eq!(&got[filled + filler.len()..], &tail[..]);
+    }
+
     /// A writer blocked on a peer that stopped reading holds the wire lock; closing
     /// the connection must still finish and unblock that writer.
     #[test]

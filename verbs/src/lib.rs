@@ -18,6 +18,7 @@
 //! the device. Bytes are reached through the buffer's lock, so the host and the
 //! device never alias a `&mut`.
 
+pub mod batch;
 pub mod buf;
 pub mod cm;
 pub mod device;
@@ -27,6 +28,7 @@ pub mod provider;
 pub mod sig;
 pub mod wr;
 
+pub use batch::SendBatch;
 pub use buf::DmaBuf;
 pub use cm::{CmAddr, CmConnection, CmError, CmListener, ConnParam, ConnectRequest};
 pub use device::{Context, Cq, Mr, Pd, Qp, QpInitAttr, SigMr};

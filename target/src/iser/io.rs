@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use iscsi::iser::{RdmaOp, ISER_HEADER_LEN};
 use iscsi::pdu::BHS_LEN;
 use verbs::{
-    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendFlags, SendWr, Sge, SigAttrs,
-    SigErr, SigMr, WcOpcode, WorkCompletion,
+    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendBatch, SendFlags, SendWr, Sge,
+    SigAttrs, SigErr, SigMr, WcOpcode, WorkCompletion,
 };
 
 use super::IserError;
@@ -63,9 +63,7 @@ pub struct Fabric {
     /// Free send-queue entries.
     credits: Arc<Semaphore>,
     /// Work requests waiting for the next doorbell of [`Fabric::ring_doorbells`].
-    outbox: Mutex<Vec<SendWr>>,
-    /// Wakes [`Fabric::ring_doorbells`].
-    outbox_ready: Notify,
+    outbox: SendBatch,
 }
 
 /// Send-queue entries a connection keeps below its `max_send_wr`.
@@ -117,8 +115,7 @@ impl Fabric {
             next_wr: AtomicU64::new(0),
             waiters: Mutex::new(Some(HashMap::new())),
             credits: Arc::new(Semaphore::new(SEND_CREDITS)),
-            outbox: Mutex::new(Vec::new()),
-            outbox_ready: Notify::new(),
+            outbox: SendBatch::new(),
         })
     }
 
@@ -166,35 +163,23 @@ impl Fabric {
         credits: OwnedSemaphorePermit,
     ) -> Result<Pending, IserError> {
         let (wrs, pending) = self.prepare(wrs, credits)?;
-        let first = {
-            let mut out = self.outbox.lock();
-            let first = out.is_empty();
-            out.extend(wrs);
-            first
-        };
-        if first {
-            self.outbox_ready.notify_one();
-        }
+        self.outbox.queue(wrs);
         Ok(pending)
     }
 
-    /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime:
-    /// after a wake-up it yields, so that every command ready to run queues its work
-    /// first. Runs until the connection's tasks are dropped.
+    /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime.
+    /// Runs until the connection's tasks are dropped.
     pub async fn ring_doorbells(self: Arc<Self>) {
-        loop {
-            self.outbox_ready.notified().await;
-            tokio::task::yield_now().await;
-            let wrs = std::mem::take(&mut *self.outbox.lock());
-            if wrs.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.qp.post_send(&wrs) {
-                tracing::debug!(error = %e, "posting queued work requests failed");
-                // Their waiters see the connection closed.
-                self.forget(&wrs);
-            }
-        }
+        self.outbox
+            .run(|wrs| {
+                if let Err(e) = self.qp.post_send(&wrs) {
+                    tracing::debug!(error = %e, "posting queued work requests failed");
+                    // Their waiters see the connection closed.
+                    self.forget(&wrs);
+                }
+                true
+            })
+            .await
     }
 
     /// Assigns `wr_id`s, signals only the last work request (RC completes them in
