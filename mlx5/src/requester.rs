@@ -12,8 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::Mutex;
-use crate::sync::{Receiver, RecvTimeoutError};
+use crate::sync::{Mutex, Receiver, RecvTimeoutError};
 use verbs::cm::DisconnectReason;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, QpState};
@@ -125,8 +124,8 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
                     // Holding the SQ lock: no new request is written in between.
                     let _sq = exec.next_psn.lock();
                     if qp.state() != QpState::Error {
-                        // Go-back-N from the NAKed PSN. Collect first: no lock is held
-                        // while writing to the socket.
+                        // Go-back-N from the NAKed PSN. Collect first: the in-flight
+                        // list is not locked while writing to the socket.
                         let frames: Vec<Arc<Vec<u8>>> = qp
                             .inflight
                             .lock()

@@ -91,12 +91,7 @@ impl Responder {
         h.qpn = qp.qpn;
         h.key = key;
         h.len = len;
-        let f = Arc::new(frame::encode(&h, payload));
-        if op == Op::Ack {
-            tx.send(f);
-        } else {
-            tx.queue(f);
-        }
+        tx.send(Arc::new(frame::encode(&h, payload)));
     }
 
     /// Handles one request frame.

@@ -303,12 +303,7 @@ impl Replies {
         Replies { tx, wire, qp }
     }
 
-    /// Queues `f` for the transmit thread.
-    pub fn queue(&self, f: Arc<Vec<u8>>) {
-        let _ = self.tx.send(TxItem::Frame(f));
-    }
-
-    /// Sends a response (an ACK, a READ response): straight to the socket when the
+    /// Sends a response (ACK, NAK, READ response): straight to the socket when the
     /// transmit thread has nothing queued and the socket takes it without waiting,
     /// which saves waking that thread; otherwise queued behind earlier responses.
     pub fn send(&self, f: Arc<Vec<u8>>) {
@@ -326,7 +321,7 @@ impl Replies {
                 WriteNow::Busy => {}
             }
         }
-        self.queue(f);
+        let _ = self.tx.send(TxItem::Frame(f));
     }
 }
 

@@ -92,6 +92,21 @@ pub fn absent_lun(
     }
 }
 
+/// Runs `cdb` on `lun` when it exists (`Some`), or answers it as
+/// [`absent_lun`] does.
+pub fn execute_on(
+    service: &dyn ScsiService,
+    nexus: &Nexus,
+    lun: Option<u64>,
+    cdb: &[u8],
+    data_out: &[u8],
+) -> Completion {
+    match lun {
+        Some(l) => service.execute(nexus, l, cdb, data_out),
+        None => absent_lun(service, nexus, cdb, data_out),
+    }
+}
+
 /// Everything a worker needs to run one command and build its answer.
 #[derive(Debug)]
 pub struct Job {
@@ -139,13 +154,14 @@ pub struct Answer {
 
 /// Run `job` on the device server and build its PDUs.
 pub fn run(job: Job) -> Answer {
-    let c = match lun_number(job.lun_field) {
-        Some(lun) if job.service.has_lun(lun) => {
-            job.service
-                .execute(&job.nexus, lun, &job.cdb, &job.data_out)
-        }
-        _ => absent_lun(job.service.as_ref(), &job.nexus, &job.cdb, &job.data_out),
-    };
+    let lun = lun_number(job.lun_field).filter(|l| job.service.has_lun(*l));
+    let c = execute_on(
+        job.service.as_ref(),
+        &job.nexus,
+        lun,
+        &job.cdb,
+        &job.data_out,
+    );
     let sent = if job.read {
         c.data_in.len().min(job.edtl as usize)
     } else {

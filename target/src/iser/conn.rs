@@ -42,7 +42,7 @@ use super::io::{
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
-use crate::iscsi_tcp::command::{absent_lun, illegal_request, lun_number};
+use crate::iscsi_tcp::command::{execute_on, illegal_request, lun_number};
 use crate::iscsi_tcp::task::{logout_response, residual};
 use crate::registry::{ConnectionInfo, Session};
 use crate::service::{Completion, LunSummary, Nexus, ResetScope, ScsiService, Transfer};
@@ -1042,10 +1042,7 @@ impl Shared {
             }
         } else if lun.is_some_and(|l| service.in_memory(l)) {
             // In place, reading the Data-Out straight from the command buffer.
-            let run = |data: &[u8]| match lun {
-                Some(l) => service.execute(&self.nexus, l, &exec_cdb, data),
-                None => absent_lun(service.as_ref(), &self.nexus, &exec_cdb, data),
-            };
+            let run = |data: &[u8]| execute_on(service.as_ref(), &self.nexus, lun, &exec_cdb, data);
             match slot.data().filter(|_| out_bytes > 0) {
                 Some(buf) => buf.with(|b| b.get(..out_bytes).map(run)).ok_or_else(|| {
                     IserError::Protocol("Data-Out longer than the command buffer".into())
@@ -1056,9 +1053,8 @@ impl Shared {
             let data = self.command_bytes(slot, out_bytes)?;
             let nexus = self.nexus.clone();
             let svc = service.clone();
-            tokio::task::spawn_blocking(move || match lun {
-                Some(l) => svc.execute(&nexus, l, &exec_cdb, &data),
-                None => absent_lun(svc.as_ref(), &nexus, &exec_cdb, &data),
+            tokio::task::spawn_blocking(move || {
+                execute_on(svc.as_ref(), &nexus, lun, &exec_cdb, &data)
             })
             .await
             .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
