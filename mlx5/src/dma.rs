@@ -22,18 +22,32 @@ pub enum DmaError {
     Layout,
 }
 
-/// A failed check does not fail the transfer: it becomes a SIGERR CQE on `sig_cq`.
+/// What a transfer is: the payload of the QP's own SEND or RDMA WRITE (a failed
+/// check there stops the send queue of a signature-pipelining QP), or anything else
+/// (RDMA READ responses served or received, receives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    OwnSend,
+    Other,
+}
+
+/// A failed check does not fail the transfer: it becomes a SIGERR CQE on `sig_cq`
+/// (and, for a send WQE of a signature-pipelining QP, stops its send queue).
 fn report_sig(
     hca: &Hca,
     qp: &Qp,
     mkey: u32,
     sig_cq: &Cq,
+    transfer: Transfer,
     r: Result<Option<PiError>, sig::SigLayoutError>,
 ) -> Result<(), DmaError> {
     match r {
         Ok(None) => Ok(()),
         Ok(Some(e)) => {
             hca.sig_error(sig_cq, qp.qpn, mkey, &e);
+            if transfer == Transfer::OwnSend && qp.attr.sig_pipelining {
+                qp.drain_on_sig_error();
+            }
             Ok(())
         }
         Err(_) => Err(DmaError::Layout),
@@ -46,6 +60,7 @@ fn gather_one(
     r: Resolved,
     out: &mut Vec<u8>,
     sig_cq: &Cq,
+    transfer: Transfer,
 ) -> Result<(), DmaError> {
     match r {
         Resolved::Plain(seg) => seg
@@ -67,7 +82,7 @@ fn gather_one(
                 out,
                 fault.as_ref(),
             );
-            report_sig(hca, qp, mkey, sig_cq, r)
+            report_sig(hca, qp, mkey, sig_cq, transfer, r)
         }
     }
 }
@@ -92,7 +107,7 @@ fn scatter_one(
         } => {
             let fault = hca.take_fault(qp.qpn, mkey, FaultDirection::Inbound, first_block, blocks);
             let r = sig::inbound(&hca.engine, &binding, first_block, data, fault.as_ref());
-            report_sig(hca, qp, mkey, sig_cq, r)
+            report_sig(hca, qp, mkey, sig_cq, Transfer::Other, r)
         }
     }
 }
@@ -116,7 +131,7 @@ pub fn gather_local(
                 AccessFlags::NONE,
             )
             .map_err(DmaError::Access)?;
-        gather_one(hca, qp, r, out, sig_cq)?;
+        gather_one(hca, qp, r, out, sig_cq, Transfer::OwnSend)?;
     }
     Ok(())
 }
@@ -135,7 +150,7 @@ pub fn gather_remote(
         .mkeys
         .resolve(rkey, qp.pd, addr, len, AccessFlags::REMOTE_READ)
         .map_err(DmaError::Access)?;
-    gather_one(hca, qp, r, out, sig_cq)
+    gather_one(hca, qp, r, out, sig_cq, Transfer::Other)
 }
 
 /// Places `data` into local SGEs in order (receive, READ response). Local write

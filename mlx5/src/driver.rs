@@ -459,6 +459,7 @@ impl ContextOps for Mlx5Device {
             max_cqe: MAX_CQE,
             max_msg_size: crate::frame::MAX_PAYLOAD as u64,
             sig_offload: true,
+            sig_pipelining: true,
         })
     }
 
@@ -780,10 +781,63 @@ impl ContextOps for Mlx5Device {
         Ok(())
     }
 
+    fn set_qp_event_signal(&self, qpn: u32, signal: Arc<Signal>) -> Result<()> {
+        *self.qp(qpn)?.events.lock() = Some(signal);
+        Ok(())
+    }
+
+    fn cancel_posted_send_wrs(&self, qpn: u32, wr_id: u64) -> Result<u32> {
+        let qp = self.qp(qpn)?;
+        let st = qp.state();
+        if st != QpState::Sqd {
+            return Err(VerbsError::InvalidQpState { qpn, state: st });
+        }
+        // In SQD the device has stopped at `dev_ci`: every WQE from there to the
+        // producer index is still to be executed. A WR's bookkeeping sits at the
+        // index of its last WQE, so WQEs are gathered until that one.
+        let mut sq = qp.sq.lock();
+        let mut at = sq.dev_ci;
+        let mut wr_wqes = Vec::new();
+        let mut cancelled = 0;
+        while at != sq.pi {
+            let mut ctrl = CtrlSeg::decode(&sq.read_bbs(at, 1))
+                .map_err(|e| bad(&format!("send queue holds an undecodable WQE: {e}")))?;
+            let next = at.wrapping_add(ctrl.num_bbs() as u32);
+            ctrl.opcode = opcode::NOP;
+            wr_wqes.push((at, ctrl));
+            if let Some(m) = sq.wr[(at & (sq.bbs - 1)) as usize] {
+                if m.wr_id == wr_id {
+                    for (i, c) in wr_wqes.iter() {
+                        let mut bb = sq.read_bbs(*i, 1);
+                        c.encode(&mut bb[..CtrlSeg::SIZE]);
+                        sq.write_bbs(*i, &bb);
+                    }
+                    cancelled += 1;
+                }
+                wr_wqes.clear();
+            }
+            at = next;
+        }
+        Ok(cancelled)
+    }
+
+    fn modify_qp_sqd_to_rts(&self, qpn: u32) -> Result<()> {
+        let qp = self.qp(qpn)?;
+        {
+            let mut s = qp.state.lock();
+            if *s != QpState::Sqd {
+                return Err(VerbsError::InvalidQpState { qpn, state: *s });
+            }
+            *s = QpState::Rts;
+        }
+        self.doorbell(&qp);
+        Ok(())
+    }
+
     fn post_send(&self, qpn: u32, wrs: &[SendWr]) -> Result<()> {
         let qp = self.qp(qpn)?;
         let st = qp.state();
-        if !matches!(st, QpState::Rts | QpState::Error) {
+        if !matches!(st, QpState::Rts | QpState::Sqd | QpState::Error) {
             return Err(VerbsError::InvalidQpState { qpn, state: st });
         }
         for wr in wrs {

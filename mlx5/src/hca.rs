@@ -232,6 +232,8 @@ pub struct Qp {
     pub inflight: Mutex<VecDeque<Inflight>>,
     /// Recycled frame buffers.
     pub bufs: crate::transport::BufPool,
+    /// Raised on asynchronous events (the send queue stopped in SQD).
+    pub events: Mutex<Option<Arc<Signal>>>,
 }
 
 impl Qp {
@@ -260,6 +262,7 @@ impl Qp {
             link: Mutex::new(None),
             inflight: Mutex::new(VecDeque::new()),
             bufs: crate::transport::BufPool::default(),
+            events: Mutex::new(None),
         }
     }
 
@@ -336,6 +339,24 @@ impl Qp {
     pub fn set_status(&self, psn: u32, st: u8) {
         if let Some(e) = self.inflight.lock().iter_mut().find(|e| e.psn == Some(psn)) {
             e.status = Some(st);
+        }
+    }
+
+    /// Signature pipelining: a transfer failed its signature check, so the send
+    /// queue stops after it (RTS -> SQD) and the owner hears of it
+    /// (`IBV_EVENT_SQ_DRAINED`). Called after the SIGERR CQE is written, so a
+    /// consumer that polls the CQ on this event finds the error.
+    pub fn drain_on_sig_error(&self) {
+        {
+            let mut s = self.state.lock();
+            if *s != QpState::Rts {
+                return;
+            }
+            *s = QpState::Sqd;
+        }
+        tracing::debug!(qpn = self.qpn, "signature error: send queue drained (SQD)");
+        if let Some(events) = self.events.lock().as_ref() {
+            events.raise();
         }
     }
 

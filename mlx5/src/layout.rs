@@ -15,6 +15,8 @@ pub const CQE_SIZE: usize = 64;
 
 /// Send WQE opcodes (`MLX5_OPCODE_*`).
 pub mod opcode {
+    /// NOP (what a cancelled WQE becomes).
+    pub const NOP: u8 = 0x00;
     /// SEND with invalidate.
     pub const SEND_INVAL: u8 = 0x01;
     /// RDMA WRITE.

@@ -1,8 +1,10 @@
 //! The requester: consumes send WQEs from the SQ ring (the device reads the bytes
 //! the driver wrote), executes local operations (UMR for REG_MR,
-//! REG_MR_INTEGRITY and LOCAL_INV; SET_PSV), turns SEND/WRITE/READ into frames,
-//! and retransmits after an RNR NAK (go-back-N from the NAKed PSN) until the QP's
-//! RNR retry count is used up.
+//! REG_MR_INTEGRITY and LOCAL_INV; SET_PSV; NOP), turns SEND/WRITE/READ into
+//! frames, and retransmits after an RNR NAK (go-back-N from the NAKed PSN) until
+//! the QP's RNR retry count is used up. On a signature-pipelining QP the SQ stops
+//! (SQD) after a SEND or RDMA WRITE whose data failed a signature check; what was
+//! posted behind it waits until the driver moves the QP back to RTS.
 //!
 //! The SQ is executed by whoever holds the QP's [`SqExec`] lock: the thread that
 //! rings the doorbell when the lock is free (no thread wake-up on the fast path, as
@@ -156,7 +158,8 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(A
     loop {
         let (ctrl, wqe) = {
             let mut sq = qp.sq.lock();
-            if sq.dev_ci == sq.pi {
+            // SQD (a signature error on a pipelining QP): WQEs wait for RTS.
+            if sq.dev_ci == sq.pi || qp.state() == QpState::Sqd {
                 break;
             }
             let first = sq.read_bbs(sq.dev_ci, 1);
@@ -213,6 +216,12 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(A
                     Ok(()) => 0,
                     Err(s) => s,
                 });
+                qp.inflight.lock().push_back(entry);
+                Ok(())
+            }
+            opcode::NOP => {
+                // A cancelled WR: completes as it was asked to, moving nothing.
+                entry.status = Some(0);
                 qp.inflight.lock().push_back(entry);
                 Ok(())
             }

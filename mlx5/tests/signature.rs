@@ -468,3 +468,126 @@ fn check_mask_selects_the_checked_fields() {
         sig = Some(bd.sig);
     }
 }
+
+/// Signature pipelining: the response SEND is posted right behind the RDMA WRITE
+/// whose data fails its check; the send queue stops in SQD before the response, the
+/// owner cancels it (and what follows), posts the error response, resumes, and the
+/// peer sees the error response and then the later message, never the good one.
+#[test]
+fn pipelining_qp_stops_after_a_failed_transfer_and_resumes_with_the_replacement() {
+    let attr = verbs::QpInitAttr {
+        sig_pipelining: true,
+        ..verbs::QpInitAttr::default()
+    };
+    let (a, b) = common::pair_with(&attr, &verbs::QpInitAttr::default());
+    let mut c = case(Mode::Pass, DifType::Type1, 512, false);
+    // A bad guard in block BAD_BLOCK of the stored (interleaved) PI.
+    c.mem_data[BAD_BLOCK as usize * 520 + 512] ^= 0x01;
+    let bd = register(&a, &c, a.pd.alloc_mr_integrity(1, 1).unwrap());
+    let wire_mr = b.pd.reg_mr(c.wire.len(), RW).unwrap();
+    let msgs = a.pd.reg_mr(64, RW).unwrap();
+    msgs.write_at(0, b"good").unwrap();
+    msgs.write_at(16, b"later").unwrap();
+    msgs.write_at(32, b"bad").unwrap();
+    let inbox = b.pd.reg_mr(3 * 16, RW).unwrap();
+    for i in 0..3u64 {
+        b.qp.post_recv_one(RecvWr::new(10 + i, inbox.sge(i as usize * 16, 16)))
+            .unwrap();
+    }
+    let sig_sge = Sge {
+        addr: bd.data.addr(),
+        length: bd.wire_len,
+        lkey: bd.sig.lkey(),
+    };
+    let mut write = SendWr::rdma_write(1, sig_sge, wire_mr.addr(), wire_mr.rkey());
+    write.flags = verbs::SendFlags(0);
+    let mut good = SendWr::send(2, msgs.sge(0, 4));
+    good.flags = good.flags | verbs::SendFlags::FENCE;
+    let later = SendWr::send(3, msgs.sge(16, 5));
+    // Cancelling needs SQD.
+    assert!(matches!(
+        a.qp.cancel_posted_send_wrs(2),
+        Err(VerbsError::InvalidQpState { .. })
+    ));
+    a.qp.post_send(&[write, good, later.clone()]).unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let st = rt
+        .block_on(async { tokio::time::timeout(common::T, a.qp.sq_drained()).await })
+        .expect("SQ drained within the timeout")
+        .unwrap();
+    assert_eq!(st, verbs::QpState::Sqd);
+    // The SIGERR CQE is on the CQ before the event: polling records it.
+    a.drain_expect_none();
+    let e = bd.sig.check_status().unwrap().expect("signature error");
+    assert_eq!(e.err_type, SigErrType::BadGuard);
+    assert_eq!(e.sig_err_offset, BAD_BLOCK * 520);
+    // Nothing behind the failed WRITE went out.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    b.drain_expect_none();
+
+    assert_eq!(
+        a.qp.cancel_posted_send_wrs(1).unwrap(),
+        0,
+        "already executed"
+    );
+    assert_eq!(a.qp.cancel_posted_send_wrs(2).unwrap(), 1);
+    assert_eq!(a.qp.cancel_posted_send_wrs(3).unwrap(), 1);
+    let mut bad = SendWr::send(4, msgs.sge(32, 3));
+    bad.flags = bad.flags | verbs::SendFlags::FENCE;
+    let mut later_again = later;
+    later_again.wr_id = 5;
+    a.qp.post_send(&[bad, later_again]).unwrap();
+    assert_eq!(a.qp.state().unwrap(), verbs::QpState::Sqd);
+    a.qp.modify_sqd_to_rts().unwrap();
+    assert_eq!(a.qp.state().unwrap(), verbs::QpState::Rts);
+
+    // Cancelled WRs complete (as NOPs) in their place, then the new ones.
+    let ids: Vec<(u64, WcStatus)> = (0..4)
+        .map(|_| a.wait())
+        .map(|w| (w.wr_id, w.status))
+        .collect();
+    assert_eq!(ids, [2, 3, 4, 5].map(|i| (i, WcStatus::Success)).to_vec());
+    let got: Vec<(u64, u32)> = (0..2)
+        .map(|_| b.wait())
+        .map(|w| (w.wr_id, w.byte_len))
+        .collect();
+    assert_eq!(got, vec![(10, 3), (11, 5)]);
+    assert_eq!(inbox.to_vec(0, 3).unwrap(), b"bad");
+    assert_eq!(inbox.to_vec(16, 5).unwrap(), b"later");
+    // The data did move (the peer's own check would catch it), with the bad guard.
+    let mut want = c.wire.clone();
+    want[BAD_BLOCK as usize * 520 + 512] ^= 0x01;
+    assert_eq!(wire_mr.to_vec(0, want.len()).unwrap(), want);
+    b.drain_expect_none();
+}
+
+/// Without pipelining a failed check neither stops the queue nor changes the state.
+#[test]
+fn plain_qp_keeps_sending_after_a_failed_transfer() {
+    let (a, b) = common::pair();
+    let mut c = case(Mode::Pass, DifType::Type1, 512, false);
+    c.mem_data[BAD_BLOCK as usize * 520 + 512] ^= 0x01;
+    let bd = register(&a, &c, a.pd.alloc_mr_integrity(1, 1).unwrap());
+    let wire_mr = b.pd.reg_mr(c.wire.len(), RW).unwrap();
+    let inbox = b.pd.reg_mr(16, RW).unwrap();
+    b.qp.post_recv_one(RecvWr::new(10, inbox.sge_all()))
+        .unwrap();
+    let sig_sge = Sge {
+        addr: bd.data.addr(),
+        length: bd.wire_len,
+        lkey: bd.sig.lkey(),
+    };
+    let mut write = SendWr::rdma_write(1, sig_sge, wire_mr.addr(), wire_mr.rkey());
+    write.flags = verbs::SendFlags(0);
+    let src = a.pd.reg_mr(8, RW).unwrap();
+    a.qp.post_send(&[write, SendWr::send(2, src.sge_all())])
+        .unwrap();
+    assert_eq!(a.wait().wr_id, 2);
+    assert_eq!(b.wait().wr_id, 10);
+    assert_eq!(a.qp.state().unwrap(), verbs::QpState::Rts);
+    assert!(bd.sig.check_status().unwrap().is_some());
+}

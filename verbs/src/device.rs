@@ -118,6 +118,11 @@ pub struct QpInitAttr {
     pub rnr_retry: u8,
     /// Delay this QP asks senders to wait after an RNR NAK (its min RNR timer).
     pub min_rnr_timer: Duration,
+    /// Signature pipelining (`MLX5DV_QP_CREATE_SIG_PIPELINING`): the send queue
+    /// stops in SQD right after a transfer that failed a signature check, so that
+    /// a response posted behind it can be cancelled and replaced
+    /// ([`Qp::cancel_posted_send_wrs`], [`Qp::modify_sqd_to_rts`]).
+    pub sig_pipelining: bool,
 }
 
 impl Default for QpInitAttr {
@@ -130,6 +135,7 @@ impl Default for QpInitAttr {
             sq_sig_all: false,
             rnr_retry: 7,
             min_rnr_timer: Duration::from_millis(1),
+            sig_pipelining: false,
         }
     }
 }
@@ -209,9 +215,23 @@ impl Pd {
             .ctx
             .ops
             .create_qp(self.inner.id, send_cq.id(), recv_cq.id(), attr)?;
+        let events = Arc::new(Signal::new());
+        match self
+            .inner
+            .ctx
+            .ops
+            .set_qp_event_signal(qpn, Arc::clone(&events))
+        {
+            Ok(()) | Err(VerbsError::Unsupported(_)) => {}
+            Err(e) => {
+                let _ = self.inner.ctx.ops.destroy_qp(qpn);
+                return Err(e);
+            }
+        }
         Ok(Qp {
             pd: self.clone(),
             qpn,
+            events,
             _send_cq: Arc::clone(&send_cq.inner),
             _recv_cq: Arc::clone(&recv_cq.inner),
         })
@@ -462,6 +482,8 @@ impl Cq {
 pub struct Qp {
     pd: Pd,
     qpn: u32,
+    /// Raised on the QP's asynchronous events (its state changed to SQD).
+    events: Arc<Signal>,
     // Held so that the CQs outlive the QP that completes into them.
     _send_cq: Arc<CqInner>,
     _recv_cq: Arc<CqInner>,
@@ -499,6 +521,33 @@ impl Qp {
     /// Moves the QP to the error state; everything outstanding is flushed.
     pub fn to_error(&self) -> Result<()> {
         self.pd.inner.ctx.ops.modify_qp_to_error(self.qpn)
+    }
+    /// Waits until the send queue has stopped in SQD (`IBV_EVENT_SQ_DRAINED`: on a
+    /// signature-pipelining QP, a transfer failed its signature check) or the QP
+    /// failed; returns the state then.
+    pub async fn sq_drained(&self) -> Result<QpState> {
+        loop {
+            let waiter = self.events.wait();
+            let st = self.state()?;
+            if matches!(st, QpState::Sqd | QpState::Error) {
+                return Ok(st);
+            }
+            waiter.await;
+        }
+    }
+    /// Turns every not yet executed send WR with `wr_id` into a NOP (which completes
+    /// as the WR would have, signaled or not); only in SQD. Returns how many
+    /// (`mlx5dv_qp_cancel_posted_send_wrs`).
+    pub fn cancel_posted_send_wrs(&self, wr_id: u64) -> Result<u32> {
+        self.pd
+            .inner
+            .ctx
+            .ops
+            .cancel_posted_send_wrs(self.qpn, wr_id)
+    }
+    /// Resumes a send queue stopped in SQD (`ibv_modify_qp` SQD -> RTS).
+    pub fn modify_sqd_to_rts(&self) -> Result<()> {
+        self.pd.inner.ctx.ops.modify_qp_sqd_to_rts(self.qpn)
     }
 }
 

@@ -40,6 +40,8 @@ pub struct DeviceAttr {
     pub max_msg_size: u64,
     /// Whether signature (integrity) MRs are offered.
     pub sig_offload: bool,
+    /// Whether QPs can be created with signature pipelining (mlx5 `drain_sigerr`).
+    pub sig_pipelining: bool,
 }
 
 /// An established connection as seen by the provider.
@@ -153,6 +155,19 @@ pub trait ContextOps: Send + Sync + Debug {
     /// Moves a QP to the error state (flushing outstanding work).
     fn modify_qp_to_error(&self, qpn: u32) -> Result<()> {
         unsupported!("modify_qp_to_error")
+    }
+    /// Arms `signal` to be raised on the QP's asynchronous events (entering SQD).
+    fn set_qp_event_signal(&self, qpn: u32, signal: Arc<Signal>) -> Result<()> {
+        unsupported!("set_qp_event_signal")
+    }
+    /// Replaces the not yet executed send WRs with `wr_id` by NOPs (QP in SQD);
+    /// returns how many.
+    fn cancel_posted_send_wrs(&self, qpn: u32, wr_id: u64) -> Result<u32> {
+        unsupported!("cancel_posted_send_wrs")
+    }
+    /// Moves a QP from SQD back to RTS; its send queue resumes.
+    fn modify_qp_sqd_to_rts(&self, qpn: u32) -> Result<()> {
+        unsupported!("modify_qp_sqd_to_rts")
     }
     /// Posts send work requests; on error none after the failing one was posted.
     fn post_send(&self, qpn: u32, wrs: &[SendWr]) -> Result<()> {

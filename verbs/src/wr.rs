@@ -342,6 +342,9 @@ pub enum QpState {
     Rtr,
     /// Ready to send (connected).
     Rts,
+    /// Send queue drained: posted send WRs wait until the QP is moved back to RTS
+    /// (receives go on).
+    Sqd,
     /// Error: everything posted is flushed with `WrFlushErr`.
     Error,
 }
