@@ -110,6 +110,11 @@ impl IoCounters {
                 self.other.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.record_sense(sense);
+    }
+
+    /// Counts a PI error named by `sense` (nothing for other sense data).
+    pub fn record_sense(&self, sense: &[u8]) {
         match pi_kind(sense) {
             Some(PiKind::Guard) => self.guard_errors.fetch_add(1, Ordering::Relaxed),
             Some(PiKind::AppTag) => self.app_tag_errors.fetch_add(1, Ordering::Relaxed),

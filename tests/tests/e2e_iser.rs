@@ -818,3 +818,117 @@ geometry!(type1_512, PiType::Type1, 512);
 geometry!(type1_4096, PiType::Type1, 4096);
 geometry!(type3_512, PiType::Type3, 512);
 geometry!(type3_4096, PiType::Type3, 4096);
+
+/// Sixteen reads in flight on one connection when the target's HCA finds a bad
+/// guard in one of them: with signature pipelining every response is posted right
+/// behind its Data-In, so the failing one is held in the send queue and replaced by
+/// CHECK CONDITION while the fifteen behind it are cancelled and reposted in order.
+/// Exactly one read fails, with its own LBA; the others return their data, and the
+/// connection carries on.
+#[test]
+fn pipelined_reads_in_flight_with_one_target_fault() {
+    let mut rig = Rig::new(PiType::Type1, 512);
+    // Only the one read of eight blocks, in the middle of the list, has a block 6.
+    rig.start(Some("dir=out,block=6,target=guard:5,once"));
+    const READS: [(u64, u32); 15] = [
+        (0, 4),
+        (4, 4),
+        (8, 4),
+        (12, 4),
+        (16, 4),
+        (20, 4),
+        (24, 4),
+        (28, 8),
+        (36, 4),
+        (40, 4),
+        (44, 4),
+        (48, 4),
+        (52, 4),
+        (56, 4),
+        (60, 4),
+    ];
+    let blocks = 64u64;
+    let data = tests::random_bytes(blocks as usize * rig.bs);
+    rig.write_ok(LUN_PI, 0, Mode::Insert, &data, None);
+    let t = rig.target.as_ref().expect("started");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (first, second) = rt.block_on(async {
+        let mut cfg = initiator::SessionConfig::new(HOST, Some(IQN.to_string()), t.portal);
+        cfg.nop_interval = std::time::Duration::ZERO;
+        let fabric: verbs::cm::CmAddr = rig.fabric().parse().expect("fabric address");
+        let link = initiator::Link::connect(cfg, Some(fabric), initiator::TransportChoice::Iser)
+            .await
+            .expect("iSER login");
+        let policy = conf::protection::ProtectionPolicy {
+            mode: conf::protection::ProtectionMode::Insert,
+            checks: vec![
+                conf::protection::PiCheck::Guard,
+                conf::protection::PiCheck::Ref,
+                conf::protection::PiCheck::App,
+            ],
+            app_tag: APP,
+            ..Default::default()
+        };
+        let dev = std::sync::Arc::new(
+            initiator::BlockDevice::open(link.clone(), LUN_PI, policy)
+                .await
+                .expect("open LUN"),
+        );
+        let round = || {
+            let tasks: Vec<_> = READS
+                .iter()
+                .map(|&(lba, n)| {
+                    let dev = dev.clone();
+                    tokio::spawn(async move { (lba, n, dev.read(lba, n).await) })
+                })
+                .collect();
+            async move {
+                let mut out = Vec::new();
+                for task in tasks {
+                    let (lba, n, r) = task.await.expect("read task");
+                    let r = r.unwrap_or_else(|e| {
+                        panic!("read at LBA {lba}: {e}\ntarget log:\n{}", t.log_text())
+                    });
+                    out.push((lba, n, r));
+                }
+                out
+            }
+        };
+        let first = round().await;
+        let second = round().await;
+        let _ = link.logout().await;
+        (first, second)
+    });
+    let bs = rig.bs;
+    let failed: Vec<_> = first.iter().filter(|(_, _, o)| !o.is_good()).collect();
+    assert_eq!(failed.len(), 1, "exactly one read fails: {failed:?}");
+    let (lba, _, o) = failed[0];
+    assert_eq!(*lba, 28, "the eight-block read fails");
+    let s = o.sense.as_ref().expect("sense data");
+    assert_eq!(o.origin, Some(initiator::block::SenseOrigin::Target));
+    assert_eq!(
+        (s.key.0, s.asc, s.ascq, s.information),
+        (ABORTED_COMMAND, 0x10, GUARD, Some(28 + 6)),
+        "sense of the failed read"
+    );
+    for (lba, n, o) in first
+        .iter()
+        .chain(second.iter())
+        .filter(|(_, _, o)| o.is_good())
+    {
+        let (at, len) = (*lba as usize * bs, *n as usize * bs);
+        assert!(
+            o.data == data[at..at + len],
+            "read at LBA {lba} returned wrong data"
+        );
+    }
+    assert!(
+        second.iter().all(|(_, _, o)| o.is_good()),
+        "second round: {second:?}"
+    );
+    assert_eq!(t.pi_errors(LUN_PI).expect("status"), (1, 0, 0));
+}

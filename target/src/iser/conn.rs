@@ -33,12 +33,12 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use verbs::cm::{CmConnection, ConnectRequest};
-use verbs::{Cq, SendWr};
+use verbs::{Cq, SendFlags, SendWr};
 
 use super::adapter::{self, IserLoginPolicy};
 use super::io::{
     self, clip, recv_slot_len, CmdSlot, Fabric, LocalView, Poller, Pool, RecvRing, SendBuf,
-    LOGIN_DATA, LOGIN_WR, MAX_CHAIN,
+    SigFallback, LOGIN_DATA, LOGIN_WR, MAX_CHAIN,
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
@@ -537,19 +537,25 @@ impl Conn {
 impl Shared {
     /// Stamps StatSN/ExpCmdSN/MaxCmdSN and sends `pdu` as one SEND.
     async fn send(&self, pdu: Pdu, inv: Option<u32>) -> Result<(), IserError> {
-        self.send_after(Vec::new(), pdu, inv).await
+        self.send_after(DataIn::default(), pdu, inv).await
     }
 
     /// Like [`Shared::send`], with `before` (Data-In RDMA WRITEs) posted ahead of the
     /// SEND in one chain: RC executes them in order, so the data is placed before
     /// the initiator sees the response. The PDU is stamped and the chain posted under
     /// the StatSN lock; its completions are awaited after the lock is released.
+    /// With a pipelined check the response is posted with a fence right behind the
+    /// Data-In, and a fallback that rewrites it, same StatSN, as CHECK CONDITION.
     async fn send_after(
         &self,
-        mut before: Vec<SendWr>,
+        data_in: DataIn,
         mut pdu: Pdu,
         inv: Option<u32>,
     ) -> Result<(), IserError> {
+        let DataIn {
+            wrs: mut before,
+            mut check,
+        } = data_in;
         if before.len() >= MAX_CHAIN {
             // Too long for one chain: the data go first, then the response alone.
             self.fab
@@ -607,12 +613,50 @@ impl Shared {
             let bytes = msg.to_bytes(&PduLimits {
                 max_recv_data_segment_length: u32::MAX,
             });
-            let sge = buf.get()?.load(&bytes)?;
-            before.push(match inv {
+            let send_buf = buf.get()?;
+            let sge = send_buf.load(&bytes)?;
+            let response = move |sge| match inv {
                 Some(rkey) => SendWr::send_with_inv(0, sge, rkey),
                 None => SendWr::send(0, sge),
-            });
-            self.fab.post_batched(before, credits)?
+            };
+            let fallback = match (check.take(), &msg.pdu) {
+                (
+                    Some(c),
+                    Some(Pdu {
+                        header: Header::ScsiResponse(h),
+                        ..
+                    }),
+                ) => {
+                    let (h, send_buf) = (*h, send_buf.clone());
+                    Some(SigFallback {
+                        sig_lkey: c.sig_lkey,
+                        respond: Box::new(move |e| {
+                            let (status, sense) = (c.on_error)(e);
+                            let msg = IserMessage {
+                                header: IserHeader::Control(IserControl::default()),
+                                pdu: Some(with_sense(&h, status, &sense)),
+                            };
+                            let bytes = msg.to_bytes(&PduLimits {
+                                max_recv_data_segment_length: u32::MAX,
+                            });
+                            Ok(response(send_buf.load(&bytes)?))
+                        }),
+                    })
+                }
+                _ => None,
+            };
+            match fallback {
+                Some(f) => {
+                    let mut wr = response(sge);
+                    wr.flags = wr.flags | SendFlags::FENCE;
+                    before.push(wr);
+                    self.fab.post_pipelined(before, credits, f)?
+                }
+                None => {
+                    before.push(response(sge));
+                    self.fab.post_batched(before, credits)?
+                }
+            }
         };
         pending.wait("SEND").await
     }
@@ -956,7 +1000,7 @@ impl Shared {
         if edtl as usize > io::MAX_TRANSFER {
             let c = Completion::check_condition(illegal_request((0x24, 0x00)));
             return self
-                .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, Vec::new())
+                .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, DataIn::default())
                 .await;
         }
         // (CDB for the device server, bytes of Data-Out in the command buffer)
@@ -969,7 +1013,7 @@ impl Shared {
             if slot.buffer(&self.fab.pd, buf_len).is_err() {
                 let c = Completion::check_condition(illegal_request((0x24, 0x00)));
                 return self
-                    .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, Vec::new())
+                    .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, DataIn::default())
                     .await;
             }
             let imm = (immediate.len() as u32).min(want);
@@ -1063,7 +1107,7 @@ impl Shared {
         // ---- Data-In ----------------------------------------------------------
         let mut sent = 0u32;
         let mut read_len = completion.data_in.len();
-        let mut data_in_wrs = Vec::new();
+        let mut data_in = DataIn::default();
         if cmd.read && !completion.data_in.is_empty() {
             let p = match target_plan(&cmd, &iser, 0, chunk, chunk) {
                 Ok(p) => p,
@@ -1077,12 +1121,33 @@ impl Shared {
                     buf.write_at(0, &completion.data_in)?;
                     let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, h.attrs)?];
                     wrs.extend(io::write_wrs(slot, &writes, LocalView::Signature)?);
-                    self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA WRITE").await?;
                     sent = h.wire_len as u32;
-                    if let Some(e) = io::sig_status(slot)? {
-                        let (status, sense) = self.sig_error(summary.as_ref(), &h.plan, &e);
-                        completion.status = status;
-                        completion.sense = sense;
+                    if self.fab.pipelining && wrs.len() < MAX_CHAIN {
+                        // The response follows at once; the HCA holds it if the
+                        // check fails and the poller swaps in this CHECK CONDITION.
+                        let (tsih, plan) = (self.session.tsih, h.plan);
+                        let (lun, counters) = (summary.clone(), counters.clone());
+                        data_in = DataIn {
+                            wrs,
+                            check: Some(PipelinedCheck {
+                                sig_lkey: slot.sig().lkey(),
+                                on_error: Box::new(move |e| {
+                                    let (status, sense) =
+                                        pi_check_failed(tsih, lun.as_ref(), &plan, e);
+                                    for k in &counters {
+                                        k.record_sense(&sense);
+                                    }
+                                    (status, sense)
+                                }),
+                            }),
+                        };
+                    } else {
+                        self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA WRITE").await?;
+                        if let Some(e) = io::sig_status(slot)? {
+                            let (status, sense) = self.sig_error(summary.as_ref(), &h.plan, &e);
+                            completion.status = status;
+                            completion.sense = sense;
+                        }
                     }
                 }
                 Some(h) => {
@@ -1106,12 +1171,13 @@ impl Shared {
                     let buf = slot.buffer(&self.fab.pd, send_len as usize)?;
                     buf.write_at(0, &completion.data_in[..send_len as usize])?;
                     // Posted in one chain with the SCSI Response that follows them.
-                    data_in_wrs = io::write_wrs(slot, &writes, LocalView::Plain)?;
+                    data_in.wrs = io::write_wrs(slot, &writes, LocalView::Plain)?;
                     sent = send_len;
                 }
             }
         }
         completion.data_in.truncate(read_len);
+        let pipelined = data_in.check.is_some();
         self.respond(
             &cmd,
             &iser,
@@ -1120,9 +1186,21 @@ impl Shared {
             data_out_len,
             out_len,
             &counters,
-            data_in_wrs,
+            data_in,
         )
-        .await
+        .await?;
+        if pipelined {
+            // The status must be read after every use of the signature MR; a
+            // failure was answered by the fallback, which read it first.
+            if let Some(e) = io::sig_status(slot)? {
+                tracing::error!(
+                    itt = cmd.itt,
+                    offset = e.sig_err_offset,
+                    "signature error found after a pipelined response completed"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A copy of the first `len` bytes of the command buffer.
@@ -1139,24 +1217,7 @@ impl Shared {
         plan: &ProtPlan,
         e: &verbs::SigErr,
     ) -> (u8, Vec<u8>) {
-        let f = adapter::sig_failure(plan, e);
-        tracing::warn!(
-            tsih = self.session.tsih,
-            lun = lun.map(|l| l.lun),
-            lba = f.lba,
-            kind = %f.kind,
-            expected = f.expected,
-            actual = f.actual,
-            "PI check failed in the HCA"
-        );
-        let fallback = LunSummary {
-            lun: 0,
-            blocks: 0,
-            block_size: plan.block_size,
-            pi_type: 1,
-            backing: String::new(),
-        };
-        adapter::sig_sense(lun.unwrap_or(&fallback), &f)
+        pi_check_failed(self.session.tsih, lun, plan, e)
     }
 
     /// Records the command and sends its SCSI Response (invalidating the initiator's
@@ -1171,7 +1232,7 @@ impl Shared {
         data_out_len: u32,
         out_len: u32,
         counters: &[Arc<IoCounters>],
-        data_in: Vec<SendWr>,
+        data_in: DataIn,
     ) -> Result<(), IserError> {
         for k in counters {
             k.record(&cmd.cdb, u64::from(sent), u64::from(data_out_len), &c.sense);
@@ -1186,26 +1247,19 @@ impl Shared {
         } else {
             Residual::None
         };
-        let mut data = Vec::new();
-        if !c.sense.is_empty() {
-            data.extend_from_slice(&(c.sense.len() as u16).to_be_bytes());
-            data.extend_from_slice(&c.sense);
-        }
-        let pdu = Pdu::with_data(
-            ScsiResponse {
-                bidi_read_residual: Residual::None,
-                residual: resid,
-                response: 0,
-                status: c.status,
-                itt: cmd.itt,
-                snack_tag: 0,
-                stat_sn: 0,
-                exp_cmd_sn: 0,
-                max_cmd_sn: 0,
-                exp_data_sn: 0,
-            },
-            data,
-        );
+        let h = ScsiResponse {
+            bidi_read_residual: Residual::None,
+            residual: resid,
+            response: 0,
+            status: c.status,
+            itt: cmd.itt,
+            snack_tag: 0,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            exp_data_sn: 0,
+        };
+        let pdu = with_sense(&h, c.status, &c.sense);
         let inv = invalidate_stag(iser);
         self.send_after(data_in, pdu, inv).await
     }
@@ -1423,6 +1477,62 @@ impl Conn {
 /// Write STag (one registration per command, as Linux iSER uses it).
 pub fn invalidate_stag(iser: &IserControl) -> Option<u32> {
     iser.read.or(iser.write).map(|b: RemoteBuffer| b.stag)
+}
+
+/// Status and sense for a PI check the HCA failed (logged as a warning).
+fn pi_check_failed(
+    tsih: u16,
+    lun: Option<&LunSummary>,
+    plan: &ProtPlan,
+    e: &verbs::SigErr,
+) -> (u8, Vec<u8>) {
+    let f = adapter::sig_failure(plan, e);
+    tracing::warn!(
+        tsih,
+        lun = lun.map(|l| l.lun),
+        lba = f.lba,
+        kind = %f.kind,
+        expected = f.expected,
+        actual = f.actual,
+        "PI check failed in the HCA"
+    );
+    let fallback = LunSummary {
+        lun: 0,
+        blocks: 0,
+        block_size: plan.block_size,
+        pi_type: 1,
+        backing: String::new(),
+    };
+    adapter::sig_sense(lun.unwrap_or(&fallback), &f)
+}
+
+/// Data-In RDMA WRITEs posted in one chain ahead of a SCSI Response, and, when
+/// they go through a signature MR on a pipelining QP, the check that replaces the
+/// response if the HCA finds bad PI.
+#[derive(Default)]
+struct DataIn {
+    wrs: Vec<SendWr>,
+    check: Option<PipelinedCheck>,
+}
+
+/// The signature MR of pipelined Data-In and the status and sense its failure
+/// turns into (also counted on the LUN).
+struct PipelinedCheck {
+    sig_lkey: u32,
+    on_error: SenseOf,
+}
+
+/// Status and sense data for a signature error.
+type SenseOf = Box<dyn FnOnce(&verbs::SigErr) -> (u8, Vec<u8>) + Send>;
+
+/// A SCSI Response with `status` and (when there is any) sense data.
+fn with_sense(h: &ScsiResponse, status: u8, sense: &[u8]) -> Pdu {
+    let mut data = Vec::with_capacity(2 + sense.len());
+    if !sense.is_empty() {
+        data.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+        data.extend_from_slice(sense);
+    }
+    Pdu::with_data(ScsiResponse { status, ..*h }, data)
 }
 
 #[cfg(test)]

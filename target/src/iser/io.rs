@@ -6,8 +6,15 @@
 //! Data-In is delivered with RDMA WRITEs to its Read STag; when the command's plan
 //! puts PI on the wire both go through the signature MR and its status is checked
 //! after every transfer.
+//!
+//! On a QP with signature pipelining the SCSI Response of a read goes out right
+//! behind its Data-In, without waiting for the WRITEs to complete: if the HCA finds
+//! bad PI it stops the send queue (SQD) before the response, and the poller
+//! replaces that response with the CHECK CONDITION its command registered
+//! ([`SigFallback`]), reposting everything that was queued behind it in the same
+//! order (so StatSN stays in order on the wire) before resuming the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +24,10 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use iscsi::iser::{RdmaOp, ISER_HEADER_LEN};
 use iscsi::pdu::BHS_LEN;
+use verbs::sig::MrStatusCheck;
 use verbs::{
-    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendBatch, SendFlags, SendWr, Sge,
-    SigAttrs, SigErr, SigMr, WcOpcode, WorkCompletion,
+    AccessFlags, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, QpState, RecvWr, SendBatch, SendFlags, SendWr,
+    Sge, SigAttrs, SigErr, SigMr, WcOpcode, WorkCompletion,
 };
 
 use super::IserError;
@@ -64,6 +72,33 @@ pub struct Fabric {
     credits: Arc<Semaphore>,
     /// Work requests waiting for the next doorbell of [`Fabric::ring_doorbells`].
     outbox: SendBatch,
+    /// Whether the QP pipelines signature checks (responses posted behind the
+    /// Data-In they depend on, see the module comment).
+    pub pipelining: bool,
+    /// On a pipelining QP: the send WRs posted and not yet known complete, in
+    /// posting order (what is reposted after a signature error).
+    posted: Mutex<VecDeque<SendWr>>,
+    /// Replacements of pipelined responses, by the response's `wr_id`.
+    fallbacks: Mutex<HashMap<u64, SigFallback>>,
+}
+
+/// How to replace a pipelined response whose Data-In failed its signature check.
+pub struct SigFallback {
+    /// The signature MR the Data-In went through.
+    pub sig_lkey: u32,
+    /// Builds the SEND of the replacement response for the error.
+    pub respond: ReplacementOf,
+}
+
+/// Builds the replacement response's SEND for a signature error.
+pub type ReplacementOf = Box<dyn FnOnce(&SigErr) -> Result<SendWr, IserError> + Send>;
+
+impl std::fmt::Debug for SigFallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigFallback")
+            .field("sig_lkey", &self.sig_lkey)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Send-queue entries a connection keeps below its `max_send_wr`.
@@ -99,8 +134,13 @@ impl Fabric {
         let pd = device.alloc_pd()?;
         let send_cq = device.create_cq(256)?;
         let recv_cq = device.create_cq(recv_depth + 16)?;
+        let pipelining = device.query_device()?.sig_pipelining;
         let attr = QpInitAttr {
-            max_send_wr: 128,
+            // Room for a second copy of what is outstanding: after a signature
+            // error the cancelled WRs stay in the queue (as NOPs) next to their
+            // reposts.
+            max_send_wr: 2 * SEND_CREDITS as u32 + 16,
+            sig_pipelining: pipelining,
             max_recv_wr: recv_depth + 1,
             max_send_sge: 2,
             max_recv_sge: 1,
@@ -116,30 +156,150 @@ impl Fabric {
             waiters: Mutex::new(Some(HashMap::new())),
             credits: Arc::new(Semaphore::new(SEND_CREDITS)),
             outbox: SendBatch::new(),
+            pipelining,
+            posted: Mutex::new(VecDeque::new()),
+            fallbacks: Mutex::new(HashMap::new()),
         })
     }
 
     /// Reads the send CQ until it fails, waking the waiter of every completion.
     /// Signature error CQEs are consumed by the provider while polling (they precede
     /// the completion of the transfer they belong to), so a waiter that wakes can
-    /// read the signature MR's status. When the CQ fails every waiter is dropped.
+    /// read the signature MR's status. On a pipelining QP it also watches for the
+    /// send queue stopping after a signature error and replaces the held response
+    /// ([`Fabric::replace_failed_response`]). When the CQ fails every waiter is
+    /// dropped.
     pub async fn poll_completions(self: Arc<Self>) {
         let mut out = Vec::with_capacity(32);
+        let mut watch_sqd = self.pipelining;
         loop {
             out.clear();
-            if let Err(e) = self.send_cq.next_batch(&mut out, 32).await {
-                tracing::debug!(error = %e, "send CQ failed");
-                break;
+            let drained = tokio::select! {
+                biased;
+                r = self.send_cq.next_batch(&mut out, 32) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "send CQ failed");
+                        break;
+                    }
+                    false
+                }
+                st = self.qp.sq_drained(), if watch_sqd => {
+                    // In error the connection is going away; stop watching.
+                    watch_sqd = matches!(st, Ok(QpState::Sqd));
+                    watch_sqd
+                }
+            };
+            if drained {
+                // What completed before the stop (the SIGERR CQE included).
+                while matches!(self.send_cq.poll(&mut out, 64), Ok(n) if n > 0) {}
             }
-            let mut w = self.waiters.lock();
-            let Some(map) = w.as_mut() else { break };
-            for wc in out.drain(..) {
-                if let Some(tx) = map.remove(&wc.wr_id) {
-                    let _ = tx.send(wc);
+            if self.pipelining {
+                self.retire(&out);
+            }
+            {
+                let mut w = self.waiters.lock();
+                let Some(map) = w.as_mut() else { break };
+                for wc in out.drain(..) {
+                    if let Some(tx) = map.remove(&wc.wr_id) {
+                        let _ = tx.send(wc);
+                    }
+                }
+            }
+            if drained {
+                if let Err(e) = self.replace_failed_response() {
+                    tracing::error!(error = %e, "cannot resume the send queue after a signature error; closing the connection");
+                    let _ = self.qp.to_error();
                 }
             }
         }
         *self.waiters.lock() = None;
+    }
+
+    /// Forgets the posted WRs that `done` shows complete (RC completes in order: a
+    /// completion covers every WR posted before it).
+    fn retire(&self, done: &[WorkCompletion]) {
+        let mut posted = self.posted.lock();
+        let mut fallbacks = self.fallbacks.lock();
+        for wc in done {
+            // Completions of cancelled WRs were taken off the list when reposted.
+            if let Some(i) = posted.iter().position(|w| w.wr_id == wc.wr_id) {
+                for w in posted.drain(..=i) {
+                    fallbacks.remove(&w.wr_id);
+                }
+            }
+        }
+    }
+
+    /// The send queue stopped after a Data-In transfer that failed its signature
+    /// check. Finds the pipelined response behind it (the first whose signature
+    /// MR reports an error), cancels it and every WR posted after it (none has
+    /// run), posts its CHECK CONDITION replacement followed by the others in their
+    /// order, with waiters and fallbacks moved to the new `wr_id`s, and resumes.
+    fn replace_failed_response(&self) -> Result<(), IserError> {
+        // Held across cancel and repost: no doorbell posts in between.
+        let mut posted = self.posted.lock();
+        let mut fallbacks = self.fallbacks.lock();
+        let ops = self.pd.context().ops();
+        let mut failed = None;
+        for (i, wr) in posted.iter().enumerate() {
+            if let Some(f) = fallbacks.get(&wr.wr_id) {
+                if let Some(e) = ops.check_mr_status(f.sig_lkey, MrStatusCheck::SIG_STATUS)? {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let Some((at, err)) = failed else {
+            tracing::warn!("send queue drained with no pipelined response to replace");
+            self.qp.modify_sqd_to_rts()?;
+            return Ok(());
+        };
+        let held: Vec<SendWr> = posted.drain(at..).collect();
+        let mut reposts = Vec::with_capacity(held.len());
+        {
+            let mut w = self.waiters.lock();
+            let waiters = w.as_mut().ok_or(IserError::Closed)?;
+            for (k, mut wr) in held.into_iter().enumerate() {
+                let old = wr.wr_id;
+                if self.qp.cancel_posted_send_wrs(old)? != 1 {
+                    return Err(IserError::Protocol(format!(
+                        "work request {old} behind the failed transfer was not held"
+                    )));
+                }
+                if let verbs::SendOp::RegMrIntegrity { mr, .. } = wr.op {
+                    // Posting marked the MR's status unchecked, and the cancelled
+                    // registration never ran: nothing to find, but the repost needs
+                    // the status read.
+                    if let Some(e) = ops.check_mr_status(mr, MrStatusCheck::SIG_STATUS)? {
+                        return Err(IserError::Protocol(format!(
+                            "signature MR {mr:#x} of a held registration reports {e:?}"
+                        )));
+                    }
+                }
+                if k == 0 {
+                    let f = fallbacks.remove(&old).ok_or(IserError::Closed)?;
+                    let flags = wr.flags;
+                    wr = (f.respond)(&err)?;
+                    wr.flags = flags;
+                }
+                wr.wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> 1);
+                if let Some(tx) = waiters.remove(&old) {
+                    waiters.insert(wr.wr_id, tx);
+                }
+                if let Some(f) = fallbacks.remove(&old) {
+                    fallbacks.insert(wr.wr_id, f);
+                }
+                reposts.push(wr);
+            }
+        }
+        self.qp.post_send(&reposts)?;
+        tracing::debug!(
+            reposted = reposts.len() - 1,
+            "pipelined response replaced after a signature error"
+        );
+        posted.extend(reposts);
+        self.qp.modify_sqd_to_rts()?;
+        Ok(())
     }
 
     /// Send-queue room for `n` work requests (waits while other commands use it).
@@ -167,15 +327,39 @@ impl Fabric {
         Ok(pending)
     }
 
+    /// Like [`Fabric::post_batched`] for a chain that ends with a pipelined
+    /// response: `fallback` replaces it if the chain's Data-In fails its check.
+    pub fn post_pipelined(
+        &self,
+        wrs: Vec<SendWr>,
+        credits: OwnedSemaphorePermit,
+        fallback: SigFallback,
+    ) -> Result<Pending, IserError> {
+        let (wrs, pending) = self.prepare(wrs, credits)?;
+        if let Some(last) = wrs.last() {
+            self.fallbacks.lock().insert(last.wr_id, fallback);
+        }
+        self.outbox.queue(wrs);
+        Ok(pending)
+    }
+
     /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime.
     /// Runs until the connection's tasks are dropped.
     pub async fn ring_doorbells(self: Arc<Self>) {
         self.outbox
             .run(|wrs| {
-                if let Err(e) = self.qp.post_send(&wrs) {
-                    tracing::debug!(error = %e, "posting queued work requests failed");
-                    // Their waiters see the connection closed.
-                    self.forget(&wrs);
+                let mut posted = self.pipelining.then(|| self.posted.lock());
+                match self.qp.post_send(&wrs) {
+                    Ok(()) => {
+                        if let Some(p) = posted.as_mut() {
+                            p.extend(wrs);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "posting queued work requests failed");
+                        // Their waiters see the connection closed.
+                        self.forget(&wrs);
+                    }
                 }
                 true
             })
@@ -399,17 +583,18 @@ impl RecvRing {
     }
 }
 
-/// A buffer one SEND goes out of (one SEND in flight per buffer).
-#[derive(Debug)]
+/// A buffer one SEND goes out of (one SEND in flight per buffer). Clones share
+/// the buffer (a pipelined response's fallback rewrites it while it is held).
+#[derive(Debug, Clone)]
 pub struct SendBuf {
-    mr: Mr,
+    mr: Arc<Mr>,
 }
 
 impl SendBuf {
     /// A send buffer of `len` bytes.
     pub fn new(pd: &Pd, len: usize) -> Result<SendBuf, IserError> {
         Ok(SendBuf {
-            mr: pd.reg_mr(len, AccessFlags::NONE)?,
+            mr: Arc::new(pd.reg_mr(len, AccessFlags::NONE)?),
         })
     }
 
