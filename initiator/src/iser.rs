@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use verbs::cm::{CmAddr, CmConnection, ConnParam};
 use verbs::{
     AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendBatch, SendFlags, SendWr,
-    SigAttrs, SigDomain, SigErrType, WcOpcode,
+    SigAttrs, SigDomain, SigErrType, SigMr, WcOpcode,
 };
 
 use crate::command::{parse_sense_segment, Completion};
@@ -113,6 +113,9 @@ struct Inner {
     /// doorbell of [`ring_doorbells`].
     outbox: Arc<SendBatch>,
     doorbells: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Signature MRs of finished commands (status read), registered again by the
+    /// next protected command instead of allocating one each time.
+    sig_mrs: Mutex<Vec<SigMr>>,
     _ctx: Context,
 }
 
@@ -224,6 +227,7 @@ impl IserSession {
             poller: Mutex::new(None),
             outbox: Arc::new(SendBatch::new()),
             doorbells: Mutex::new(None),
+            sig_mrs: Mutex::new(Vec::new()),
             _ctx: ctx,
         });
         *lock(&inner.poller) = Some(tokio::spawn(poller(Arc::downgrade(&inner))));
@@ -682,11 +686,15 @@ impl IserSession {
             },
             ProtOp::None => SigAttrs::default(),
         };
-        let sig = self
-            .inner
-            .pd
-            .alloc_mr_integrity(1, 1)
-            .map_err(|e| verr("alloc_mr_integrity", e))?;
+        let pooled = lock(&self.inner.sig_mrs).pop();
+        let sig = match pooled {
+            Some(m) => m,
+            None => self
+                .inner
+                .pd
+                .alloc_mr_integrity(1, 1)
+                .map_err(|e| verr("alloc_mr_integrity", e))?,
+        };
         // Posted unsignaled ahead of the command's SEND: the send queue executes in
         // order, so the MR is valid before the target can touch it, and a failed
         // registration moves the QP to error, which fails the SEND (and the command).
@@ -734,6 +742,10 @@ impl IserSession {
             }
             None => None,
         };
+        // The response came after the target's last transfer and the status is
+        // read: the MR can be registered again. (On any error above it is dropped,
+        // as the target might still be using it.)
+        lock(&self.inner.sig_mrs).push(sig);
         let (host, host_pi) = if is_write {
             (Vec::new(), None)
         } else {
