@@ -494,13 +494,7 @@ fn pipelining_qp_stops_after_a_failed_transfer_and_resumes_with_the_replacement(
         b.qp.post_recv_one(RecvWr::new(10 + i, inbox.sge(i as usize * 16, 16)))
             .unwrap();
     }
-    let sig_sge = Sge {
-        addr: bd.data.addr(),
-        length: bd.wire_len,
-        lkey: bd.sig.lkey(),
-    };
-    let mut write = SendWr::rdma_write(1, sig_sge, wire_mr.addr(), wire_mr.rkey());
-    write.flags = verbs::SendFlags(0);
+    let write = unsignaled_write_through(&bd, &wire_mr);
     let mut good = SendWr::send(2, msgs.sge(0, 4));
     good.flags = good.flags | verbs::SendFlags::FENCE;
     let later = SendWr::send(3, msgs.sge(16, 5));
@@ -576,13 +570,7 @@ fn plain_qp_keeps_sending_after_a_failed_transfer() {
     let inbox = b.pd.reg_mr(16, RW).unwrap();
     b.qp.post_recv_one(RecvWr::new(10, inbox.sge_all()))
         .unwrap();
-    let sig_sge = Sge {
-        addr: bd.data.addr(),
-        length: bd.wire_len,
-        lkey: bd.sig.lkey(),
-    };
-    let mut write = SendWr::rdma_write(1, sig_sge, wire_mr.addr(), wire_mr.rkey());
-    write.flags = verbs::SendFlags(0);
+    let write = unsignaled_write_through(&bd, &wire_mr);
     let src = a.pd.reg_mr(8, RW).unwrap();
     a.qp.post_send(&[write, SendWr::send(2, src.sge_all())])
         .unwrap();
@@ -590,4 +578,16 @@ fn plain_qp_keeps_sending_after_a_failed_transfer() {
     assert_eq!(b.wait().wr_id, 10);
     assert_eq!(a.qp.state().unwrap(), verbs::QpState::Rts);
     assert!(bd.sig.check_status().unwrap().is_some());
+}
+
+/// An unsignaled RDMA WRITE (wr_id 1) of the whole signature MR's wire view to `to`.
+fn unsignaled_write_through(bd: &Bound, to: &Mr) -> SendWr {
+    let sig_sge = Sge {
+        addr: bd.data.addr(),
+        length: bd.wire_len,
+        lkey: bd.sig.lkey(),
+    };
+    let mut write = SendWr::rdma_write(1, sig_sge, to.addr(), to.rkey());
+    write.flags = verbs::SendFlags(0);
+    write
 }
