@@ -103,6 +103,10 @@ struct Inner {
     conn: Mutex<Option<CmConnection>>,
     ring: Vec<Mr>,
     sends: Mutex<HashMap<u64, Mr>>,
+    /// Registered SEND buffers whose SEND completed, by size class, for the next
+    /// messages (a fresh MR per message costs a zeroed page-aligned allocation and
+    /// an mkey).
+    send_bufs: Mutex<SendBufPool>,
     next_wr: AtomicU64,
     login_tx: mpsc::UnboundedSender<Pdu>,
     st: Mutex<State>,
@@ -212,6 +216,7 @@ impl IserSession {
             conn: Mutex::new(Some(conn)),
             ring,
             sends: Mutex::new(HashMap::new()),
+            send_bufs: Mutex::new(SendBufPool::default()),
             next_wr: AtomicU64::new(SEND_TAG),
             login_tx,
             st: Mutex::new(State {
@@ -774,6 +779,42 @@ impl IserSession {
     }
 }
 
+/// Registered SEND buffers by size class: powers of two from 256 bytes to 64 KiB,
+/// at most [`SendBufPool::PER_CLASS`] each (larger messages get an MR of their own).
+#[derive(Debug, Default)]
+struct SendBufPool {
+    classes: [Vec<Mr>; 9],
+}
+
+impl SendBufPool {
+    const PER_CLASS: usize = 64;
+    const MIN: usize = 256;
+
+    /// The buffer length a message of `len` bytes is registered with.
+    fn class_len(len: usize) -> usize {
+        len.max(Self::MIN).next_power_of_two()
+    }
+
+    fn class(len: usize) -> Option<usize> {
+        let i = (Self::class_len(len) / Self::MIN).trailing_zeros() as usize;
+        (i < 9).then_some(i)
+    }
+
+    /// A free buffer that holds `len` bytes.
+    fn take(&mut self, len: usize) -> Option<Mr> {
+        Self::class(len).and_then(|c| self.classes[c].pop())
+    }
+
+    /// Keeps `mr` (its SEND completed) unless its class is full.
+    fn put(&mut self, mr: Mr) {
+        if let Some(c) = Self::class(mr.len()).filter(|_| mr.len().is_power_of_two()) {
+            if self.classes[c].len() < Self::PER_CLASS {
+                self.classes[c].push(mr);
+            }
+        }
+    }
+}
+
 fn set_exp_stat_sn(h: &mut Header, sn: u32) {
     match h {
         Header::NopOut(h) => h.exp_stat_sn = sn,
@@ -796,14 +837,21 @@ impl Inner {
             max_recv_data_segment_length: 1 << 24,
         };
         let bytes = msg.to_bytes(&limits);
-        let mr = self
-            .pd
-            .reg_mr(bytes.len(), AccessFlags::LOCAL_WRITE)
-            .map_err(|e| verr("reg_mr for a SEND", e))?;
+        let pooled = lock(&self.send_bufs).take(bytes.len());
+        let mr = match pooled {
+            Some(m) => m,
+            None => self
+                .pd
+                .reg_mr(
+                    SendBufPool::class_len(bytes.len()),
+                    AccessFlags::LOCAL_WRITE,
+                )
+                .map_err(|e| verr("reg_mr for a SEND", e))?,
+        };
         mr.write_at(0, &bytes)
             .map_err(|e| verr("filling a SEND", e))?;
         let wr_id = self.next_wr.fetch_add(1, Ordering::Relaxed);
-        let sge = mr.sge_all();
+        let sge = mr.sge(0, bytes.len() as u32);
         lock(&self.sends).insert(wr_id, mr);
         self.queue_send(SendWr::send(wr_id, sge));
         Ok(())
@@ -989,7 +1037,10 @@ async fn poller(inner: std::sync::Weak<Inner>) {
                     }
                 }
                 _ => {
-                    lock(&i.sends).remove(&wc.wr_id);
+                    let buf = lock(&i.sends).remove(&wc.wr_id);
+                    if let Some(mr) = buf.filter(|_| wc.is_ok()) {
+                        lock(&i.send_bufs).put(mr);
+                    }
                     if !wc.is_ok() {
                         i.close(&format!("send completed with {:?}", wc.status));
                         return;
