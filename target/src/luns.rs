@@ -120,7 +120,7 @@ impl TargetLuns {
         device::Nexus {
             id: u64::from(n.tsih),
             initiator: n.port_name(),
-            target_port: format!("{},t,0x0001", self.iqn),
+            target_port: [self.iqn.as_str(), ",t,0x0001"].concat(),
             relative_port: 1,
         }
     }

@@ -22,8 +22,16 @@ pub struct Nexus {
 impl Nexus {
     /// The SCSI initiator port name, as RFC 7143 builds it: `name,i,0x<ISID>`.
     pub fn port_name(&self) -> String {
-        let isid: String = self.isid.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{},i,0x{isid}", self.initiator)
+        // Built by hand: this runs for every command.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(self.initiator.len() + 5 + 12);
+        s.push_str(&self.initiator);
+        s.push_str(",i,0x");
+        for b in self.isid {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        s
     }
 }
 
@@ -140,4 +148,19 @@ pub trait ScsiService: Send + Sync + fmt::Debug {
 
     /// The LUNs for the admin view, in LUN order.
     fn luns(&self) -> Vec<LunSummary>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Nexus;
+
+    #[test]
+    fn port_name_is_name_i_and_the_isid_in_hex() {
+        let n = Nexus {
+            initiator: "iqn.2026-01.test:a".into(),
+            isid: [0x40, 0x00, 0x01, 0x37, 0xab, 0x0f],
+            tsih: 1,
+        };
+        assert_eq!(n.port_name(), "iqn.2026-01.test:a,i,0x40000137ab0f");
+    }
 }
