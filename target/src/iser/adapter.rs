@@ -83,16 +83,21 @@ impl LoginPolicy for IserLoginPolicy<'_> {
 /// - INSERT (WRPROTECT 0 on a Type 1/3 LUN): memory DIF, wire none: the HCA
 ///   generates the tuples as the data arrive; the device server is handed the CDB
 ///   with WRPROTECT 1, so it verifies and stores them as a PASS;
-/// - STRIP (RDPROTECT 0 on a Type 1/3 LUN): the device server is asked with
-///   RDPROTECT 1 (whose checks equal RDPROTECT 0's) and returns the blocks with
-///   their PI; the HCA checks the memory tuples and sends data only.
+/// - STRIP (RDPROTECT 0 on a Type 1/3 LUN): the HCA checks the memory tuples with
+///   RDPROTECT 0's checks and sends data only.
+///
+/// On reads the HCA runs the CDB's checks on every block it sends, so the device
+/// server only fetches the blocks with their PI (it is given RDPROTECT 3: PI
+/// transferred, not checked), as LIO leaves the checks of DIN_PASS and DIN_STRIP
+/// to a fabric that offloads them. A Type 2 32-byte CDB is passed unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HcaPlan {
     /// The command's own plan (operation, checks, first LBA, geometry).
     pub plan: ProtPlan,
     /// The signature attributes to bind.
     pub attrs: SigAttrs,
-    /// The CDB the device server is given (PROTECT 1 for INSERT and STRIP).
+    /// The CDB the device server is given (WRPROTECT 1 for INSERT; RDPROTECT 3 for
+    /// reads on 10/12/16-byte CDBs).
     pub device_cdb: Vec<u8>,
     /// Bytes of the command buffer: blocks with their tuples.
     pub mem_len: usize,
@@ -149,6 +154,7 @@ pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
     let mem_len = blocks * (bs + TUPLE_SIZE);
     let rewritable =
         pi != DifType::Type2 && matches!(rw.form, Form::Ten | Form::Twelve | Form::Sixteen);
+    let read = dir == ProtDir::Read;
     let (attrs, device_cdb, wire_len) = match plan.op {
         ProtOp::Pass => (
             SigAttrs {
@@ -156,7 +162,11 @@ pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
                 mem: SigDomain::T10Dif(mem),
                 wire: SigDomain::T10Dif(plan.wire.unwrap_or(mem)),
             },
-            cdb.to_vec(),
+            if read && rewritable {
+                with_protect(cdb, 3)
+            } else {
+                cdb.to_vec()
+            },
             mem_len,
         ),
         ProtOp::Insert | ProtOp::Strip if rewritable => (
@@ -165,7 +175,7 @@ pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
                 mem: SigDomain::T10Dif(mem),
                 wire: SigDomain::None,
             },
-            with_protect(cdb, 1),
+            with_protect(cdb, if read { 3 } else { 1 }),
             blocks * bs,
         ),
         _ => return None,
@@ -273,10 +283,17 @@ mod tests {
         assert_eq!(i.device_cdb, rw16(0x8a, 1, 7, 2));
         assert_eq!(i.attrs.wire, SigDomain::None);
         assert_eq!(i.attrs.mem.dif().unwrap().app_tag, 0x1234);
-        // RDPROTECT 0: STRIP in the HCA with RDPROTECT 0's checks.
+        // RDPROTECT 0: STRIP in the HCA with RDPROTECT 0's checks; the device
+        // server only fetches (RDPROTECT 3), as for a PASS read.
         let s = hca_plan(&t1, &rw16(0x88, 0, 7, 2), 0).unwrap();
         assert_eq!(s.plan.op, ProtOp::Strip);
-        assert_eq!(s.device_cdb, rw16(0x88, 1, 7, 2));
+        assert_eq!(s.device_cdb, rw16(0x88, 3, 7, 2));
+        let r = hca_plan(&t1, &rw16(0x88, 1, 7, 2), 0).unwrap();
+        assert_eq!(
+            (r.plan.op, r.device_cdb),
+            (ProtOp::Pass, rw16(0x88, 3, 7, 2))
+        );
+        assert_eq!(r.attrs.check_mask, check_mask::GUARD | check_mask::REFTAG);
         assert_eq!(s.attrs.check_mask, check_mask::GUARD | check_mask::REFTAG);
         // No PI LUN, a bad PROTECT value, Type 2 without the 32-byte CDB: software.
         assert!(hca_plan(&lun(0, 512), &rw16(0x88, 1, 0, 4), 0).is_none());
