@@ -80,6 +80,9 @@ pub struct Fabric {
     posted: Mutex<VecDeque<SendWr>>,
     /// Replacements of pipelined responses, by the response's `wr_id`.
     fallbacks: Mutex<HashMap<u64, SigFallback>>,
+    /// `wr_id`s of completions not yet applied to `posted` (the poller does not
+    /// wait for the doorbell, which posts under that lock).
+    completed: Mutex<Vec<u64>>,
 }
 
 /// How to replace a pipelined response whose Data-In failed its signature check.
@@ -159,6 +162,7 @@ impl Fabric {
             pipelining,
             posted: Mutex::new(VecDeque::new()),
             fallbacks: Mutex::new(HashMap::new()),
+            completed: Mutex::new(Vec::new()),
         })
     }
 
@@ -215,14 +219,26 @@ impl Fabric {
         *self.waiters.lock() = None;
     }
 
-    /// Forgets the posted WRs that `done` shows complete (RC completes in order: a
-    /// completion covers every WR posted before it).
+    /// Records `done` for [`Fabric::apply_completions`], applying it at once
+    /// unless the doorbell holds the list (it applies them after posting).
     fn retire(&self, done: &[WorkCompletion]) {
-        let mut posted = self.posted.lock();
+        self.completed.lock().extend(done.iter().map(|wc| wc.wr_id));
+        if let Some(mut posted) = self.posted.try_lock() {
+            self.apply_completions(&mut posted);
+        }
+    }
+
+    /// Forgets the posted WRs that completions show done (RC completes in order: a
+    /// completion covers every WR posted before it).
+    fn apply_completions(&self, posted: &mut VecDeque<SendWr>) {
+        let done = std::mem::take(&mut *self.completed.lock());
+        if done.is_empty() {
+            return;
+        }
         let mut fallbacks = self.fallbacks.lock();
-        for wc in done {
+        for id in done {
             // Completions of cancelled WRs were taken off the list when reposted.
-            if let Some(i) = posted.iter().position(|w| w.wr_id == wc.wr_id) {
+            if let Some(i) = posted.iter().position(|w| w.wr_id == id) {
                 for w in posted.drain(..=i) {
                     fallbacks.remove(&w.wr_id);
                 }
@@ -238,6 +254,7 @@ impl Fabric {
     fn replace_failed_response(&self) -> Result<(), IserError> {
         // Held across cancel and repost: no doorbell posts in between.
         let mut posted = self.posted.lock();
+        self.apply_completions(&mut posted);
         let mut fallbacks = self.fallbacks.lock();
         let ops = self.pd.context().ops();
         let mut failed = None;
@@ -353,6 +370,7 @@ impl Fabric {
                     Ok(()) => {
                         if let Some(p) = posted.as_mut() {
                             p.extend(wrs);
+                            self.apply_completions(p);
                         }
                     }
                     Err(e) => {
