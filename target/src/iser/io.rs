@@ -766,3 +766,132 @@ pub fn clip(ops: &[RdmaOp], limit: u32) -> Vec<RdmaOp> {
 pub fn is_recv(wc: &WorkCompletion) -> bool {
     wc.opcode == WcOpcode::Recv
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use t10pi::{GuardType, T10DifDomain};
+    use verbs::cm::{self, CmAddr, CmListener, ConnParam};
+    use verbs::sig::check_mask;
+    use verbs::SigDomain;
+
+    const T: Duration = Duration::from_secs(10);
+    const RW: AccessFlags = AccessFlags(
+        AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0 | AccessFlags::REMOTE_READ.0,
+    );
+
+    /// Three pipelined reads posted in one doorbell, the middle one's blocks with a
+    /// bad guard: the peer receives the first response, the replacement of the
+    /// second, then the third (posting order, as StatSN needs), and every waiter
+    /// completes.
+    #[test]
+    fn failed_pipelined_response_is_replaced_in_place_and_the_rest_follow() {
+        let target = mlx5::Mlx5Device::new("mlx5_t").context();
+        let fab = Arc::new(Fabric::new(&target, 8).expect("fabric"));
+        assert!(fab.pipelining);
+        let host = mlx5::Mlx5Device::new("mlx5_h").context();
+        let hpd = host.alloc_pd().unwrap();
+        let hcq = host.create_cq(64).unwrap();
+        let hqp = hpd.create_qp(&hcq, &hcq, &QpInitAttr::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let addr = CmAddr::Unix(dir.path().join("cm.sock"));
+        let mut listener = CmListener::bind(&target, &addr).unwrap();
+        let (_target_conn, _host_conn) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                cm::connect_blocking(&host, &hqp, &addr, &ConnParam::with_private_data(&[0]))
+            });
+            let req = listener.next_request_blocking(T).expect("connect request");
+            let c = req.accept(&fab.qp, &[0]).unwrap();
+            (c, h.join().unwrap().unwrap())
+        });
+        let inbox = hpd.reg_mr(3 * 64, RW).unwrap();
+        for i in 0..3u64 {
+            hqp.post_recv_one(RecvWr::new(i, inbox.sge(i as usize * 64, 64)))
+                .unwrap();
+        }
+
+        // Per read: two 512-byte blocks with their tuples, a signature MR passing
+        // them, the host's buffer, a send buffer and what replaces its response.
+        let dom = T10DifDomain::type1(GuardType::Crc, 512, 0);
+        let attrs = SigAttrs {
+            check_mask: check_mask::GUARD | check_mask::REFTAG,
+            mem: SigDomain::T10Dif(dom),
+            wire: SigDomain::T10Dif(dom),
+        };
+        // One thread: the doorbell task runs only once all three chains are queued,
+        // so the failing one has the third behind it in the send queue.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _poller = rt.block_on(async { Poller::start(&fab) });
+        let mut keep = Vec::new();
+        let pendings = rt.block_on(async {
+            let mut pendings = Vec::new();
+            for k in 0..3usize {
+                let mut blocks = vec![0u8; 2 * 520];
+                let data: Vec<u8> = (0..1024).map(|i| (i * 7 + k) as u8).collect();
+                t10pi::insert(&dom, &data, &mut blocks, 0).unwrap();
+                if k == 1 {
+                    blocks[520 + 512] ^= 0x10; // guard of block 1
+                }
+                let buf = fab.pd.reg_mr(blocks.len(), RW).unwrap();
+                buf.write_at(0, &blocks).unwrap();
+                let sig = fab.pd.alloc_mr_integrity(1, 1).unwrap();
+                let dest = hpd.reg_mr(blocks.len(), RW).unwrap();
+                let mut reg =
+                    SendWr::reg_mr_integrity(0, sig.lkey(), buf.sge_all(), None, attrs, RW);
+                reg.flags = SendFlags(0);
+                let sge = Sge {
+                    addr: buf.addr(),
+                    length: blocks.len() as u32,
+                    lkey: sig.lkey(),
+                };
+                let write = SendWr::rdma_write(0, sge, dest.addr(), dest.rkey());
+                let send_buf = SendBuf::new(&fab.pd, 64).unwrap();
+                let mut response =
+                    SendWr::send(0, send_buf.load(format!("good-{k}").as_bytes()).unwrap());
+                response.flags = response.flags | SendFlags::FENCE;
+                let replacement = send_buf.clone();
+                let fallback = SigFallback {
+                    sig_lkey: sig.lkey(),
+                    respond: Box::new(move |e: &SigErr| {
+                        assert_eq!(e.sig_err_offset, 520, "block 1 failed");
+                        Ok(SendWr::send(
+                            0,
+                            replacement.load(format!("bad-{k}").as_bytes())?,
+                        ))
+                    }),
+                };
+                let credits = fab.credits(3).await.unwrap();
+                pendings.push(
+                    fab.post_pipelined(vec![reg, write, response], credits, fallback)
+                        .unwrap(),
+                );
+                keep.push((buf, sig, dest, send_buf));
+            }
+            pendings
+        });
+        rt.block_on(async {
+            for p in pendings {
+                p.wait("pipelined read")
+                    .await
+                    .expect("every response completes");
+            }
+        });
+        let got: Vec<String> = (0..3)
+            .map(|_| {
+                let wc = hcq.next_blocking(T).unwrap().expect("a response");
+                assert!(wc.is_ok(), "{wc:?}");
+                let at = wc.wr_id as usize * 64;
+                String::from_utf8(inbox.to_vec(at, wc.byte_len as usize).unwrap()).unwrap()
+            })
+            .collect();
+        assert_eq!(got, ["good-0", "bad-1", "good-2"]);
+        // The failure was read (and cleared) by the replacement; the others are clean.
+        for (_, sig, _, _) in &keep {
+            assert_eq!(sig.check_status().unwrap(), None);
+        }
+        assert_eq!(fab.qp.state().unwrap(), QpState::Rts);
+    }
+}
