@@ -512,6 +512,12 @@ async fn full_feature(
                 .all(|t| !matches!(t.state, TaskState::Running))
         {
             if let Some(resp) = c.logout.take() {
+                // The session ends with its only connection: its SPC-2 reservation
+                // and unit attentions go before the initiator hears that it may log
+                // in again (it may do so before this connection is torn down).
+                if let Some(service) = &c.service {
+                    service.nexus_lost(&c.nexus);
+                }
                 c.send(vec![resp]);
             }
             break;

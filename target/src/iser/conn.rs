@@ -1468,6 +1468,10 @@ impl Conn {
             if l.reason == LogoutReason::CloseSession {
                 self.sh.session.close();
             }
+            // As on the TCP portal: the nexus is released before the response.
+            if let Some(s) = &self.sh.service {
+                s.nexus_lost(&self.sh.nexus);
+            }
         }
         self.send(pdu, None).await
     }
