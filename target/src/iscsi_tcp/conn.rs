@@ -570,13 +570,13 @@ async fn full_feature(
     }
     let _ = c.out.send(Out::Close);
     drop(c.out);
+    // I_T nexus loss: the reservation and unit attentions go at once, not after the
+    // writer has flushed (the initiator may already be logging in again).
+    if let Some(service) = &c.service {
+        service.nexus_lost(&c.nexus);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
     ctx.registry.close_session(&c.session);
-    if let Some(service) = &c.service {
-        let service = service.clone();
-        let nexus = c.nexus.clone();
-        let _ = tokio::task::spawn_blocking(move || service.nexus_lost(&nexus)).await;
-    }
     tracing::debug!(initiator = %c.nexus.initiator, tsih = c.session.tsih, "connection closed");
 }
 
