@@ -183,14 +183,13 @@ impl MkeyTable {
         self.map.read().get(&key).cloned()
     }
 
-    /// Replaces a key's state (UMR).
+    /// Changes a key's state (UMR, SET_PSV): in place when no transfer holds the
+    /// key's current state, else on a copy that replaces it (transfers in flight
+    /// keep the state they resolved).
     pub fn update(&self, key: u32, f: impl FnOnce(&mut Mkey)) -> bool {
-        let mut map = self.map.write();
-        match map.get(&key) {
-            Some(old) => {
-                let mut m = (**old).clone();
-                f(&mut m);
-                map.insert(key, Arc::new(m));
+        match self.map.write().get_mut(&key) {
+            Some(m) => {
+                f(Arc::make_mut(m));
                 true
             }
             None => false,

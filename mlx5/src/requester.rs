@@ -446,15 +446,15 @@ fn set_psv(hca: &Hca, p: &SetPsvSeg) -> bool {
     };
     hca.mkeys.update(key, |m| {
         let is_mem = m.psv.0 == p.psv_num;
-        if let Some(Mapping::Sig(b)) = &m.mapping {
-            let mut nb = (**b).clone();
+        if let Some(Mapping::Sig(b)) = &mut m.mapping {
+            // A copy only if a transfer still holds the binding.
+            let nb = Arc::make_mut(b);
             let d = if is_mem { &mut nb.mem } else { &mut nb.wire };
             if let SigDomain::T10Dif(d) = d {
                 d.bg = (p.transient_sig >> 16) as u16;
                 d.app_tag = p.transient_sig as u16;
                 d.ref_tag = p.ref_tag;
             }
-            m.mapping = Some(Mapping::Sig(Arc::new(nb)));
         }
     })
 }
