@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, info, warn};
 use verbs::cm::{CmAddr, CmConnection, ConnParam};
 use verbs::{
-    AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendBatch, SendFlags, SendWr,
+    AccessFlags, Context, Cq, DmaBuf, Mr, Pd, Qp, QpInitAttr, RecvWr, SendBatch, SendFlags, SendWr,
     SigAttrs, SigDomain, SigErrType, SigMr, WcOpcode,
 };
 
@@ -106,7 +106,14 @@ struct Inner {
     /// Registered SEND buffers whose SEND completed, by size class, for the next
     /// messages (a fresh MR per message costs a zeroed page-aligned allocation and
     /// an mkey).
-    send_bufs: Mutex<SendBufPool>,
+    send_bufs: Mutex<MrPool>,
+    /// Data and host-PI buffers of protected commands (local only: the target sees
+    /// them through the signature MR), reused the same way.
+    io_bufs: Mutex<MrPool>,
+    /// Memory of plain (unprotected) data buffers: the target is given their rkey,
+    /// so each command registers its buffer anew (a fresh key), but the memory is
+    /// reused.
+    plain_bufs: Mutex<SizeClasses<Arc<DmaBuf>>>,
     next_wr: AtomicU64,
     login_tx: mpsc::UnboundedSender<Pdu>,
     st: Mutex<State>,
@@ -216,7 +223,9 @@ impl IserSession {
             conn: Mutex::new(Some(conn)),
             ring,
             sends: Mutex::new(HashMap::new()),
-            send_bufs: Mutex::new(SendBufPool::default()),
+            send_bufs: Mutex::new(MrPool::default()),
+            io_bufs: Mutex::new(MrPool::default()),
+            plain_bufs: Mutex::new(SizeClasses::default()),
             next_wr: AtomicU64::new(SEND_TAG),
             login_tx,
             st: Mutex::new(State {
@@ -550,22 +559,13 @@ impl IserSession {
         let (mr, edtl, read, write) = match &dir {
             DataDir::None => (None, 0, false, false),
             DataDir::Read(n) => (
-                Some(
-                    self.inner
-                        .pd
-                        .reg_mr((*n as usize).max(1), access)
-                        .map_err(|e| verr("reg_mr", e))?,
-                ),
+                Some(self.inner.plain_buf((*n as usize).max(1), access, true)?),
                 *n,
                 true,
                 false,
             ),
             DataDir::Write(b) => {
-                let mr = self
-                    .inner
-                    .pd
-                    .reg_mr(b.len().max(1), access)
-                    .map_err(|e| verr("reg_mr", e))?;
+                let mr = self.inner.plain_buf(b.len().max(1), access, false)?;
                 mr.write_at(0, b)
                     .map_err(|e| verr("filling the write buffer", e))?;
                 (
@@ -597,6 +597,9 @@ impl IserSession {
             }
             _ => Vec::new(),
         };
+        if let Some(m) = mr {
+            self.inner.recycle_plain(m);
+        }
         Ok(Completion {
             status,
             sense,
@@ -632,18 +635,11 @@ impl IserSession {
         let n = blocks as usize;
         let access =
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE;
-        let data = self
-            .inner
-            .pd
-            .reg_mr(n * bs, access)
-            .map_err(|e| verr("reg_mr", e))?;
+        // A reused buffer is cleared for a read, as a fresh one would be.
+        let clear = write.is_none();
+        let data = self.inner.io_buf(n * bs, access, clear)?;
         let pi = if p.op.pi_in_memory() {
-            Some(
-                self.inner
-                    .pd
-                    .reg_mr(n * TUPLE_SIZE, access)
-                    .map_err(|e| verr("reg_mr", e))?,
-            )
+            Some(self.inner.io_buf(n * TUPLE_SIZE, access, clear)?)
         } else {
             None
         };
@@ -707,8 +703,8 @@ impl IserSession {
         let mut wr = SendWr::reg_mr_integrity(
             wr_id,
             sig.lkey(),
-            data.sge_all(),
-            pi.as_ref().map(Mr::sge_all),
+            data.sge(0, (n * bs) as u32),
+            pi.as_ref().map(|m| m.sge(0, (n * TUPLE_SIZE) as u32)),
             attrs,
             access,
         );
@@ -766,6 +762,15 @@ impl IserSession {
             };
             (d, hp)
         };
+        {
+            let mut pool = lock(&self.inner.io_bufs);
+            let len = data.len();
+            pool.put(data, len);
+            if let Some(m) = pi {
+                let len = m.len();
+                pool.put(m, len);
+            }
+        }
         Ok(ProtectedCompletion {
             completion: Completion {
                 status,
@@ -779,37 +784,59 @@ impl IserSession {
     }
 }
 
-/// Registered SEND buffers by size class: powers of two from 256 bytes to 64 KiB,
-/// at most [`SendBufPool::PER_CLASS`] each (larger messages get an MR of their own).
-#[derive(Debug, Default)]
-struct SendBufPool {
-    classes: [Vec<Mr>; 9],
+/// Buffers by size class: powers of two from 256 bytes to 1 MiB, at most
+/// [`SizeClasses::PER_CLASS`] and [`SizeClasses::CLASS_BYTES`] each (larger ones are
+/// allocated every time and not kept).
+#[derive(Debug)]
+struct SizeClasses<T> {
+    classes: [Vec<T>; 13],
 }
 
-impl SendBufPool {
+impl<T> Default for SizeClasses<T> {
+    fn default() -> Self {
+        SizeClasses {
+            classes: Default::default(),
+        }
+    }
+}
+
+/// Registered buffers (SENDs; data and host PI of protected commands).
+type MrPool = SizeClasses<Mr>;
+
+impl<T> SizeClasses<T> {
     const PER_CLASS: usize = 64;
+    const CLASS_BYTES: usize = 8 << 20;
     const MIN: usize = 256;
 
-    /// The buffer length a message of `len` bytes is registered with.
     fn class_len(len: usize) -> usize {
         len.max(Self::MIN).next_power_of_two()
     }
 
+    /// What to allocate for `len` bytes: its class, or exactly `len` when no class
+    /// holds it.
+    fn alloc_len(len: usize) -> usize {
+        match Self::class(len) {
+            Some(_) => Self::class_len(len),
+            None => len,
+        }
+    }
+
     fn class(len: usize) -> Option<usize> {
         let i = (Self::class_len(len) / Self::MIN).trailing_zeros() as usize;
-        (i < 9).then_some(i)
+        (i < 13).then_some(i)
     }
 
     /// A free buffer that holds `len` bytes.
-    fn take(&mut self, len: usize) -> Option<Mr> {
+    fn take(&mut self, len: usize) -> Option<T> {
         Self::class(len).and_then(|c| self.classes[c].pop())
     }
 
-    /// Keeps `mr` (its SEND completed) unless its class is full.
-    fn put(&mut self, mr: Mr) {
-        if let Some(c) = Self::class(mr.len()).filter(|_| mr.len().is_power_of_two()) {
-            if self.classes[c].len() < Self::PER_CLASS {
-                self.classes[c].push(mr);
+    /// Keeps `item` (`len` bytes, no longer in use) unless its class is full.
+    fn put(&mut self, item: T, len: usize) {
+        if let Some(c) = Self::class(len).filter(|_| len.is_power_of_two()) {
+            let keep = Self::PER_CLASS.min(Self::CLASS_BYTES / len);
+            if self.classes[c].len() < keep {
+                self.classes[c].push(item);
             }
         }
     }
@@ -842,10 +869,7 @@ impl Inner {
             Some(m) => m,
             None => self
                 .pd
-                .reg_mr(
-                    SendBufPool::class_len(bytes.len()),
-                    AccessFlags::LOCAL_WRITE,
-                )
+                .reg_mr(MrPool::alloc_len(bytes.len()), AccessFlags::LOCAL_WRITE)
                 .map_err(|e| verr("reg_mr for a SEND", e))?,
         };
         mr.write_at(0, &bytes)
@@ -855,6 +879,55 @@ impl Inner {
         lock(&self.sends).insert(wr_id, mr);
         self.queue_send(SendWr::send(wr_id, sge));
         Ok(())
+    }
+
+    /// `len` bytes of plain-pool memory (zeroed if `clear`), registered with a key
+    /// of their own.
+    fn plain_buf(&self, len: usize, access: AccessFlags, clear: bool) -> Result<Mr, Error> {
+        let pooled = lock(&self.plain_bufs).take(len);
+        let buf = match pooled {
+            Some(b) => {
+                if clear {
+                    b.fill(0, len, 0)
+                        .map_err(|e| verr("clearing a buffer", e))?;
+                }
+                b
+            }
+            None => DmaBuf::new(SizeClasses::<Arc<DmaBuf>>::alloc_len(len))
+                .map_err(|e| verr("allocating a buffer", e))?,
+        };
+        self.pd
+            .reg_buf(buf, 0, len, access)
+            .map_err(|e| verr("reg_mr", e))
+    }
+
+    /// Deregisters `mr` and keeps its memory for [`Inner::plain_buf`] when nothing
+    /// else holds it.
+    fn recycle_plain(&self, mr: Mr) {
+        let buf = Arc::clone(mr.buf());
+        drop(mr);
+        if Arc::strong_count(&buf) == 1 {
+            let len = buf.len();
+            lock(&self.plain_bufs).put(buf, len);
+        }
+    }
+
+    /// A buffer of at least `len` bytes from the I/O pool (registered with
+    /// `access`), its first `len` bytes zeroed if `clear` and it was used before.
+    fn io_buf(&self, len: usize, access: AccessFlags, clear: bool) -> Result<Mr, Error> {
+        let pooled = lock(&self.io_bufs).take(len);
+        match pooled {
+            Some(m) => {
+                if clear {
+                    m.with_mut(|b| b[..len].fill(0));
+                }
+                Ok(m)
+            }
+            None => self
+                .pd
+                .reg_mr(MrPool::alloc_len(len), access)
+                .map_err(|e| verr("reg_mr", e)),
+        }
     }
 
     /// Queues `wr` for the next doorbell of [`ring_doorbells`] (work requests go
@@ -1039,7 +1112,8 @@ async fn poller(inner: std::sync::Weak<Inner>) {
                 _ => {
                     let buf = lock(&i.sends).remove(&wc.wr_id);
                     if let Some(mr) = buf.filter(|_| wc.is_ok()) {
-                        lock(&i.send_bufs).put(mr);
+                        let len = mr.len();
+                        lock(&i.send_bufs).put(mr, len);
                     }
                     if !wc.is_ok() {
                         i.close(&format!("send completed with {:?}", wc.status));
