@@ -637,9 +637,11 @@ impl IserSession {
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE;
         // A reused buffer is cleared for a read, as a fresh one would be.
         let clear = write.is_none();
-        let data = self.inner.io_buf(n * bs, access, clear)?;
+        // Local rights only: the target reaches them through the signature MR.
+        let local = AccessFlags::LOCAL_WRITE;
+        let data = self.inner.io_buf(n * bs, local, clear)?;
         let pi = if p.op.pi_in_memory() {
-            Some(self.inner.io_buf(n * TUPLE_SIZE, access, clear)?)
+            Some(self.inner.io_buf(n * TUPLE_SIZE, local, clear)?)
         } else {
             None
         };
