@@ -1051,7 +1051,12 @@ impl Shared {
                     wrs.extend(io::read_wrs(slot, &reads, LocalView::Signature)?);
                     self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA READ").await?;
                     if let Some(e) = io::sig_status(slot)? {
-                        pi_failure = Some(self.sig_error(summary.as_ref(), &h.plan, &e));
+                        pi_failure = Some(pi_check_failed(
+                            self.session.tsih,
+                            summary.as_ref(),
+                            &h.plan,
+                            &e,
+                        ));
                     }
                     device_out = Some((h.device_cdb.clone(), h.mem_len));
                 }
@@ -1144,7 +1149,8 @@ impl Shared {
                     } else {
                         self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA WRITE").await?;
                         if let Some(e) = io::sig_status(slot)? {
-                            let (status, sense) = self.sig_error(summary.as_ref(), &h.plan, &e);
+                            let (status, sense) =
+                                pi_check_failed(self.session.tsih, summary.as_ref(), &h.plan, &e);
                             completion.status = status;
                             completion.sense = sense;
                         }
@@ -1209,15 +1215,6 @@ impl Shared {
             Some(b) if len > 0 => Ok(b.to_vec(0, len)?),
             _ => Ok(Vec::new()),
         }
-    }
-
-    fn sig_error(
-        &self,
-        lun: Option<&LunSummary>,
-        plan: &ProtPlan,
-        e: &verbs::SigErr,
-    ) -> (u8, Vec<u8>) {
-        pi_check_failed(self.session.tsih, lun, plan, e)
     }
 
     /// Records the command and sends its SCSI Response (invalidating the initiator's
