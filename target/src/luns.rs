@@ -205,6 +205,31 @@ impl ScsiService for TargetLuns {
         }
     }
 
+    fn execute_into(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in: &mut [u8],
+    ) -> (Completion, usize) {
+        let Some(l) = self.luns.get(&lun) else {
+            return self
+                .failure(None, &SenseReason::cdb(0, None))
+                .place(data_in);
+        };
+        if cdb.first() == Some(&0xa0) {
+            return self.report_luns(cdb).place(data_in);
+        }
+        let (r, len) = l.run_wire_into(&self.device_nexus(nexus), cdb, true, data_out, data_in);
+        let c = Completion {
+            status: r.status.0,
+            sense: r.sense.unwrap_or_default(),
+            data_in: Vec::new(),
+        };
+        (c, len)
+    }
+
     fn in_memory(&self, lun: u64) -> bool {
         self.luns.get(&lun).is_some_and(Lun::in_memory)
     }

@@ -68,6 +68,16 @@ impl Completion {
         }
     }
 
+    /// Moves the Data-In into `dst` (as much as fits), leaving the completion
+    /// without data; returns it with the Data-In length it had.
+    pub fn place(mut self, dst: &mut [u8]) -> (Completion, usize) {
+        let len = self.data_in.len();
+        let n = len.min(dst.len());
+        dst[..n].copy_from_slice(&self.data_in[..n]);
+        self.data_in = Vec::new();
+        (self, len)
+    }
+
     /// CHECK CONDITION with `sense`.
     pub fn check_condition(sense: Vec<u8>) -> Self {
         Completion {
@@ -125,6 +135,22 @@ pub trait ScsiService: Send + Sync + fmt::Debug {
     /// (at most what [`ScsiService::transfer`] asked for; fewer if the initiator's
     /// Expected Data Transfer Length was shorter).
     fn execute(&self, nexus: &Nexus, lun: u64, cdb: &[u8], data_out: &[u8]) -> Completion;
+
+    /// [`ScsiService::execute`] with the Data-In written into `data_in` (a
+    /// transport's registered buffer) rather than a new vector, which saves a copy
+    /// of every read. Returns the completion (its `data_in` empty) and the Data-In
+    /// length the command produced; only what fits `data_in` is written, the rest
+    /// is overflow the transport reports as a residual.
+    fn execute_into(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in: &mut [u8],
+    ) -> (Completion, usize) {
+        self.execute(nexus, lun, cdb, data_out).place(data_in)
+    }
 
     /// Whether `lun`'s commands finish without waiting on I/O (a RAM backing
     /// store): a transport may then run them in place rather than on a blocking

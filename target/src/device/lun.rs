@@ -633,6 +633,30 @@ impl Lun {
         }
     }
 
+    /// [`Lun::execute_wire`] with the data-in written into `dst` (a transport's
+    /// registered buffer) instead of a new vector: a READ's blocks go there from
+    /// the medium directly. Returns the data-in length the command produced; only
+    /// what fits `dst` is written (the rest is overflow for the transport to report).
+    pub fn execute_wire_into(
+        &self,
+        nexus: &Nexus,
+        plan: &CommandPlan,
+        wire_out: &[u8],
+        dst: &mut [u8],
+    ) -> Result<usize, SenseReason> {
+        if let (Direction::DataIn, true, Cdb::ReadWrite(rw)) =
+            (plan.direction, plan.blocks_on_wire, &plan.cdb)
+        {
+            if rw.kind == scsi::RwKind::Read && rw.blocks > 0 && dst.len() >= plan.transfer_len {
+                return self.read_into(plan, rw.lba, rw.blocks, dst);
+            }
+        }
+        let din = self.execute_wire(nexus, plan, wire_out)?;
+        let n = din.len().min(dst.len());
+        dst[..n].copy_from_slice(&din[..n]);
+        Ok(din.len())
+    }
+
     /// Makes every completed write durable (the daemon's flush at shutdown).
     pub fn flush(&self) -> Result<(), BackendError> {
         self.backend.sync()
@@ -687,14 +711,43 @@ impl Lun {
                 sense: None,
                 data,
             },
-            Err(reason) => {
-                tracing::debug!(lun = self.desc.id, cdb = ?cdb.get(..cdb.len().min(16)), %reason, "command failed");
+            Err(reason) => self.failed(cdb, &reason),
+        }
+    }
+
+    /// [`Lun::run_wire`] with the data-in written into `dst` (see
+    /// [`Lun::execute_wire_into`]); the response carries no data, and the length
+    /// is the data-in the command produced.
+    pub fn run_wire_into(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        fabric_pi_capable: bool,
+        wire_out: &[u8],
+        dst: &mut [u8],
+    ) -> (Response, usize) {
+        let result = self
+            .prepare(nexus, cdb, fabric_pi_capable)
+            .and_then(|plan| self.execute_wire_into(nexus, &plan, wire_out, dst));
+        match result {
+            Ok(len) => (
                 Response {
-                    status: reason.status(),
-                    sense: self.sense_bytes(&reason),
+                    status: Status::GOOD,
+                    sense: None,
                     data: Vec::new(),
-                }
-            }
+                },
+                len,
+            ),
+            Err(reason) => (self.failed(cdb, &reason), 0),
+        }
+    }
+
+    fn failed(&self, cdb: &[u8], reason: &SenseReason) -> Response {
+        tracing::debug!(lun = self.desc.id, cdb = ?cdb.get(..cdb.len().min(16)), %reason, "command failed");
+        Response {
+            status: reason.status(),
+            sense: self.sense_bytes(reason),
+            data: Vec::new(),
         }
     }
 

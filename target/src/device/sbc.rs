@@ -277,6 +277,31 @@ impl Lun {
         Ok(Dix { data, pi })
     }
 
+    /// A READ of `plan` straight into `dst` (a transport's buffer) in wire form:
+    /// the medium's blocks land there without an intermediate copy unless PI has to
+    /// be checked or interleaved. Returns the bytes written.
+    pub(super) fn read_into(
+        &self,
+        plan: &CommandPlan,
+        lba: u64,
+        blocks: u32,
+        dst: &mut [u8],
+    ) -> Result<usize, SenseReason> {
+        let len = self.desc.block_size as usize * blocks as usize;
+        let _range = self.lba_locks.read(lba, u64::from(blocks));
+        let n = if self.pi.is_none() || plan.prot.mem.is_none() {
+            let dst = dst.get_mut(..len).ok_or(SenseReason::DataLength)?;
+            self.backend.read_blocks(lba, dst, None).map_err(read_err)?;
+            len
+        } else {
+            let d = self.read_dix(lba, blocks)?;
+            wire::to_wire_into(&plan.prot, &d.data, d.pi.as_deref(), dst)
+                .map_err(|e| self.wire_err(e))?
+        };
+        self.count_read(len);
+        Ok(n)
+    }
+
     pub(super) fn sbc_execute(
         &self,
         plan: &CommandPlan,

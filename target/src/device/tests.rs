@@ -1902,3 +1902,82 @@ fn mode_sense_default_values_and_clear_unit_attention() {
     assert_eq!(s.asc_pair(), asc::RESERVATIONS_PREEMPTED);
     good(&lun, &a, &bytes(Cdb::TestUnitReady), &[]);
 }
+
+/// `run_wire_into` answers exactly as `run_wire`, with the data-in in the caller's
+/// buffer: reads of LUNs with and without PI (PASS, STRIP, no checks), a read whose
+/// PI fails its check, a buffer too short for the read, and a non-block command.
+#[test]
+fn data_in_into_a_buffer_matches_data_in_as_a_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    for lun in [
+        ram(0, 512, 64),
+        ram(1, 512, 64),
+        file_lun(dir.path(), 3, 4096, 16),
+    ] {
+        let pi = lun.desc().protection.pi_type;
+        let bs = lun.block_size();
+        let nx = ready(&lun, 1);
+        let data = pattern(4 * bs as usize, 9);
+        if pi == 0 {
+            good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 2, 4, 0), &data);
+        } else {
+            let wire = dif(&data, bs, 2, pi == 3);
+            good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 2, 4, 1), &wire);
+        }
+        let mut cdbs = vec![
+            rw(RwKind::Read, Form::Ten, 2, 4, 0),
+            rw(RwKind::Read, Form::Sixteen, 0, 8, 0),
+            rw(RwKind::Read, Form::Ten, 2, 0, 0),
+            bytes(Cdb::Inquiry {
+                evpd: false,
+                page: 0,
+                alloc_len: 96,
+            }),
+        ];
+        if pi != 0 {
+            cdbs.extend([1, 3].map(|p| rw(RwKind::Read, Form::Ten, 2, 4, p)));
+        }
+        for cdb in &cdbs {
+            let want = lun.run_wire(&nx, cdb, true, &[]);
+            for room in [want.data.len(), want.data.len() + 100, want.data.len() / 2] {
+                let mut buf = vec![0xA5u8; room];
+                let (got, len) = lun.run_wire_into(&nx, cdb, true, &[], &mut buf);
+                assert_eq!(
+                    (got.status, &got.sense),
+                    (want.status, &want.sense),
+                    "{cdb:02x?}"
+                );
+                assert!(got.data.is_empty());
+                assert_eq!(len, want.data.len(), "{cdb:02x?} into {room} bytes");
+                let n = len.min(room);
+                assert_eq!(&buf[..n], &want.data[..n], "{cdb:02x?} into {room} bytes");
+                assert!(
+                    buf[n..].iter().all(|&b| b == 0xA5),
+                    "written past the data-in"
+                );
+            }
+        }
+    }
+    // A tuple that fails its check gives the same sense either way.
+    let lun = ram(1, 512, 64);
+    let nx = ready(&lun, 1);
+    let mut bad = dif(&pattern(4 * 512, 3), 512, 8, false);
+    bad[512 + 8 + 512] ^= 0xFF; // guard of block 9
+    good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 8, 4, 3), &bad);
+    for protect in [0, 1] {
+        let cdb = rw(RwKind::Read, Form::Ten, 8, 4, protect);
+        let mut buf = vec![0u8; 4 * 520];
+        let (got, len) = lun.run_wire_into(&nx, &cdb, true, &[], &mut buf);
+        assert_eq!(got.status, Status::CHECK_CONDITION);
+        assert_eq!(len, 0);
+        let s = Sense::parse(got.sense.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (s.key, s.asc_pair(), s.information),
+            (
+                SenseKey::ABORTED_COMMAND,
+                asc::LOGICAL_BLOCK_GUARD_CHECK_FAILED,
+                Some(9)
+            )
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! A failed check becomes a [`PiFailure`] naming the LBA; [`PiFailure::reason`] turns
 //! it into the one sense reason (ABORTED COMMAND, 10h/01h..03h, INFORMATION = LBA).
 
-use t10pi::{PiBuf, PiBufMut, PiError, PiErrorKind, TUPLE_SIZE};
+use t10pi::{PiBuf, PiBufMut, PiError, PiErrorKind, T10DifDomain, TUPLE_SIZE};
 use thiserror::Error;
 
 use super::prot::{ProtOp, ProtPlan};
@@ -166,6 +166,61 @@ pub fn from_wire(plan: &ProtPlan, wire: &[u8]) -> Result<Dix, WireError> {
 /// (STRIP checks with the memory domain and drops the PI; PASS checks and
 /// interleaves the tuples).
 pub fn to_wire(plan: &ProtPlan, data: &[u8], pi: Option<&[u8]>) -> Result<Vec<u8>, WireError> {
+    match data_in_form(plan, data, pi)? {
+        DataInForm::Data => Ok(data.to_vec()),
+        DataInForm::Interleaved { mem, wire, pi } => {
+            let mut out = vec![0u8; plan.wire_len()];
+            interleave(plan, &mem, &wire, data, pi, &mut out)?;
+            Ok(out)
+        }
+    }
+}
+
+/// [`to_wire`] into `out` (a transport's buffer) instead of a new vector; returns
+/// the bytes written, and fails when `out` is too short for them.
+pub fn to_wire_into(
+    plan: &ProtPlan,
+    data: &[u8],
+    pi: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<usize, WireError> {
+    let form = data_in_form(plan, data, pi)?;
+    let len = match form {
+        DataInForm::Data => data.len(),
+        DataInForm::Interleaved { .. } => plan.wire_len(),
+    };
+    let Some(out) = out.get_mut(..len) else {
+        return Err(WireError::Length {
+            expected: len,
+            got: out.len(),
+        });
+    };
+    match form {
+        DataInForm::Data => out.copy_from_slice(data),
+        DataInForm::Interleaved { mem, wire, pi } => interleave(plan, &mem, &wire, data, pi, out)?,
+    }
+    Ok(len)
+}
+
+/// What a read's data-in is on the wire.
+enum DataInForm<'a> {
+    /// The data blocks alone (already checked when the plan strips PI).
+    Data,
+    /// The blocks with their tuples interleaved (PASS).
+    Interleaved {
+        mem: T10DifDomain,
+        wire: T10DifDomain,
+        pi: &'a [u8],
+    },
+}
+
+/// Checks the lengths of a read's DIX blocks, runs a STRIP's checks, and says
+/// which form goes on the wire.
+fn data_in_form<'a>(
+    plan: &ProtPlan,
+    data: &[u8],
+    pi: Option<&'a [u8]>,
+) -> Result<DataInForm<'a>, WireError> {
     if data.len() != plan.data_len() {
         return Err(WireError::Length {
             expected: plan.data_len(),
@@ -173,7 +228,7 @@ pub fn to_wire(plan: &ProtPlan, data: &[u8], pi: Option<&[u8]>) -> Result<Vec<u8
         });
     }
     let (Some(mem), Some(pi)) = (plan.mem, pi) else {
-        return Ok(data.to_vec());
+        return Ok(DataInForm::Data);
     };
     if pi.len() != plan.pi_len() {
         return Err(WireError::Length {
@@ -182,27 +237,36 @@ pub fn to_wire(plan: &ProtPlan, data: &[u8], pi: Option<&[u8]>) -> Result<Vec<u8
         });
     }
     match (plan.op, plan.wire) {
-        (ProtOp::Pass, Some(wdom)) => {
-            let mut out = vec![0u8; plan.wire_len()];
-            t10pi::pass(
-                &mem,
-                plan.check_mask,
-                PiBuf::Dix { data, pi },
-                &wdom,
-                PiBufMut::Dif(&mut out),
-                0,
-            )
-            .map_err(|e| map_err(plan, 0, e))?;
-            Ok(out)
-        }
+        (ProtOp::Pass, Some(wire)) => Ok(DataInForm::Interleaved { mem, wire, pi }),
         _ => {
             if plan.check_mask != 0 {
                 t10pi::verify(&mem, plan.check_mask, data, pi, 0)
                     .map_err(|e| map_err(plan, 0, e))?;
             }
-            Ok(data.to_vec())
+            Ok(DataInForm::Data)
         }
     }
+}
+
+/// PASS: checks the blocks with the memory domain and writes them to `out` with
+/// their tuples in the wire domain.
+fn interleave(
+    plan: &ProtPlan,
+    mem: &T10DifDomain,
+    wire: &T10DifDomain,
+    data: &[u8],
+    pi: &[u8],
+    out: &mut [u8],
+) -> Result<(), WireError> {
+    t10pi::pass(
+        mem,
+        plan.check_mask,
+        PiBuf::Dix { data, pi },
+        wire,
+        PiBufMut::Dif(out),
+        0,
+    )
+    .map_err(|e| map_err(plan, 0, e))
 }
 
 /// Checks DIX memory blocks in place with the plan's memory domain and checks (the

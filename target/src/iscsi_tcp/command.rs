@@ -107,6 +107,22 @@ pub fn execute_on(
     }
 }
 
+/// [`execute_on`] with the Data-In written into `data_in` (see
+/// [`ScsiService::execute_into`]); returns the Data-In length produced.
+pub fn execute_into_on(
+    service: &dyn ScsiService,
+    nexus: &Nexus,
+    lun: Option<u64>,
+    cdb: &[u8],
+    data_out: &[u8],
+    data_in: &mut [u8],
+) -> (Completion, usize) {
+    match lun {
+        Some(l) => service.execute_into(nexus, l, cdb, data_out, data_in),
+        None => absent_lun(service, nexus, cdb, data_out).place(data_in),
+    }
+}
+
 /// Everything a worker needs to run one command and build its answer.
 #[derive(Debug)]
 pub struct Job {

@@ -42,7 +42,7 @@ use super::io::{
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
-use crate::iscsi_tcp::command::{execute_on, illegal_request, lun_number};
+use crate::iscsi_tcp::command::{execute_into_on, execute_on, illegal_request, lun_number};
 use crate::iscsi_tcp::task::{logout_response, residual};
 use crate::registry::{ConnectionInfo, Session};
 use crate::service::{Completion, LunSummary, Nexus, ResetScope, ScsiService, Transfer};
@@ -399,6 +399,31 @@ async fn login(
 struct Msg {
     iser: IserControl,
     pdu: Pdu,
+}
+
+/// What a command's data phases moved, for its counters and residual.
+#[derive(Debug, Clone, Copy)]
+struct Moved {
+    /// Data-In bytes the device server produced (wire view).
+    data_in: u64,
+    /// Data-In bytes sent to the initiator.
+    sent: u32,
+    /// Data-Out bytes received.
+    data_out: u32,
+    /// Data-Out bytes the CDB describes.
+    out_len: u32,
+}
+
+impl Moved {
+    /// A command answered before any data moved.
+    fn out_only(out_len: u32) -> Moved {
+        Moved {
+            data_in: 0,
+            sent: 0,
+            data_out: 0,
+            out_len,
+        }
+    }
 }
 
 /// StatSN and the CmdSN window, changed together with the SEND they stamp.
@@ -1000,7 +1025,14 @@ impl Shared {
         if edtl as usize > io::MAX_TRANSFER {
             let c = Completion::check_condition(illegal_request((0x24, 0x00)));
             return self
-                .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, DataIn::default())
+                .respond(
+                    &cmd,
+                    &iser,
+                    &c,
+                    Moved::out_only(out_len),
+                    &counters,
+                    DataIn::default(),
+                )
                 .await;
         }
         // (CDB for the device server, bytes of Data-Out in the command buffer)
@@ -1013,7 +1045,14 @@ impl Shared {
             if slot.buffer(&self.fab.pd, buf_len).is_err() {
                 let c = Completion::check_condition(illegal_request((0x24, 0x00)));
                 return self
-                    .respond(&cmd, &iser, &c, 0, 0, out_len, &counters, DataIn::default())
+                    .respond(
+                        &cmd,
+                        &iser,
+                        &c,
+                        Moved::out_only(out_len),
+                        &counters,
+                        DataIn::default(),
+                    )
                     .await;
             }
             let imm = (immediate.len() as u32).min(want);
@@ -1082,48 +1121,101 @@ impl Shared {
             ),
         };
         let data_out_len = if cmd.write { want } else { 0 };
-        let mut completion = if let Some((status, sense)) = pi_failure {
+        let in_memory = lun.is_some_and(|l| service.in_memory(l));
+        // A read's Data-In goes from the device server straight into the command
+        // buffer: as much as the initiator takes, or the memory view the signature
+        // MR turns into the wire view.
+        let din_room = match read_hca {
+            _ if !cmd.read || out_bytes > 0 || pi_failure.is_some() => 0,
+            Some(h) => h.mem_len,
+            None => edtl as usize,
+        };
+        // (completion, Data-In length the command produced)
+        let (mut completion, din_len) = if let Some((status, sense)) = pi_failure {
             // The data failed its check in the HCA: nothing reaches the medium.
-            Completion {
+            let c = Completion {
                 status,
                 sense,
                 data_in: Vec::new(),
-            }
-        } else if lun.is_some_and(|l| service.in_memory(l)) {
-            // In place, reading the Data-Out straight from the command buffer.
-            let run = |data: &[u8]| execute_on(service.as_ref(), &self.nexus, lun, &exec_cdb, data);
-            match slot.data().filter(|_| out_bytes > 0) {
-                Some(buf) => buf.with(|b| b.get(..out_bytes).map(run)).ok_or_else(|| {
-                    IserError::Protocol("Data-Out longer than the command buffer".into())
-                })?,
-                None => run(&[]),
+            };
+            (c, 0)
+        } else if din_room > 0 {
+            let buf = slot.buffer(&self.fab.pd, din_room)?;
+            if in_memory {
+                buf.with_mut(|b| {
+                    execute_into_on(
+                        service.as_ref(),
+                        &self.nexus,
+                        lun,
+                        &exec_cdb,
+                        &[],
+                        &mut b[..din_room],
+                    )
+                })
+            } else {
+                // The command buffer is the start of its DmaBuf.
+                let dma = Arc::clone(buf.buf());
+                let nexus = self.nexus.clone();
+                let svc = service.clone();
+                tokio::task::spawn_blocking(move || {
+                    dma.write(|b| {
+                        execute_into_on(
+                            svc.as_ref(),
+                            &nexus,
+                            lun,
+                            &exec_cdb,
+                            &[],
+                            &mut b[..din_room],
+                        )
+                    })
+                })
+                .await
+                .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
             }
         } else {
-            let data = self.command_bytes(slot, out_bytes)?;
-            let nexus = self.nexus.clone();
-            let svc = service.clone();
-            tokio::task::spawn_blocking(move || {
-                execute_on(svc.as_ref(), &nexus, lun, &exec_cdb, &data)
-            })
-            .await
-            .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
+            let c = if in_memory {
+                // In place, reading the Data-Out straight from the command buffer.
+                let run =
+                    |data: &[u8]| execute_on(service.as_ref(), &self.nexus, lun, &exec_cdb, data);
+                match slot.data().filter(|_| out_bytes > 0) {
+                    Some(buf) => buf.with(|b| b.get(..out_bytes).map(run)).ok_or_else(|| {
+                        IserError::Protocol("Data-Out longer than the command buffer".into())
+                    })?,
+                    None => run(&[]),
+                }
+            } else {
+                let data = self.command_bytes(slot, out_bytes)?;
+                let nexus = self.nexus.clone();
+                let svc = service.clone();
+                tokio::task::spawn_blocking(move || {
+                    execute_on(svc.as_ref(), &nexus, lun, &exec_cdb, &data)
+                })
+                .await
+                .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
+            };
+            let len = c.data_in.len();
+            if cmd.read && len > 0 {
+                // Data-In of a command that had Data-Out too: into the buffer as well.
+                let n = read_hca.map_or(edtl as usize, |h| h.mem_len).min(len);
+                slot.buffer(&self.fab.pd, n)?.write_at(0, &c.data_in[..n])?;
+            }
+            (c, len)
         };
 
         // ---- Data-In ----------------------------------------------------------
+        // The command buffer holds the Data-In (up to the room it was given).
         let mut sent = 0u32;
-        let mut read_len = completion.data_in.len();
+        let mut read_len = din_len;
         let mut data_in = DataIn::default();
-        if cmd.read && !completion.data_in.is_empty() {
+        if cmd.read && din_len > 0 {
             let p = match target_plan(&cmd, &iser, 0, chunk, chunk) {
                 Ok(p) => p,
                 Err(e) => return self.reject_cmd(&cmd, e.to_string()).await,
             };
             match read_hca {
-                Some(h) if completion.data_in.len() == h.mem_len => {
+                Some(h) if din_len == h.mem_len => {
                     read_len = h.wire_len;
                     let writes = clip(&p.rdma_writes, h.wire_len as u32);
-                    let buf = slot.buffer(&self.fab.pd, h.mem_len)?;
-                    buf.write_at(0, &completion.data_in)?;
                     let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, h.attrs)?];
                     wrs.extend(io::write_wrs(slot, &writes, LocalView::Signature)?);
                     sent = h.wire_len as u32;
@@ -1158,7 +1250,7 @@ impl Shared {
                 }
                 Some(h) => {
                     tracing::warn!(
-                        got = completion.data_in.len(),
+                        got = din_len,
                         expected = h.mem_len,
                         "device server returned an unexpected read length"
                     );
@@ -1172,29 +1264,23 @@ impl Shared {
                     );
                 }
                 None => {
-                    let send_len = completion.data_in.len().min(edtl as usize) as u32;
+                    let send_len = din_len.min(edtl as usize) as u32;
                     let writes = clip(&p.rdma_writes, send_len);
-                    let buf = slot.buffer(&self.fab.pd, send_len as usize)?;
-                    buf.write_at(0, &completion.data_in[..send_len as usize])?;
                     // Posted in one chain with the SCSI Response that follows them.
                     data_in.wrs = io::write_wrs(slot, &writes, LocalView::Plain)?;
                     sent = send_len;
                 }
             }
         }
-        completion.data_in.truncate(read_len);
         let pipelined = data_in.check.is_some();
-        self.respond(
-            &cmd,
-            &iser,
-            &completion,
+        let moved = Moved {
+            data_in: read_len as u64,
             sent,
-            data_out_len,
+            data_out: data_out_len,
             out_len,
-            &counters,
-            data_in,
-        )
-        .await?;
+        };
+        self.respond(&cmd, &iser, &completion, moved, &counters, data_in)
+            .await?;
         if pipelined {
             // The status must be read after every use of the signature MR; a
             // failure was answered by the fallback, which read it first.
@@ -1219,28 +1305,30 @@ impl Shared {
 
     /// Records the command and sends its SCSI Response (invalidating the initiator's
     /// STag when SEND with invalidate is in use).
-    #[allow(clippy::too_many_arguments)]
     async fn respond(
         &self,
         cmd: &ScsiCommand,
         iser: &IserControl,
         c: &Completion,
-        sent: u32,
-        data_out_len: u32,
-        out_len: u32,
+        moved: Moved,
         counters: &[Arc<IoCounters>],
         data_in: DataIn,
     ) -> Result<(), IserError> {
         for k in counters {
-            k.record(&cmd.cdb, u64::from(sent), u64::from(data_out_len), &c.sense);
+            k.record(
+                &cmd.cdb,
+                u64::from(moved.sent),
+                u64::from(moved.data_out),
+                &c.sense,
+            );
         }
         let edtl = cmd.expected_data_transfer_length;
         let resid = if cmd.read {
-            residual(edtl, c.data_in.len() as u64)
-        } else if cmd.write || out_len > 0 {
-            residual(edtl, u64::from(out_len))
-        } else if !c.data_in.is_empty() {
-            residual(0, c.data_in.len() as u64)
+            residual(edtl, moved.data_in)
+        } else if cmd.write || moved.out_len > 0 {
+            residual(edtl, u64::from(moved.out_len))
+        } else if moved.data_in > 0 {
+            residual(0, moved.data_in)
         } else {
             Residual::None
         };
