@@ -240,12 +240,28 @@ fn decode_header(b: &[u8; HDR_LEN]) -> Result<(Header, usize), FrameError> {
 
 /// Reads one frame into `payload` (reused between calls), checking the ICRC.
 pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Header, FrameError> {
+    let (h, n) = read_frame_into(r, payload)?;
+    payload.truncate(n);
+    Ok(h)
+}
+
+/// Reads one frame's payload into the first bytes of `buf`, checking the ICRC, and
+/// returns the header and the payload length. `buf` only grows: a receive loop
+/// that alternates small and bulk frames does not clear the bulk size again for
+/// every bulk frame.
+pub fn read_frame_into(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+) -> Result<(Header, usize), FrameError> {
     let mut hb = [0u8; HDR_LEN];
     r.read_exact(&mut hb)?;
     let (h, n) = decode_header(&hb)?;
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    let payload = &mut buf[..n];
     // One read for the whole payload (`read_to_end` would grow its reads from
     // 8 KiB, costing several system calls and buffer copies per bulk frame).
-    payload.resize(n, 0);
     r.read_exact(payload)?;
     let mut tb = [0u8; TRAILER_LEN];
     r.read_exact(&mut tb)?;
@@ -254,7 +270,7 @@ pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<Header, Fr
     if computed != carried {
         return Err(FrameError::BadCrc { computed, carried });
     }
-    Ok(h)
+    Ok((h, n))
 }
 
 /// Decodes one frame held entirely in `b` (tests, fuzzing).

@@ -337,8 +337,8 @@ pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sen
         if stream.buffer().is_empty() {
             resp.flush(&qp, &tx);
         }
-        let h = match frame::read_frame(&mut stream, &mut payload) {
-            Ok(h) => h,
+        let (h, n) = match frame::read_frame_into(&mut stream, &mut payload) {
+            Ok(r) => r,
             Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 // What was received before the end still completes.
                 resp.flush(&qp, &tx);
@@ -354,10 +354,10 @@ pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sen
         };
         match h.op {
             Op::Send | Op::SendInv | Op::Write | Op::ReadReq => {
-                resp.handle(&hca, &qp, &h, &mut payload, &tx)
+                resp.handle(&hca, &qp, &h, &mut payload[..n], &tx)
             }
             Op::Ack | Op::Nak | Op::ReadResp => {
-                crate::completer::handle(&hca, &qp, &h, &mut payload, &req)
+                crate::completer::handle(&hca, &qp, &h, &mut payload[..n], &req)
             }
             Op::Dreq => {
                 resp.flush(&qp, &tx);

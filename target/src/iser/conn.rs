@@ -12,7 +12,7 @@
 //! work requests of all commands go out together once per turn of the runtime.
 //! Commands on RAM LUNs run on the connection's runtime; others on the blocking pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use verbs::cm::{CmConnection, ConnectRequest};
-use verbs::{Cq, SendFlags, SendWr};
+use verbs::{Cq, SendFlags, SendWr, WorkCompletion};
 
 use super::adapter::{self, IserLoginPolicy};
 use super::io::{
@@ -57,6 +57,8 @@ const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(30);
 const EXTRA_RECVS: u32 = 4;
 /// Largest RDMA READ/WRITE the target issues.
 const MAX_RDMA_OP: u32 = 1 << 20;
+/// Receive completions taken from the CQ at once.
+const RECV_BATCH: usize = 16;
 
 /// The CM private data the target answers with: ZBVA_NOT_SUP, and SEND_W_INV_NOT_SUP
 /// when it will not invalidate the initiator's STags (the initiator asked so).
@@ -150,9 +152,28 @@ async fn serve_inner(
         .and_then(|t| ctx.registry.target(t))
         .map(|t| t.counters.clone())
         .unwrap_or_default();
-    let luns: HashMap<u64, LunSummary> = service
+    let session_counters: Arc<[Arc<IoCounters>]> = Arc::from([session.counters.clone()]);
+    let luns: HashMap<u64, LunView> = service
         .as_ref()
-        .map(|s| s.luns().into_iter().map(|l| (l.lun, l)).collect())
+        .map(|s| {
+            s.luns()
+                .into_iter()
+                .map(|l| {
+                    let mut counters = vec![session.counters.clone()];
+                    counters.extend(lun_counters.get(&l.lun).cloned());
+                    let app_tag = target
+                        .as_ref()
+                        .and_then(|t| ctx.app_tags.get(&(t.clone(), l.lun)).copied())
+                        .unwrap_or(0);
+                    let view = LunView {
+                        summary: Arc::new(l),
+                        app_tag,
+                        counters: Arc::from(counters),
+                    };
+                    (view.summary.lun, view)
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let sends = (0..depth + EXTRA_RECVS)
         .map(|_| SendBuf::new(&fab.pd, send_len))
@@ -173,7 +194,7 @@ async fn serve_inner(
         nexus,
         target,
         service,
-        lun_counters,
+        session_counters,
         luns,
         send_inv,
         ctx: ctx.clone(),
@@ -235,6 +256,11 @@ async fn next_recv(cq: &Cq, timeout: Option<Duration>) -> Result<(u64, usize), I
             .map_err(|_| IserError::Timeout("receive"))??,
         None => cq.next().await?,
     };
+    received(&wc)
+}
+
+/// The receive slot and length of a receive completion, or why the receive failed.
+fn received(wc: &WorkCompletion) -> Result<(u64, usize), IserError> {
     if wc.status == verbs::WcStatus::WrFlushErr {
         return Err(IserError::Closed);
     }
@@ -443,10 +469,21 @@ struct Shared {
     nexus: Nexus,
     target: Option<String>,
     service: Option<Arc<dyn ScsiService>>,
-    lun_counters: BTreeMap<u64, Arc<IoCounters>>,
-    luns: HashMap<u64, LunSummary>,
+    /// The session's I/O counters (commands to no LUN).
+    session_counters: Arc<[Arc<IoCounters>]>,
+    /// The target's LUNs as this connection sees them.
+    luns: HashMap<u64, LunView>,
     send_inv: bool,
     ctx: Arc<IserContext>,
+}
+
+/// What a connection keeps of one LUN of its target, looked up per command.
+struct LunView {
+    summary: Arc<LunSummary>,
+    /// The application tag the LUN's INSERT policy stamps (0 when none is set).
+    app_tag: u16,
+    /// The session's and the LUN's I/O counters.
+    counters: Arc<[Arc<IoCounters>]>,
 }
 
 /// The receive path of one connection.
@@ -480,13 +517,19 @@ impl Conn {
     async fn full_feature(&mut self, cm: &CmConnection) -> Result<(), IserError> {
         let mut closed = self.sh.session.closed();
         let mut shutdown = self.sh.ctx.shutdown.clone();
+        // Receive completions are taken in batches: the other events are looked at
+        // once per batch rather than once per message.
+        let mut recvs: VecDeque<WorkCompletion> = VecDeque::with_capacity(RECV_BATCH);
+        let mut batch = Vec::with_capacity(RECV_BATCH);
         while !self.closing {
-            let msg = {
-                let r = tokio::select! {
-                    r = next_recv(&self.sh.fab.recv_cq, None) => r,
+            let Some(wc) = recvs.pop_front() else {
+                tokio::select! {
+                    r = self.sh.fab.recv_cq.next_batch(&mut batch, RECV_BATCH) => {
+                        r?;
+                        recvs.extend(batch.drain(..));
+                    }
                     Some(t) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                         self.finished(t)?;
-                        continue;
                     }
                     _ = cm.disconnected() => return Err(IserError::Closed),
                     r = closed.changed() => {
@@ -494,22 +537,20 @@ impl Conn {
                             tracing::debug!(tsih = self.sh.session.tsih, "session closed");
                             return Ok(());
                         }
-                        continue;
                     }
                     r = shutdown.changed() => {
                         if r.is_err() || *shutdown.borrow() {
                             return Ok(());
                         }
-                        continue;
                     }
-                };
-                let (slot, len) = r?;
-                match self.receive(slot, len).await? {
-                    Received::Msg(m) => m,
-                    Received::Rejected => continue,
                 }
+                continue;
             };
-            self.on_msg(msg).await?;
+            let (slot, len) = received(&wc)?;
+            match self.receive(slot, len).await? {
+                Received::Msg(m) => self.on_msg(m).await?,
+                Received::Rejected => {}
+            }
         }
         Ok(())
     }
@@ -879,12 +920,11 @@ impl Conn {
 }
 
 impl Shared {
-    fn counters_for(&self, lun: Option<u64>) -> Vec<Arc<IoCounters>> {
-        let mut v = vec![self.session.counters.clone()];
-        if let Some(c) = lun.and_then(|l| self.lun_counters.get(&l)) {
-            v.push(c.clone());
+    fn counters_for(&self, lun: Option<u64>) -> Arc<[Arc<IoCounters>]> {
+        match lun.and_then(|l| self.luns.get(&l)) {
+            Some(v) => v.counters.clone(),
+            None => self.session_counters.clone(),
         }
-        v
     }
 
     /// Collects the unsolicited Data-Out PDUs of `cmd` (routed to `route` by the
@@ -992,11 +1032,9 @@ impl Shared {
             Some(l) => service.transfer(l, &cmd.cdb),
             None => Transfer::None,
         };
-        let summary = lun.and_then(|l| self.luns.get(&l).cloned());
-        let app_tag = lun
-            .zip(self.target.as_deref())
-            .and_then(|(l, t)| self.ctx.app_tags.get(&(t.to_owned(), l)).copied())
-            .unwrap_or(0);
+        let view = lun.and_then(|l| self.luns.get(&l));
+        let summary = view.map(|v| v.summary.clone());
+        let app_tag = view.map_or(0, |v| v.app_tag);
         let hca = summary
             .as_ref()
             .and_then(|s| adapter::hca_plan(s, &cmd.cdb, app_tag))
@@ -1006,7 +1044,7 @@ impl Shared {
         // MRs are accessed on block boundaries.
         let chunk = adapter::rdma_chunk(
             self.params.max_burst_length.min(MAX_RDMA_OP),
-            adapter::wire_block(summary.as_ref(), &cmd.cdb),
+            adapter::wire_block(summary.as_deref(), &cmd.cdb),
         );
         // The STags the command's data transfer needs must be there.
         let unsolicited_max = (immediate.len() as u32).min(edtl);
@@ -1092,7 +1130,7 @@ impl Shared {
                     if let Some(e) = io::sig_status(slot)? {
                         pi_failure = Some(pi_check_failed(
                             self.session.tsih,
-                            summary.as_ref(),
+                            summary.as_deref(),
                             &h.plan,
                             &e,
                         ));
@@ -1230,8 +1268,8 @@ impl Shared {
                                 sig_lkey: slot.sig().lkey(),
                                 on_error: Box::new(move |e| {
                                     let (status, sense) =
-                                        pi_check_failed(tsih, lun.as_ref(), &plan, e);
-                                    for k in &counters {
+                                        pi_check_failed(tsih, lun.as_deref(), &plan, e);
+                                    for k in counters.iter() {
                                         k.record_sense(&sense);
                                     }
                                     (status, sense)
@@ -1242,7 +1280,7 @@ impl Shared {
                         self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA WRITE").await?;
                         if let Some(e) = io::sig_status(slot)? {
                             let (status, sense) =
-                                pi_check_failed(self.session.tsih, summary.as_ref(), &h.plan, &e);
+                                pi_check_failed(self.session.tsih, summary.as_deref(), &h.plan, &e);
                             completion.status = status;
                             completion.sense = sense;
                         }

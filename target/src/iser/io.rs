@@ -118,13 +118,13 @@ pub struct Pending {
 
 impl Pending {
     /// Waits for every completion of the chain; the first failed one is the error.
+    /// A work request that never completes is the poller's watchdog's business
+    /// ([`Fabric::poll_completions`]): it fails the QP, which flushes this one.
     pub async fn wait(self, what: &'static str) -> Result<(), IserError> {
-        let deadline = tokio::time::Instant::now() + WR_TIMEOUT;
         for w in self.waiters {
-            match tokio::time::timeout_at(deadline, w).await {
-                Err(_) => return Err(IserError::Timeout(what)),
-                Ok(Err(_)) => return Err(IserError::Closed),
-                Ok(Ok(wc)) => check_wc(&wc, what)?,
+            match w.await {
+                Err(_) => return Err(IserError::Closed),
+                Ok(wc) => check_wc(&wc, what)?,
             }
         }
         Ok(())
@@ -173,9 +173,18 @@ impl Fabric {
     /// send queue stopping after a signature error and replaces the held response
     /// ([`Fabric::replace_failed_response`]). When the CQ fails every waiter is
     /// dropped.
+    ///
+    /// A watchdog looks at the oldest work request still awaited every half
+    /// [`WR_TIMEOUT`]; one that has not completed for [`WR_TIMEOUT`] means the HCA
+    /// or the link is stuck, and the QP is moved to error, which flushes every
+    /// outstanding work request (one timer per connection rather than per command).
     pub async fn poll_completions(self: Arc<Self>) {
         let mut out = Vec::with_capacity(32);
         let mut watch_sqd = self.pipelining;
+        let mut watchdog = tokio::time::interval(WR_TIMEOUT / 2);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // (oldest awaited wr_id, when the watchdog first saw it)
+        let mut oldest: Option<(u64, tokio::time::Instant)> = None;
         loop {
             out.clear();
             let drained = tokio::select! {
@@ -191,6 +200,24 @@ impl Fabric {
                     // In error the connection is going away; stop watching.
                     watch_sqd = matches!(st, Ok(QpState::Sqd));
                     watch_sqd
+                }
+                now = watchdog.tick() => {
+                    let first = self.waiters.lock().as_ref().and_then(|m| m.keys().min().copied());
+                    oldest = match (first, oldest) {
+                        (Some(id), Some((seen, since))) if id == seen => {
+                            if now.duration_since(since) >= WR_TIMEOUT {
+                                tracing::error!(wr_id = id, secs = WR_TIMEOUT.as_secs(), "work request not completed in time; closing the connection");
+                                let _ = self.qp.to_error();
+                                // Every waiter learns the connection is gone, even
+                                // if the flush never comes.
+                                break;
+                            }
+                            Some((seen, since))
+                        }
+                        (Some(id), _) => Some((id, now)),
+                        (None, _) => None,
+                    };
+                    continue;
                 }
             };
             if drained {
@@ -784,11 +811,19 @@ mod tests {
     /// bad guard: the peer receives the first response, the replacement of the
     /// second, then the third (posting order, as StatSN needs), and every waiter
     /// completes.
-    #[test]
-    fn failed_pipelined_response_is_replaced_in_place_and_the_rest_follow() {
+    /// A target fabric connected to a host QP on soft HCAs (over a UNIX socket).
+    struct Pair {
+        fab: Arc<Fabric>,
+        hpd: Pd,
+        hcq: Cq,
+        hqp: Qp,
+        _conns: (verbs::cm::CmConnection, verbs::cm::CmConnection),
+        _dir: tempfile::TempDir,
+    }
+
+    fn connected_pair() -> Pair {
         let target = mlx5::Mlx5Device::new("mlx5_t").context();
         let fab = Arc::new(Fabric::new(&target, 8).expect("fabric"));
-        assert!(fab.pipelining);
         let host = mlx5::Mlx5Device::new("mlx5_h").context();
         let hpd = host.alloc_pd().unwrap();
         let hcq = host.create_cq(64).unwrap();
@@ -796,7 +831,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addr = CmAddr::Unix(dir.path().join("cm.sock"));
         let mut listener = CmListener::bind(&target, &addr).unwrap();
-        let (_target_conn, _host_conn) = std::thread::scope(|s| {
+        let conns = std::thread::scope(|s| {
             let h = s.spawn(|| {
                 cm::connect_blocking(&host, &hqp, &addr, &ConnParam::with_private_data(&[0]))
             });
@@ -804,6 +839,60 @@ mod tests {
             let c = req.accept(&fab.qp, &[0]).unwrap();
             (c, h.join().unwrap().unwrap())
         });
+        Pair {
+            fab,
+            hpd,
+            hcq,
+            hqp,
+            _conns: conns,
+            _dir: dir,
+        }
+    }
+
+    /// A SEND the peer never takes (no receive posted, RNR retried forever) is
+    /// ended by the poller's watchdog after [`WR_TIMEOUT`]: its waiter sees the
+    /// connection closed and the QP is in error.
+    #[test]
+    fn watchdog_fails_a_work_request_that_never_completes() {
+        let pair = connected_pair();
+        let fab = &pair.fab;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _poller = Poller::start(fab);
+            let send_buf = SendBuf::new(&fab.pd, 64).unwrap();
+            let wr = SendWr::send(0, send_buf.load(b"never received").unwrap());
+            let credits = fab.credits(1).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let r = fab
+                .post_batched(vec![wr], credits)
+                .unwrap()
+                .wait("SEND")
+                .await;
+            assert!(matches!(r, Err(IserError::Closed)), "{r:?}");
+            let waited = started.elapsed();
+            assert!(
+                waited >= WR_TIMEOUT && waited <= WR_TIMEOUT * 2,
+                "failed after {waited:?}"
+            );
+        });
+        assert_eq!(fab.qp.state().unwrap(), QpState::Error);
+    }
+
+    #[test]
+    fn failed_pipelined_response_is_replaced_in_place_and_the_rest_follow() {
+        let Pair {
+            fab,
+            hpd,
+            hcq,
+            hqp,
+            _conns,
+            ..
+        } = connected_pair();
+        assert!(fab.pipelining);
         let inbox = hpd.reg_mr(3 * 64, RW).unwrap();
         for i in 0..3u64 {
             hqp.post_recv_one(RecvWr::new(i, inbox.sge(i as usize * 64, 64)))
