@@ -13,7 +13,9 @@
 //! Commands on RAM LUNs run on the connection's runtime; others on the blocking pool.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use iscsi::codec::Action;
@@ -37,8 +39,8 @@ use verbs::{Cq, SendFlags, SendWr, WorkCompletion};
 
 use super::adapter::{self, IserLoginPolicy};
 use super::io::{
-    self, clip, recv_slot_len, CmdSlot, Fabric, LocalView, Poller, Pool, RecvRing, SendBuf,
-    SigFallback, LOGIN_DATA, LOGIN_WR, MAX_CHAIN,
+    self, clip, recv_slot_len, CmdSlot, Fabric, Lease, LocalView, Pending, Poller, Pool, RecvRing,
+    SendBuf, SigFallback, LOGIN_DATA, LOGIN_WR, MAX_CHAIN,
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
@@ -615,9 +617,26 @@ impl Shared {
     async fn send_after(
         &self,
         data_in: DataIn,
-        mut pdu: Pdu,
+        pdu: Pdu,
         inv: Option<u32>,
     ) -> Result<(), IserError> {
+        match self.post_after(data_in, pdu, inv, None).await? {
+            Some(pending) => pending.wait("SEND").await,
+            None => Ok(()),
+        }
+    }
+
+    /// Posts what [`Shared::send_after`] sends. With `hold` (what the chain uses,
+    /// such as the command's slot) nobody waits: `hold`, the send buffer and the
+    /// send-queue credits are released when the chain completes. A pipelined
+    /// response is always waited for (its signature MR is read afterwards).
+    async fn post_after(
+        &self,
+        data_in: DataIn,
+        mut pdu: Pdu,
+        inv: Option<u32>,
+        hold: Option<Box<dyn Send>>,
+    ) -> Result<Option<Pending>, IserError> {
         let DataIn {
             wrs: mut before,
             mut check,
@@ -711,20 +730,31 @@ impl Shared {
                 }
                 _ => None,
             };
-            match fallback {
-                Some(f) => {
+            let buf: Box<dyn Send> = Box::new(buf);
+            match (fallback, hold) {
+                (Some(f), hold) => {
                     let mut wr = response(sge);
                     wr.flags = wr.flags | SendFlags::FENCE;
                     before.push(wr);
-                    self.fab.post_pipelined(before, credits, f)?
+                    let mut p = self.fab.post_pipelined(before, credits, f)?.holding(buf);
+                    if let Some(h) = hold {
+                        p = p.holding(h);
+                    }
+                    Some(p)
                 }
-                None => {
+                (None, Some(hold)) => {
                     before.push(response(sge));
-                    self.fab.post_batched(before, credits)?
+                    self.fab
+                        .post_released(before, credits, Box::new((hold, buf)))?;
+                    None
+                }
+                (None, None) => {
+                    before.push(response(sge));
+                    Some(self.fab.post_batched(before, credits)?.holding(buf))
                 }
             }
         };
-        pending.wait("SEND").await
+        Ok(pending)
     }
 
     async fn reject(&self, reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Result<(), IserError> {
@@ -835,8 +865,9 @@ impl Conn {
         }
     }
 
-    /// Starts `cmd` as a task; one that may receive unsolicited Data-Out gets a route
-    /// for it by ITT. Commands waiting for a slot are bounded too.
+    /// Runs `cmd` in place, or as a task once it has to wait; one that may receive
+    /// unsolicited Data-Out gets a route for it by ITT. Commands waiting for a slot
+    /// are bounded too.
     async fn spawn_command(
         &mut self,
         iser: IserControl,
@@ -861,9 +892,16 @@ impl Conn {
         };
         let sh = self.sh.clone();
         let (itt, lun) = (cmd.itt, cmd.lun);
-        let task = self
-            .tasks
-            .spawn(async move { sh.run_command(iser, cmd, immediate, route).await });
+        let mut run = Box::pin(async move { sh.run_command(iser, cmd, immediate, route).await });
+        // Run to the end in place when nothing makes the command wait (an in-memory
+        // read: its answer is posted, and its slot released when that completes),
+        // which saves a task per command. Otherwise it goes on as a task of its own,
+        // whose first poll registers the wakers this one could not.
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(r) = run.as_mut().poll(&mut cx) {
+            return r;
+        }
+        let task = self.tasks.spawn(run);
         self.running.insert(task.id(), (itt, lun));
         Ok(())
     }
@@ -996,12 +1034,11 @@ impl Shared {
         immediate: Vec<u8>,
         mut route: Option<mpsc::UnboundedReceiver<Msg>>,
     ) -> Result<(), IserError> {
-        let mut lease = self.slots.take().await?;
+        let lease = self.slots.take().await?;
         let _busy = self.ctx.stats.enter();
         let r = self
-            .on_command(lease.get_mut()?, iser, cmd, immediate, route.as_mut())
+            .on_command(lease, iser, cmd, immediate, route.as_mut())
             .await;
-        drop(lease);
         if let Some(mut rx) = route {
             rx.close();
             while let Ok(m) = rx.try_recv() {
@@ -1012,14 +1049,18 @@ impl Shared {
         r
     }
 
+    /// Runs one command in the slot `lease` lends. Its answer is posted and, unless
+    /// a pipelined check must be read after the transfer, not waited for: the
+    /// slot returns to its pool when the answer's chain completes.
     async fn on_command(
         &self,
-        slot: &mut CmdSlot,
+        mut lease: Lease<CmdSlot>,
         iser: IserControl,
         cmd: ScsiCommand,
         immediate: Vec<u8>,
         route: Option<&mut mpsc::UnboundedReceiver<Msg>>,
     ) -> Result<(), IserError> {
+        let slot = lease.get_mut()?;
         let Some(service) = self.service.clone() else {
             // Discovery sessions carry no SCSI commands.
             return self
@@ -1070,6 +1111,7 @@ impl Shared {
                     Moved::out_only(out_len),
                     &counters,
                     DataIn::default(),
+                    None,
                 )
                 .await;
         }
@@ -1090,6 +1132,7 @@ impl Shared {
                         Moved::out_only(out_len),
                         &counters,
                         DataIn::default(),
+                        None,
                     )
                     .await;
             }
@@ -1317,9 +1360,23 @@ impl Shared {
             data_out: data_out_len,
             out_len,
         };
-        self.respond(&cmd, &iser, &completion, moved, &counters, data_in)
+        if !pipelined {
+            let hold: Box<dyn Send> = Box::new(lease);
+            return self
+                .respond(
+                    &cmd,
+                    &iser,
+                    &completion,
+                    moved,
+                    &counters,
+                    data_in,
+                    Some(hold),
+                )
+                .await;
+        }
+        self.respond(&cmd, &iser, &completion, moved, &counters, data_in, None)
             .await?;
-        if pipelined {
+        {
             // The status must be read after every use of the signature MR; a
             // failure was answered by the fallback, which read it first.
             if let Some(e) = io::sig_status(slot)? {
@@ -1343,6 +1400,9 @@ impl Shared {
 
     /// Records the command and sends its SCSI Response (invalidating the initiator's
     /// STag when SEND with invalidate is in use).
+    ///
+    /// With `hold` the response is not waited for (see [`Shared::post_after`]).
+    #[allow(clippy::too_many_arguments)]
     async fn respond(
         &self,
         cmd: &ScsiCommand,
@@ -1351,6 +1411,7 @@ impl Shared {
         moved: Moved,
         counters: &[Arc<IoCounters>],
         data_in: DataIn,
+        hold: Option<Box<dyn Send>>,
     ) -> Result<(), IserError> {
         for k in counters {
             k.record(
@@ -1384,7 +1445,10 @@ impl Shared {
         };
         let pdu = with_sense(&h, c.status, &c.sense);
         let inv = invalidate_stag(iser);
-        self.send_after(data_in, pdu, inv).await
+        match self.post_after(data_in, pdu, inv, hold).await? {
+            Some(pending) => pending.wait("SEND").await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub struct Fabric {
     pub qp: Qp,
     next_wr: AtomicU64,
     /// Waiters by `wr_id`; `None` once the poller stopped (the connection is dead).
-    waiters: Mutex<Option<HashMap<u64, oneshot::Sender<WorkCompletion>>>>,
+    waiters: Mutex<Option<HashMap<u64, Waiter>>>,
     /// Free send-queue entries.
     credits: Arc<Semaphore>,
     /// Work requests waiting for the next doorbell of [`Fabric::ring_doorbells`].
@@ -83,6 +83,25 @@ pub struct Fabric {
     /// `wr_id`s of completions not yet applied to `posted` (the poller does not
     /// wait for the doorbell, which posts under that lock).
     completed: Mutex<Vec<u64>>,
+}
+
+/// Who learns of a signaled work request's completion.
+enum Waiter {
+    /// A task awaiting it ([`Pending::wait`]).
+    Task(oneshot::Sender<WorkCompletion>),
+    /// Nobody: what the chain used (send-queue credits, buffers) is released when
+    /// it completes, and a failure ends the connection
+    /// ([`Fabric::post_released`]).
+    Release(Box<dyn Send>),
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiter::Task(_) => f.write_str("Task"),
+            Waiter::Release(_) => f.write_str("Release"),
+        }
+    }
 }
 
 /// How to replace a pipelined response whose Data-In failed its signature check.
@@ -110,13 +129,28 @@ const SEND_CREDITS: usize = 120;
 pub const MAX_CHAIN: usize = 64;
 
 /// Posted work requests whose completions have not been awaited yet.
-#[derive(Debug)]
 pub struct Pending {
     waiters: Vec<oneshot::Receiver<WorkCompletion>>,
     _credits: OwnedSemaphorePermit,
+    /// What the work requests use, kept until they completed.
+    held: Vec<Box<dyn Send>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("waiters", &self.waiters.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pending {
+    /// Keeps `h` (a buffer the work requests use) until [`Pending::wait`] returns.
+    pub fn holding(mut self, h: Box<dyn Send>) -> Pending {
+        self.held.push(h);
+        self
+    }
+
     /// Waits for every completion of the chain; the first failed one is the error.
     /// A work request that never completes is the poller's watchdog's business
     /// ([`Fabric::poll_completions`]): it fails the QP, which flushes this one.
@@ -227,15 +261,28 @@ impl Fabric {
             if self.pipelining {
                 self.retire(&out);
             }
+            let mut released = Vec::new();
             {
                 let mut w = self.waiters.lock();
                 let Some(map) = w.as_mut() else { break };
                 for wc in out.drain(..) {
-                    if let Some(tx) = map.remove(&wc.wr_id) {
-                        let _ = tx.send(wc);
+                    match map.remove(&wc.wr_id) {
+                        Some(Waiter::Task(tx)) => {
+                            let _ = tx.send(wc);
+                        }
+                        Some(Waiter::Release(held)) => {
+                            if !wc.is_ok() && wc.status != verbs::WcStatus::WrFlushErr {
+                                tracing::error!(wr_id = wc.wr_id, status = ?wc.status, "work request failed; closing the connection");
+                                let _ = self.qp.to_error();
+                            }
+                            released.push(held);
+                        }
+                        None => {}
                     }
                 }
             }
+            // Returned to their pools outside the lock (that may wake a task).
+            drop(released);
             if drained {
                 if let Err(e) = self.replace_failed_response() {
                     tracing::error!(error = %e, "cannot resume the send queue after a signature error; closing the connection");
@@ -366,9 +413,23 @@ impl Fabric {
         wrs: Vec<SendWr>,
         credits: OwnedSemaphorePermit,
     ) -> Result<Pending, IserError> {
-        let (wrs, pending) = self.prepare(wrs, credits)?;
+        let (wrs, pending) = self.prepare(wrs, credits, None)?;
         self.outbox.queue(wrs);
-        Ok(pending)
+        pending.ok_or(IserError::Protocol("chain posted without a waiter".into()))
+    }
+
+    /// Like [`Fabric::post_batched`] for a chain nobody waits for: `hold` (what
+    /// its work requests use) and `credits` are released when it completes, and a
+    /// failed completion moves the QP to error, which ends the connection.
+    pub fn post_released(
+        &self,
+        wrs: Vec<SendWr>,
+        credits: OwnedSemaphorePermit,
+        hold: Box<dyn Send>,
+    ) -> Result<(), IserError> {
+        let (wrs, _) = self.prepare(wrs, credits, Some(hold))?;
+        self.outbox.queue(wrs);
+        Ok(())
     }
 
     /// Like [`Fabric::post_batched`] for a chain that ends with a pipelined
@@ -379,12 +440,12 @@ impl Fabric {
         credits: OwnedSemaphorePermit,
         fallback: SigFallback,
     ) -> Result<Pending, IserError> {
-        let (wrs, pending) = self.prepare(wrs, credits)?;
+        let (wrs, pending) = self.prepare(wrs, credits, None)?;
         if let Some(last) = wrs.last() {
             self.fallbacks.lock().insert(last.wr_id, fallback);
         }
         self.outbox.queue(wrs);
-        Ok(pending)
+        pending.ok_or(IserError::Protocol("chain posted without a waiter".into()))
     }
 
     /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime.
@@ -413,12 +474,14 @@ impl Fabric {
 
     /// Assigns `wr_id`s, signals only the last work request (RC completes them in
     /// order, and one that fails flushes the rest, the last one included) and
-    /// registers its waiter.
+    /// registers its waiter: a task's ([`Pending`]), or `hold` and the credits to
+    /// release on completion.
     fn prepare(
         &self,
         mut wrs: Vec<SendWr>,
         credits: OwnedSemaphorePermit,
-    ) -> Result<(Vec<SendWr>, Pending), IserError> {
+        hold: Option<Box<dyn Send>>,
+    ) -> Result<(Vec<SendWr>, Option<Pending>), IserError> {
         let mut waiters = Vec::with_capacity(1);
         let last = wrs.len().saturating_sub(1);
         for (i, wr) in wrs.iter_mut().enumerate() {
@@ -429,20 +492,38 @@ impl Fabric {
                 wr.flags = wr.flags | SendFlags::SIGNALED;
             }
         }
-        if let Some(wr) = wrs.last() {
-            let mut w = self.waiters.lock();
-            let map = w.as_mut().ok_or(IserError::Closed)?;
-            let (tx, rx) = oneshot::channel();
-            map.insert(wr.wr_id, tx);
-            waiters.push(rx);
-        }
-        Ok((
-            wrs,
-            Pending {
-                waiters,
+        let Some(wr) = wrs.last() else {
+            // Nothing to wait for; what `hold` held is free at once.
+            let pending = hold.is_none().then(|| Pending {
+                waiters: Vec::new(),
                 _credits: credits,
-            },
-        ))
+                held: Vec::new(),
+            });
+            return Ok((wrs, pending));
+        };
+        let mut w = self.waiters.lock();
+        let map = w.as_mut().ok_or(IserError::Closed)?;
+        match hold {
+            Some(hold) => {
+                map.insert(wr.wr_id, Waiter::Release(Box::new((hold, credits))));
+                drop(w);
+                Ok((wrs, None))
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                map.insert(wr.wr_id, Waiter::Task(tx));
+                drop(w);
+                waiters.push(rx);
+                Ok((
+                    wrs,
+                    Some(Pending {
+                        waiters,
+                        _credits: credits,
+                        held: Vec::new(),
+                    }),
+                ))
+            }
+        }
     }
 
     /// Drops the waiters of work requests that were never posted.
@@ -878,6 +959,61 @@ mod tests {
                 waited >= WR_TIMEOUT && waited <= WR_TIMEOUT * 2,
                 "failed after {waited:?}"
             );
+        });
+        assert_eq!(fab.qp.state().unwrap(), QpState::Error);
+    }
+
+    /// A chain posted with [`Fabric::post_released`] gives back what it held and
+    /// its credits when it completes; one that fails (an RDMA WRITE to a key the
+    /// peer does not have) does so too and moves the QP to error.
+    #[test]
+    fn released_chains_free_their_holds_and_a_failure_ends_the_connection() {
+        let pair = connected_pair();
+        let fab = &pair.fab;
+        let inbox = pair.hpd.reg_mr(64, RW).unwrap();
+        pair.hqp
+            .post_recv_one(RecvWr::new(7, inbox.sge(0, 64)))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let held = Arc::new(());
+        rt.block_on(async {
+            let _poller = Poller::start(fab);
+            let send_buf = SendBuf::new(&fab.pd, 64).unwrap();
+            let wr = SendWr::send(0, send_buf.load(b"answer").unwrap());
+            let credits = fab.credits(1).await.unwrap();
+            fab.post_released(vec![wr], credits, Box::new((held.clone(), send_buf)))
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + T;
+            while Arc::strong_count(&held) > 1 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "hold never released"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(fab.credits.available_permits(), SEND_CREDITS);
+            assert_eq!(fab.qp.state().unwrap(), QpState::Rts);
+            let mut wcs = Vec::new();
+            pair.hcq.wait_blocking(&mut wcs, 1, T).unwrap();
+            assert_eq!(wcs[0].wr_id, 7);
+            assert_eq!(inbox.to_vec(0, 6).unwrap(), b"answer");
+
+            let local = fab.pd.reg_mr(64, RW).unwrap();
+            let wr = SendWr::rdma_write(0, local.sge(0, 64), inbox.addr(), inbox.rkey() ^ 0x5a5a);
+            let credits = fab.credits(1).await.unwrap();
+            fab.post_released(vec![wr], credits, Box::new((held.clone(), local)))
+                .unwrap();
+            while Arc::strong_count(&held) > 1 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "hold never released"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(fab.credits.available_permits(), SEND_CREDITS);
         });
         assert_eq!(fab.qp.state().unwrap(), QpState::Error);
     }
