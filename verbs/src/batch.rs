@@ -36,15 +36,26 @@ impl SendBatch {
         }
     }
 
+    /// Everything queued so far, for a caller that rings the doorbell itself (it
+    /// must keep the order between its batch and the ones [`SendBatch::run`] posts).
+    pub fn take(&self) -> Vec<SendWr> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Waits until work requests are queued, then yields once, so that every task
+    /// ready to run queues its own before the caller takes them.
+    pub async fn next_turn(&self) {
+        self.ready.notified().await;
+        tokio::task::yield_now().await;
+    }
+
     /// Hands what is queued to `post`, once per turn of the runtime: after a
     /// wake-up it yields first, so that every task ready to run queues its work
     /// requests before the doorbell. Returns when `post` returns false.
     pub async fn run(&self, mut post: impl FnMut(Vec<SendWr>) -> bool) {
         loop {
-            self.ready.notified().await;
-            tokio::task::yield_now().await;
-            let wrs =
-                std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+            self.next_turn().await;
+            let wrs = self.take();
             if !wrs.is_empty() && !post(wrs) {
                 return;
             }

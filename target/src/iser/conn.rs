@@ -525,6 +525,8 @@ impl Conn {
         let mut batch = Vec::with_capacity(RECV_BATCH);
         while !self.closing {
             let Some(wc) = recvs.pop_front() else {
+                // The answers of the commands just run go out now.
+                self.sh.fab.ring_now();
                 tokio::select! {
                     r = self.sh.fab.recv_cq.next_batch(&mut batch, RECV_BATCH) => {
                         r?;

@@ -72,6 +72,8 @@ pub struct Fabric {
     credits: Arc<Semaphore>,
     /// Work requests waiting for the next doorbell of [`Fabric::ring_doorbells`].
     outbox: SendBatch,
+    /// Held while a batch of the outbox is posted.
+    doorbell: Mutex<()>,
     /// Whether the QP pipelines signature checks (responses posted behind the
     /// Data-In they depend on, see the module comment).
     pub pipelining: bool,
@@ -193,6 +195,7 @@ impl Fabric {
             waiters: Mutex::new(Some(HashMap::new())),
             credits: Arc::new(Semaphore::new(SEND_CREDITS)),
             outbox: SendBatch::new(),
+            doorbell: Mutex::new(()),
             pipelining,
             posted: Mutex::new(VecDeque::new()),
             fallbacks: Mutex::new(HashMap::new()),
@@ -451,25 +454,36 @@ impl Fabric {
     /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime.
     /// Runs until the connection's tasks are dropped.
     pub async fn ring_doorbells(self: Arc<Self>) {
-        self.outbox
-            .run(|wrs| {
-                let mut posted = self.pipelining.then(|| self.posted.lock());
-                match self.qp.post_send(&wrs) {
-                    Ok(()) => {
-                        if let Some(p) = posted.as_mut() {
-                            p.extend(wrs);
-                            self.apply_completions(p);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "posting queued work requests failed");
-                        // Their waiters see the connection closed.
-                        self.forget(&wrs);
-                    }
+        loop {
+            self.outbox.next_turn().await;
+            self.ring_now();
+        }
+    }
+
+    /// Posts what is queued now rather than at the doorbell task's next turn: the
+    /// receive path does so after each batch of commands it ran in place, so that
+    /// their answers do not wait for the batch that follows.
+    pub fn ring_now(&self) {
+        // Held from taking to posting: batches reach the send queue in order.
+        let _doorbell = self.doorbell.lock();
+        let wrs = self.outbox.take();
+        if wrs.is_empty() {
+            return;
+        }
+        let mut posted = self.pipelining.then(|| self.posted.lock());
+        match self.qp.post_send(&wrs) {
+            Ok(()) => {
+                if let Some(p) = posted.as_mut() {
+                    p.extend(wrs);
+                    self.apply_completions(p);
                 }
-                true
-            })
-            .await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "posting queued work requests failed");
+                // Their waiters see the connection closed.
+                self.forget(&wrs);
+            }
+        }
     }
 
     /// Assigns `wr_id`s, signals only the last work request (RC completes them in
