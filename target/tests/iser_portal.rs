@@ -86,6 +86,7 @@ fn start_target_with(local: LocalParams) -> TargetUnderTest {
         app_tags: HashMap::new(),
         shutdown: rx,
         stats: stats.clone(),
+        lanes: target::iser::lanes::Lanes::start(2, 4).unwrap(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,12 +5,13 @@
 //!
 //! [`conn`] serves one connection (CM accept, login, full feature phase, SCSI commands
 //! running concurrently as tasks); [`io`] moves commands' data (buffers, signature registration, RDMA operations, status
-//! checks); [`adapter`] holds what the portal needs from the device server and the
+//! checks); [`lanes`] are the threads connections run on; [`adapter`] holds what the portal needs from the device server and the
 //! login policy in iSER terms. `target/ISER.md` documents the wire contract.
 
 pub mod adapter;
 pub mod conn;
 pub mod io;
+pub mod lanes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ pub struct IserContext {
     pub shutdown: watch::Receiver<bool>,
     /// Commands in flight on the portal's connections.
     pub stats: Arc<PortalStats>,
+    /// The threads connections run on.
+    pub lanes: lanes::Lanes,
 }
 
 /// How many SCSI commands the portal's connections run at once.
@@ -162,8 +165,8 @@ impl IserPortal {
     }
 }
 
-/// Accept connections on `portal` until shutdown; each runs on its own task. Returns
-/// once shutdown was signalled and every connection ended.
+/// Accept connections on `portal` until shutdown; each runs on a lane of
+/// `ctx.lanes`. Returns once shutdown was signalled and every connection ended.
 pub async fn run_portal(mut portal: IserPortal, ctx: Arc<IserContext>) {
     let mut shutdown = ctx.shutdown.clone();
     let mut conns = tokio::task::JoinSet::new();
@@ -173,7 +176,8 @@ pub async fn run_portal(mut portal: IserPortal, ctx: Arc<IserContext>) {
             r = portal.listener.next_request() => match r {
                 Some(req) => {
                     tracing::debug!(peer = req.peer(), "iSER connect request");
-                    conns.spawn(conn::serve(req, portal.device.clone(), local.clone(), ctx.clone()));
+                    let serve = conn::serve(req, portal.device.clone(), local.clone(), ctx.clone());
+                    ctx.lanes.spawn(&mut conns, serve);
                 }
                 None => {
                     tracing::warn!(portal = %local, "iSER listener failed; portal closed");
@@ -239,6 +243,11 @@ pub fn spawn_portals(
             .collect(),
         shutdown: tcp.shutdown.clone(),
         stats: Arc::default(),
+        lanes: lanes::Lanes::start(
+            cfg.effective_worker_threads(),
+            (cfg.effective_worker_threads() * 2).max(4),
+        )
+        .context("cannot start the iSER connection threads")?,
     });
     for p in iser {
         if let Some(dev) = &p.device {
