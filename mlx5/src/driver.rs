@@ -73,16 +73,19 @@ impl Mlx5Device {
         self.hca.qp(qpn)
     }
 
-    fn doorbell(&self, qp: &Arc<Qp>) {
+    /// Rings `qp`'s doorbell after WQEs were posted of which the largest gathers
+    /// `gather` bytes.
+    fn doorbell(&self, qp: &Arc<Qp>, gather: u64) {
         let link = qp
             .link
             .lock()
             .as_ref()
             .map(|l| (Arc::clone(&l.sq), l.req.clone()));
         if let Some((sq, req)) = link {
-            // Execute right here unless another thread is at it (it may have
-            // looked at the ring before these WQEs landed, so tell the requester).
-            if !sq.try_execute(&self.hca, qp) {
+            // Small work executes right here unless another thread is at it (it may
+            // have looked at the ring before these WQEs landed, so tell the
+            // requester); large gathers always go to the requester thread.
+            if gather > INLINE_GATHER_MAX || !sq.try_execute(&self.hca, qp) {
                 let _ = req.send(ReqEvent::Doorbell);
             }
             return;
@@ -92,6 +95,12 @@ impl Mlx5Device {
         crate::requester::process_sq(&self.hca, qp, &mut psn, &mut |_| {});
     }
 }
+
+/// Payload of the largest posted message up to which the posting thread executes
+/// its own doorbell: small messages go out at once (one thread hop fewer each); a
+/// larger one goes to the QP's requester thread, so that the gather, ICRC and socket write of a large transfer
+/// overlap the poster's next work as a real HCA's DMA engine does.
+const INLINE_GATHER_MAX: u64 = 32 << 10;
 
 fn perms(a: AccessFlags) -> u8 {
     let mut f = layout::PERM_LOCAL_READ | layout::MKC_ACCESS_MODE_KLMS;
@@ -777,7 +786,7 @@ impl ContextOps for Mlx5Device {
     fn modify_qp_to_error(&self, qpn: u32) -> Result<()> {
         let qp = self.qp(qpn)?;
         qp.to_error(DisconnectReason::Local);
-        self.doorbell(&qp);
+        self.doorbell(&qp, 0);
         Ok(())
     }
 
@@ -830,7 +839,7 @@ impl ContextOps for Mlx5Device {
             }
             *s = QpState::Rts;
         }
-        self.doorbell(&qp);
+        self.doorbell(&qp, 0);
         Ok(())
     }
 
@@ -840,7 +849,15 @@ impl ContextOps for Mlx5Device {
         if !matches!(st, QpState::Rts | QpState::Sqd | QpState::Error) {
             return Err(VerbsError::InvalidQpState { qpn, state: st });
         }
+        let mut gather = 0u64;
         for wr in wrs {
+            if matches!(
+                wr.op,
+                SendOp::Send | SendOp::SendWithInv { .. } | SendOp::RdmaWrite { .. }
+            ) {
+                let bytes = wr.sg_list.iter().map(|s| u64::from(s.length)).sum::<u64>();
+                gather = gather.max(bytes);
+            }
             let wqes = self.encode_wr(&qp, wr)?;
             let mut sq = qp.sq.lock();
             let need: u32 = wqes.iter().map(|(_, b)| (b.len() / WQE_BB) as u32).sum();
@@ -864,7 +881,7 @@ impl ContextOps for Mlx5Device {
                 sq.pi = next;
             }
         }
-        self.doorbell(&qp);
+        self.doorbell(&qp, gather);
         Ok(())
     }
 
