@@ -26,7 +26,8 @@ pub const PI_TUPLE_LEN: u64 = 8;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
-    /// Worker threads for the I/O runtime; 0 (default) = one per CPU.
+    /// Worker threads for the I/O runtime, and iSER lanes (threads that each run
+    /// whole iSER connections); 0 (default) = one per CPU.
     #[serde(default)]
     pub worker_threads: u32,
     /// Listening portals. Default: TCP on 127.0.0.1:3260 and the soft iSER fabric on
