@@ -429,6 +429,30 @@ struct Msg {
     pdu: Pdu,
 }
 
+/// The command slot of a pipelined read, released with its chain: the signature
+/// MR's status is read once the chain completed (every use of a signature MR is
+/// followed by a status check; a failure was answered by the fallback, which read
+/// it first), then the slot goes back to its pool.
+struct CheckedSlot {
+    lease: Lease<CmdSlot>,
+    itt: u32,
+}
+
+impl Drop for CheckedSlot {
+    fn drop(&mut self) {
+        let status = self.lease.get().and_then(io::sig_status);
+        match status {
+            Ok(None) => {}
+            Ok(Some(e)) => tracing::error!(
+                itt = self.itt,
+                offset = e.sig_err_offset,
+                "signature error found after a pipelined response completed"
+            ),
+            Err(e) => tracing::debug!(itt = self.itt, error = %e, "signature status unread"),
+        }
+    }
+}
+
 /// What a command's data phases moved, for its counters and residual.
 #[derive(Debug, Clone, Copy)]
 struct Moved {
@@ -630,8 +654,7 @@ impl Shared {
 
     /// Posts what [`Shared::send_after`] sends. With `hold` (what the chain uses,
     /// such as the command's slot) nobody waits: `hold`, the send buffer and the
-    /// send-queue credits are released when the chain completes. A pipelined
-    /// response is always waited for (its signature MR is read afterwards).
+    /// send-queue credits are released when the chain completes.
     async fn post_after(
         &self,
         data_in: DataIn,
@@ -734,15 +757,21 @@ impl Shared {
             };
             let buf: Box<dyn Send> = Box::new(buf);
             match (fallback, hold) {
-                (Some(f), hold) => {
+                (Some(f), Some(hold)) => {
                     let mut wr = response(sge);
                     wr.flags = wr.flags | SendFlags::FENCE;
                     before.push(wr);
-                    let mut p = self.fab.post_pipelined(before, credits, f)?.holding(buf);
-                    if let Some(h) = hold {
-                        p = p.holding(h);
-                    }
-                    Some(p)
+                    self.fab
+                        .post_pipelined(before, credits, f, Some(Box::new((hold, buf))))?;
+                    None
+                }
+                (Some(f), None) => {
+                    let mut wr = response(sge);
+                    wr.flags = wr.flags | SendFlags::FENCE;
+                    before.push(wr);
+                    self.fab
+                        .post_pipelined(before, credits, f, None)?
+                        .map(|p| p.holding(buf))
                 }
                 (None, Some(hold)) => {
                     before.push(response(sge));
@@ -1362,34 +1391,24 @@ impl Shared {
             data_out: data_out_len,
             out_len,
         };
-        if !pipelined {
-            let hold: Box<dyn Send> = Box::new(lease);
-            return self
-                .respond(
-                    &cmd,
-                    &iser,
-                    &completion,
-                    moved,
-                    &counters,
-                    data_in,
-                    Some(hold),
-                )
-                .await;
-        }
-        self.respond(&cmd, &iser, &completion, moved, &counters, data_in, None)
-            .await?;
-        {
-            // The status must be read after every use of the signature MR; a
-            // failure was answered by the fallback, which read it first.
-            if let Some(e) = io::sig_status(slot)? {
-                tracing::error!(
-                    itt = cmd.itt,
-                    offset = e.sig_err_offset,
-                    "signature error found after a pipelined response completed"
-                );
-            }
-        }
-        Ok(())
+        let hold: Box<dyn Send> = if pipelined {
+            Box::new(CheckedSlot {
+                lease,
+                itt: cmd.itt,
+            })
+        } else {
+            Box::new(lease)
+        };
+        self.respond(
+            &cmd,
+            &iser,
+            &completion,
+            moved,
+            &counters,
+            data_in,
+            Some(hold),
+        )
+        .await
     }
 
     /// A copy of the first `len` bytes of the command buffer.

@@ -437,18 +437,25 @@ impl Fabric {
 
     /// Like [`Fabric::post_batched`] for a chain that ends with a pipelined
     /// response: `fallback` replaces it if the chain's Data-In fails its check.
+    /// With `hold` nobody waits (as [`Fabric::post_released`]; the replacement
+    /// inherits the release) and the result is `None`.
     pub fn post_pipelined(
         &self,
         wrs: Vec<SendWr>,
         credits: OwnedSemaphorePermit,
         fallback: SigFallback,
-    ) -> Result<Pending, IserError> {
-        let (wrs, pending) = self.prepare(wrs, credits, None)?;
+        hold: Option<Box<dyn Send>>,
+    ) -> Result<Option<Pending>, IserError> {
+        let released = hold.is_some();
+        let (wrs, pending) = self.prepare(wrs, credits, hold)?;
         if let Some(last) = wrs.last() {
             self.fallbacks.lock().insert(last.wr_id, fallback);
         }
         self.outbox.queue(wrs);
-        pending.ok_or(IserError::Protocol("chain posted without a waiter".into()))
+        match pending {
+            None if !released => Err(IserError::Protocol("chain posted without a waiter".into())),
+            p => Ok(p),
+        }
     }
 
     /// Posts what [`Fabric::post_batched`] queued, once per turn of the runtime.
@@ -1104,8 +1111,9 @@ mod tests {
                 };
                 let credits = fab.credits(3).await.unwrap();
                 pendings.push(
-                    fab.post_pipelined(vec![reg, write, response], credits, fallback)
-                        .unwrap(),
+                    fab.post_pipelined(vec![reg, write, response], credits, fallback, None)
+                        .unwrap()
+                        .expect("a waiter"),
                 );
                 keep.push((buf, sig, dest, send_buf));
             }
