@@ -1133,18 +1133,7 @@ impl Shared {
         };
         let want = edtl.min(out_len);
         if edtl as usize > io::MAX_TRANSFER {
-            let c = Completion::check_condition(illegal_request((0x24, 0x00)));
-            return self
-                .respond(
-                    &cmd,
-                    &iser,
-                    &c,
-                    Moved::out_only(out_len),
-                    &counters,
-                    DataIn::default(),
-                    None,
-                )
-                .await;
+            return self.invalid_field(&cmd, &iser, out_len, &counters).await;
         }
         // (CDB for the device server, bytes of Data-Out in the command buffer)
         let mut device_out: Option<(Vec<u8>, usize)> = None;
@@ -1154,18 +1143,7 @@ impl Shared {
                 .as_ref()
                 .map_or(want as usize, |h| h.mem_len.max(want as usize));
             if slot.buffer(&self.fab.pd, buf_len).is_err() {
-                let c = Completion::check_condition(illegal_request((0x24, 0x00)));
-                return self
-                    .respond(
-                        &cmd,
-                        &iser,
-                        &c,
-                        Moved::out_only(out_len),
-                        &counters,
-                        DataIn::default(),
-                        None,
-                    )
-                    .await;
+                return self.invalid_field(&cmd, &iser, out_len, &counters).await;
             }
             let imm = (immediate.len() as u32).min(want);
             if imm > 0 {
@@ -1422,6 +1400,28 @@ impl Shared {
     /// Records the command and sends its SCSI Response (invalidating the initiator's
     /// STag when SEND with invalidate is in use).
     ///
+    /// Answers a command whose transfer length the portal cannot serve: CHECK
+    /// CONDITION, ILLEGAL REQUEST, INVALID FIELD IN CDB, no data moved.
+    async fn invalid_field(
+        &self,
+        cmd: &ScsiCommand,
+        iser: &IserControl,
+        out_len: u32,
+        counters: &[Arc<IoCounters>],
+    ) -> Result<(), IserError> {
+        let c = Completion::check_condition(illegal_request((0x24, 0x00)));
+        self.respond(
+            cmd,
+            iser,
+            &c,
+            Moved::out_only(out_len),
+            counters,
+            DataIn::default(),
+            None,
+        )
+        .await
+    }
+
     /// With `hold` the response is not waited for (see [`Shared::post_after`]).
     #[allow(clippy::too_many_arguments)]
     async fn respond(

@@ -984,6 +984,17 @@ mod tests {
         assert_eq!(fab.qp.state().unwrap(), QpState::Error);
     }
 
+    /// Waits until `held` has no other owner (the fabric released its chain).
+    async fn released(held: &Arc<()>, deadline: tokio::time::Instant) {
+        while Arc::strong_count(held) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hold never released"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// A chain posted with [`Fabric::post_released`] gives back what it held and
     /// its credits when it completes; one that fails (an RDMA WRITE to a key the
     /// peer does not have) does so too and moves the QP to error.
@@ -1008,13 +1019,7 @@ mod tests {
             fab.post_released(vec![wr], credits, Box::new((held.clone(), send_buf)))
                 .unwrap();
             let deadline = tokio::time::Instant::now() + T;
-            while Arc::strong_count(&held) > 1 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "hold never released"
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            released(&held, deadline).await;
             assert_eq!(fab.credits.available_permits(), SEND_CREDITS);
             assert_eq!(fab.qp.state().unwrap(), QpState::Rts);
             let mut wcs = Vec::new();
@@ -1027,13 +1032,7 @@ mod tests {
             let credits = fab.credits(1).await.unwrap();
             fab.post_released(vec![wr], credits, Box::new((held.clone(), local)))
                 .unwrap();
-            while Arc::strong_count(&held) > 1 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "hold never released"
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            released(&held, deadline).await;
             assert_eq!(fab.credits.available_permits(), SEND_CREDITS);
         });
         assert_eq!(fab.qp.state().unwrap(), QpState::Error);
