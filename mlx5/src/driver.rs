@@ -98,8 +98,9 @@ impl Mlx5Device {
 
 /// Payload of the largest posted message up to which the posting thread executes
 /// its own doorbell: small messages go out at once (one thread hop fewer each); a
-/// larger one goes to the QP's requester thread, so that the gather, ICRC and socket write of a large transfer
-/// overlap the poster's next work as a real HCA's DMA engine does.
+/// larger one goes to the QP's requester thread, so that the gather, ICRC and
+/// socket write of a large transfer overlap the poster's next work, as a real
+/// HCA's DMA engine does.
 const INLINE_GATHER_MAX: u64 = 32 << 10;
 
 fn perms(a: AccessFlags) -> u8 {

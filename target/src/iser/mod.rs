@@ -4,9 +4,10 @@
 //! (Data-In) through signature MRs that check T10-PI in the HCA.
 //!
 //! [`conn`] serves one connection (CM accept, login, full feature phase, SCSI commands
-//! running concurrently as tasks); [`io`] moves commands' data (buffers, signature registration, RDMA operations, status
-//! checks); [`lanes`] are the threads connections run on; [`adapter`] holds what the portal needs from the device server and the
-//! login policy in iSER terms. `target/ISER.md` documents the wire contract.
+//! running concurrently as tasks); [`io`] moves commands' data (buffers, signature
+//! registration, RDMA operations, status checks); [`lanes`] are the threads
+//! connections run on; [`adapter`] holds what the portal needs from the device
+//! server and the login policy in iSER terms. `target/ISER.md` documents the wire contract.
 
 pub mod adapter;
 pub mod conn;
