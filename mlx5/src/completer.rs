@@ -9,7 +9,7 @@ use verbs::cm::DisconnectReason;
 use crate::dma::{self, DmaError};
 use crate::frame::{nak, Header, Op};
 use crate::hca::{Hca, Qp};
-use crate::layout::syndrome;
+use crate::layout::{syndrome, DataSeg};
 use crate::requester::ReqEvent;
 
 /// Handles one response frame.
@@ -20,14 +20,8 @@ pub fn handle(hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], req: &Sender<R
             qp.complete_front();
         }
         Op::ReadResp => {
-            qp.ack_through(h.psn, false);
-            let sges = qp
-                .inflight
-                .lock()
-                .iter()
-                .find(|e| e.psn == Some(h.psn))
-                .and_then(|e| e.read_sges.clone());
-            let Some(sges) = sges else {
+            let Some(sges) = read_sges(qp, h.psn) else {
+                qp.ack_through(h.psn, false);
                 qp.to_error(DisconnectReason::Transport(format!(
                     "READ response for unknown PSN {}",
                     h.psn
@@ -40,13 +34,7 @@ pub fn handle(hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], req: &Sender<R
                 Err(DmaError::Access(_)) => syndrome::LOCAL_PROT_ERR,
                 Err(DmaError::Layout) => syndrome::LOCAL_QP_OP_ERR,
             };
-            qp.set_status(h.psn, st);
-            if st != 0 {
-                qp.to_error(DisconnectReason::Local);
-            }
-            qp.complete_front();
-            // A fenced WQE may be waiting for this READ.
-            let _ = req.send(ReqEvent::Doorbell);
+            finish_read(qp, h.psn, st, req);
         }
         Op::Nak => {
             if h.key == nak::RNR {
@@ -68,4 +56,30 @@ pub fn handle(hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], req: &Sender<R
         }
         _ => {}
     }
+}
+
+/// The scatter list of the RDMA READ in flight as `psn`.
+pub fn read_sges(qp: &Qp, psn: u32) -> Option<Vec<DataSeg>> {
+    qp.inflight
+        .lock()
+        .iter()
+        .find(|e| e.psn == Some(psn))
+        .and_then(|e| e.read_sges.clone())
+}
+
+/// Completes the RDMA READ `psn`, whose response the receive thread placed in
+/// plain memory itself.
+pub fn read_placed(qp: &Qp, psn: u32, req: &Sender<ReqEvent>) {
+    finish_read(qp, psn, 0, req);
+}
+
+fn finish_read(qp: &Qp, psn: u32, st: u8, req: &Sender<ReqEvent>) {
+    qp.ack_through(psn, false);
+    qp.set_status(psn, st);
+    if st != 0 {
+        qp.to_error(DisconnectReason::Local);
+    }
+    qp.complete_front();
+    // A fenced WQE may be waiting for this READ.
+    let _ = req.send(ReqEvent::Doorbell);
 }

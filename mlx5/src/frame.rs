@@ -22,7 +22,9 @@
 //! One frame carries one whole message (no MTU segmentation); a CM frame carries at
 //! most `verbs::cm::MAX_PRIVATE_DATA` bytes. A frame whose magic,
 //! version, length or CRC is wrong is a transport error: the QP goes to error and
-//! the connection closes; its bytes never reach memory.
+//! the connection closes; the message never completes. Its bytes never reach
+//! memory, except for a bulk WRITE or READ response received in place
+//! ([`crate::bulk`]), whose target memory is then undefined, as on RoCE.
 
 use std::io::{self, Read};
 
@@ -172,15 +174,7 @@ impl FrameBuilder {
     pub fn in_buf(mut buf: Vec<u8>, h: &Header, payload_hint: usize) -> FrameBuilder {
         buf.clear();
         buf.reserve(HDR_LEN + payload_hint.min(MAX_PAYLOAD) + TRAILER_LEN);
-        buf.extend_from_slice(&MAGIC.to_be_bytes());
-        buf.push(VERSION);
-        buf.push(h.op as u8);
-        buf.extend_from_slice(&h.psn.to_be_bytes());
-        buf.extend_from_slice(&h.qpn.to_be_bytes());
-        buf.extend_from_slice(&h.key.to_be_bytes());
-        buf.extend_from_slice(&h.addr.to_be_bytes());
-        buf.extend_from_slice(&h.len.to_be_bytes());
-        buf.extend_from_slice(&0u32.to_be_bytes());
+        buf.extend_from_slice(&header_bytes(h, 0));
         FrameBuilder { buf }
     }
 
@@ -197,6 +191,21 @@ impl FrameBuilder {
         self.buf.extend_from_slice(&crc.to_be_bytes());
         self.buf
     }
+}
+
+/// The header of a frame carrying `payload_len` bytes of payload.
+pub fn header_bytes(h: &Header, payload_len: usize) -> [u8; HDR_LEN] {
+    let mut b = [0u8; HDR_LEN];
+    b[0..2].copy_from_slice(&MAGIC.to_be_bytes());
+    b[2] = VERSION;
+    b[3] = h.op as u8;
+    b[4..8].copy_from_slice(&h.psn.to_be_bytes());
+    b[8..12].copy_from_slice(&h.qpn.to_be_bytes());
+    b[12..16].copy_from_slice(&h.key.to_be_bytes());
+    b[16..24].copy_from_slice(&h.addr.to_be_bytes());
+    b[24..28].copy_from_slice(&h.len.to_be_bytes());
+    b[28..32].copy_from_slice(&(payload_len as u32).to_be_bytes());
+    b
 }
 
 /// A whole frame with a payload slice.
@@ -253,9 +262,28 @@ pub fn read_frame_into(
     r: &mut impl Read,
     buf: &mut Vec<u8>,
 ) -> Result<(Header, usize), FrameError> {
+    let (h, n, hb) = read_header(r)?;
+    read_payload_into(r, &hb, n, buf)?;
+    Ok((h, n))
+}
+
+/// Reads and decodes a frame header; returns it with the payload length and the
+/// raw bytes (the start of the ICRC).
+pub fn read_header(r: &mut impl Read) -> Result<(Header, usize, [u8; HDR_LEN]), FrameError> {
     let mut hb = [0u8; HDR_LEN];
     r.read_exact(&mut hb)?;
     let (h, n) = decode_header(&hb)?;
+    Ok((h, n, hb))
+}
+
+/// Reads the `n` payload bytes and the trailer of the frame whose header is `hb`
+/// into the first bytes of `buf`, checking the ICRC.
+pub fn read_payload_into(
+    r: &mut impl Read,
+    hb: &[u8; HDR_LEN],
+    n: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     if buf.len() < n {
         buf.resize(n, 0);
     }
@@ -263,14 +291,19 @@ pub fn read_frame_into(
     // One read for the whole payload (`read_to_end` would grow its reads from
     // 8 KiB, costing several system calls and buffer copies per bulk frame).
     r.read_exact(payload)?;
+    check_trailer(r, crc32c::crc32c_append(crc32c::crc32c(hb), payload))
+}
+
+/// Reads the trailer and compares it with the ICRC `computed` over header and
+/// payload.
+pub fn check_trailer(r: &mut impl Read, computed: u32) -> Result<(), FrameError> {
     let mut tb = [0u8; TRAILER_LEN];
     r.read_exact(&mut tb)?;
     let carried = u32::from_be_bytes(tb);
-    let computed = crc32c::crc32c_append(crc32c::crc32c(&hb), payload);
     if computed != carried {
         return Err(FrameError::BadCrc { computed, carried });
     }
-    Ok((h, n))
+    Ok(())
 }
 
 /// Decodes one frame held entirely in `b` (tests, fuzzing).

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::bulk::OutFrame;
 use crate::sync::Mutex;
 use crate::sync::Sender;
 use parking_lot::RwLock;
@@ -185,7 +186,7 @@ pub struct Inflight {
     /// Bytes moved.
     pub byte_len: u32,
     /// The request frame, kept for RNR retransmission.
-    pub frame: Option<Arc<Vec<u8>>>,
+    pub frame: Option<OutFrame>,
     /// Scatter list of an RDMA READ.
     pub read_sges: Option<Vec<layout::DataSeg>>,
     /// Outcome: `Some(0)` success, `Some(syndrome)` error, `None` pending.
@@ -296,7 +297,7 @@ impl Qp {
         while let Some(front) = q.front() {
             let Some(st) = front.status else { break };
             let Some(mut e) = q.pop_front() else { break };
-            if let Some(f) = e.frame.take() {
+            if let Some(OutFrame::Built(f)) = e.frame.take() {
                 self.bufs.put(f);
             }
             if st == 0 {

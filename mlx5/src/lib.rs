@@ -5,12 +5,14 @@
 //! Device half: reads those WQE bytes ([`requester`]), answers the peer
 //! ([`responder`]), completes requests ([`completer`]), keeps mkeys ([`mr`]) and
 //! runs the signature engine ([`sig`]) on every SEND / RDMA READ / RDMA WRITE that
-//! touches a signature MR. Layouts live in [`layout`], the fabric frame in
+//! touches a signature MR; bulk transfers of plain memory skip the staging copy
+//! ([`bulk`]). Layouts live in [`layout`], the fabric frame in
 //! [`frame`], sockets and threads in [`transport`] and [`fabric`], fault injection
 //! in [`fault`].
 
 #![forbid(unsafe_code)]
 
+pub mod bulk;
 pub mod completer;
 pub mod dma;
 pub mod driver;

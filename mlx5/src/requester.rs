@@ -19,8 +19,9 @@ use verbs::cm::DisconnectReason;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, QpState};
 
+use crate::bulk::{self, Gathered, OutFrame};
 use crate::dma::{self, DmaError};
-use crate::frame::{FrameBuilder, Header, Op};
+use crate::frame::{self, FrameBuilder, Header, Op};
 use crate::hca::{Hca, Inflight, Qp};
 use crate::layout::{
     self, opcode, syndrome, Bsf, CtrlSeg, DataSeg, Klm, MkeySeg, RaddrSeg, SetPsvSeg,
@@ -85,7 +86,7 @@ fn transmit(hca: &Hca, qp: &Qp, next_psn: &mut u32, wire: &Wire) {
     let mut failed = None;
     process_sq(hca, qp, next_psn, &mut |f| {
         if failed.is_none() {
-            failed = wire.write(&f).err();
+            failed = wire.write_out(&f).err();
         }
     });
     if let Some(e) = failed.or_else(|| wire.flush().err()) {
@@ -128,7 +129,7 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
                     if qp.state() != QpState::Error {
                         // Go-back-N from the NAKed PSN. Collect first: the in-flight
                         // list is not locked while writing to the socket.
-                        let frames: Vec<Arc<Vec<u8>>> = qp
+                        let frames: Vec<OutFrame> = qp
                             .inflight
                             .lock()
                             .iter()
@@ -140,7 +141,7 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
                             .collect();
                         let r = frames
                             .iter()
-                            .try_for_each(|f| wire.write(f))
+                            .try_for_each(|f| wire.write_out(f))
                             .and_then(|()| wire.flush());
                         if let Err(e) = r {
                             qp.to_error(DisconnectReason::Transport(e.to_string()));
@@ -154,7 +155,7 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
 
 /// Executes every WQE posted since the last doorbell.
 /// Request frames go to `send` as they are built.
-pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(Arc<Vec<u8>>)) {
+pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(OutFrame)) {
     loop {
         let (ctrl, wqe) = {
             let mut sq = qp.sq.lock();
@@ -264,7 +265,7 @@ fn remote_op(
     qp: &Qp,
     ctrl: &CtrlSeg,
     body: &[u8],
-    send: &mut dyn FnMut(Arc<Vec<u8>>),
+    send: &mut dyn FnMut(OutFrame),
     next_psn: &mut u32,
     mut entry: Inflight,
 ) -> Result<(), ()> {
@@ -286,7 +287,7 @@ fn remote_op(
             h.addr = r.raddr;
             h.len = total.min(u64::from(u32::MAX)) as u32;
             entry.read_sges = Some(sges);
-            FrameBuilder::new(&h, 0).finish()
+            OutFrame::Built(Arc::new(FrameBuilder::new(&h, 0).finish()))
         }
         op => {
             match op {
@@ -302,24 +303,35 @@ fn remote_op(
                 }
                 _ => {}
             }
-            let mut b = FrameBuilder::in_buf(qp.bufs.get(total as usize + 64), &h, total as usize);
-            if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload(), &qp.send_cq) {
-                entry.status = Some(match e {
-                    DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,
-                    DmaError::Length => syndrome::LOCAL_LENGTH_ERR,
-                    DmaError::Layout => syndrome::LOCAL_QP_OP_ERR,
-                });
-                qp.inflight.lock().push_back(entry);
-                return Err(());
+            let bulk = (total as usize >= bulk::BULK_MIN)
+                .then(|| bulk::plain_segments(hca, qp.pd, &sges, total as usize, AccessFlags::NONE))
+                .flatten();
+            match bulk {
+                Some(segs) => OutFrame::Gathered(Arc::new(Gathered {
+                    head: frame::header_bytes(&h, total as usize),
+                    segs,
+                })),
+                None => {
+                    let mut b =
+                        FrameBuilder::in_buf(qp.bufs.get(total as usize + 64), &h, total as usize);
+                    if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload(), &qp.send_cq) {
+                        entry.status = Some(match e {
+                            DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,
+                            DmaError::Length => syndrome::LOCAL_LENGTH_ERR,
+                            DmaError::Layout => syndrome::LOCAL_QP_OP_ERR,
+                        });
+                        qp.inflight.lock().push_back(entry);
+                        return Err(());
+                    }
+                    OutFrame::Built(Arc::new(b.finish()))
+                }
             }
-            b.finish()
         }
     };
     entry.byte_len = total as u32;
     *next_psn = psn.wrapping_add(1);
-    let frame = Arc::new(frame);
     entry.psn = Some(psn);
-    entry.frame = Some(Arc::clone(&frame));
+    entry.frame = Some(frame.clone());
     qp.inflight.lock().push_back(entry);
     send(frame);
     Ok(())

@@ -94,13 +94,24 @@ impl Responder {
         tx.send(Arc::new(frame::encode(&h, payload)));
     }
 
+    /// Whether the request `psn` will be executed (it is the next in order, no
+    /// error stopped the responder and the QP is not in error); others are dropped.
+    pub fn executes(&self, qp: &Qp, psn: u32) -> bool {
+        psn == self.expected_psn && self.state != RespState::Failed && qp.state() != QpState::Error
+    }
+
+    /// Acknowledges the RDMA WRITE `psn`, whose payload the receive thread placed
+    /// in plain memory itself after [`Responder::executes`] said it would run.
+    pub fn placed_write(&mut self, qp: &Qp, tx: &Replies, psn: u32) {
+        self.state = RespState::Ready;
+        self.ack_later(qp, tx, psn);
+        self.expected_psn = self.expected_psn.wrapping_add(1);
+    }
+
     /// Handles one request frame.
     pub fn handle(&mut self, hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], tx: &Replies) {
-        if h.psn != self.expected_psn || self.state == RespState::Failed {
-            tracing::trace!(qpn = qp.qpn, psn = h.psn, expected = self.expected_psn, state = ?self.state, "dropping out-of-order request");
-            return;
-        }
-        if qp.state() == QpState::Error {
+        if !self.executes(qp, h.psn) {
+            tracing::trace!(qpn = qp.qpn, psn = h.psn, expected = self.expected_psn, state = ?self.state, "dropping request");
             return;
         }
         self.state = RespState::Ready;

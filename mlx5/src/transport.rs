@@ -9,7 +9,7 @@
 //! each other cannot deadlock: it writes an ACK itself only when the socket takes
 //! it without waiting, and queues everything else.
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -18,8 +18,10 @@ use std::time::Duration;
 use crate::sync::Mutex;
 use crate::sync::{Receiver, Sender};
 use verbs::cm::DisconnectReason;
+use verbs::AccessFlags;
 
-use crate::frame::{self, FrameError, Op};
+use crate::bulk::{self, Gathered, OutFrame};
+use crate::frame::{self, FrameError, Header, Op, HDR_LEN};
 use crate::hca::{Hca, Qp};
 use crate::requester::ReqEvent;
 
@@ -59,6 +61,43 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+    /// Sends what the socket takes without waiting (`WouldBlock` when it takes
+    /// nothing).
+    pub fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s).send_vectored_with_flags(bufs, flags),
+            Stream::Unix(s) => socket2::SockRef::from(s).send_vectored_with_flags(bufs, flags),
+        }
+    }
+    /// Receives what the socket holds without waiting (`WouldBlock` when empty,
+    /// 0 at the end of the stream).
+    pub fn recv_now(&self, b: &mut [u8]) -> io::Result<usize> {
+        let flags = rustix::net::RecvFlags::DONTWAIT;
+        let r = match self {
+            Stream::Tcp(s) => rustix::net::recv(s, b, flags),
+            Stream::Unix(s) => rustix::net::recv(s, b, flags),
+        };
+        r.map(|(n, _)| n).map_err(io::Error::from)
+    }
+    /// Waits until the socket is readable (`readable`) or writable, or has failed
+    /// or been shut down (the next call then reports it).
+    pub fn wait(&self, readable: bool) -> io::Result<()> {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let flags = if readable {
+            PollFlags::IN
+        } else {
+            PollFlags::OUT
+        };
+        let r = match self {
+            Stream::Tcp(s) => poll(&mut [PollFd::new(s, flags)], None),
+            Stream::Unix(s) => poll(&mut [PollFd::new(s, flags)], None),
+        };
+        match r {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
     /// Peer address, for logs.
@@ -130,25 +169,51 @@ pub struct Wire {
 
 #[derive(Debug)]
 struct WireState {
-    out: BufWriter<Stream>,
+    stream: Stream,
+    /// Small frames staged for one socket write (at most [`STAGING`] bytes).
+    out: Vec<u8>,
     /// The unsent tail of a frame the rx thread started with a non-blocking send
     /// (frame, bytes already sent). Whoever takes the lock next writes it before
-    /// anything else; while it is set, the write buffer is empty.
+    /// anything else; while it is set, the staging buffer is empty.
     rest: Option<(Arc<Vec<u8>>, usize)>,
 }
 
 impl WireState {
     fn finish_rest(&mut self) -> io::Result<()> {
         match self.rest.take() {
-            Some((f, sent)) => self.out.write_all(&f[sent..]),
+            Some((f, sent)) => self.stream.write_all(&f[sent..]),
             None => Ok(()),
+        }
+    }
+
+    /// Writes the staged bytes.
+    fn flush_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out);
+            self.out.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Stages a frame, or writes it straight from `f` when it is too large to stage.
+    fn write(&mut self, f: &[u8]) -> io::Result<()> {
+        self.finish_rest()?;
+        if self.out.len() + f.len() > STAGING {
+            self.flush_out()?;
+        }
+        if f.len() >= STAGING {
+            self.stream.write_all(f)
+        } else {
+            self.out.extend_from_slice(f);
+            Ok(())
         }
     }
 }
 
-/// Bytes of the socket write and read buffers. Frames at least this long bypass
-/// them (`BufWriter` and `BufReader` do so for requests as large as their
-/// buffer), so bulk data is copied once between frame and socket.
+/// Bytes of the socket write staging and read buffers. Frames at least this long
+/// bypass them, so bulk data is copied once between frame and socket (or not at
+/// all, see [`crate::bulk`]).
 pub const STAGING: usize = 32 << 10;
 
 /// How long [`Wire::shutdown`] waits for the lock, and then for the final flush.
@@ -162,16 +227,35 @@ impl Wire {
         Wire {
             ctl: stream.try_clone().ok(),
             w: Mutex::new(WireState {
-                out: BufWriter::with_capacity(STAGING, stream),
+                stream,
+                out: Vec::with_capacity(STAGING),
                 rest: None,
             }),
         }
     }
     /// Writes one frame (buffered; large frames go straight to the socket).
     pub fn write(&self, f: &[u8]) -> io::Result<()> {
+        self.w.lock().write(f)
+    }
+    /// Writes a frame whose payload is read from registered memory as it goes to
+    /// the socket, with the ICRC computed on the way (the trailer is staged).
+    pub fn write_gathered(&self, g: &Gathered) -> io::Result<()> {
         let mut w = self.w.lock();
         w.finish_rest()?;
-        w.out.write_all(f)
+        if w.out.len() + HDR_LEN > STAGING {
+            w.flush_out()?;
+        }
+        w.out.extend_from_slice(&g.head);
+        let WireState { stream, out, .. } = &mut *w;
+        let crc = bulk::send_from(stream, out, &g.segs, crc32c::crc32c(&g.head))?;
+        w.write(&crc.to_be_bytes())
+    }
+    /// Writes a request frame as the requester keeps it.
+    pub fn write_out(&self, f: &OutFrame) -> io::Result<()> {
+        match f {
+            OutFrame::Built(b) => self.write(b),
+            OutFrame::Gathered(g) => self.write_gathered(g),
+        }
     }
     /// Writes a frame without ever blocking, when no other writer holds the lock
     /// or has bytes waiting: a non-blocking send, and whatever the socket does not
@@ -181,14 +265,10 @@ impl Wire {
         let Some(mut w) = self.w.try_lock() else {
             return WriteNow::Busy;
         };
-        if !w.out.buffer().is_empty() || w.rest.is_some() {
+        if !w.out.is_empty() || w.rest.is_some() {
             return WriteNow::Busy;
         }
-        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        let sent = match w.out.get_ref() {
-            Stream::Tcp(s) => socket2::SockRef::from(s).send_with_flags(f, flags),
-            Stream::Unix(s) => socket2::SockRef::from(s).send_with_flags(f, flags),
-        };
+        let sent = w.stream.send_now(&[IoSlice::new(f)]);
         let n = match sent {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -206,7 +286,7 @@ impl Wire {
     pub fn flush(&self) -> io::Result<()> {
         let mut w = self.w.lock();
         w.finish_rest()?;
-        w.out.flush()
+        w.flush_out()
     }
     /// Flushes (for at most [`SHUTDOWN_WAIT`]) and closes both directions. When a
     /// writer holds the lock past [`SHUTDOWN_WAIT`] (its peer stopped reading), the
@@ -215,14 +295,14 @@ impl Wire {
     pub fn shutdown(&self) {
         match (self.w.try_lock_for(SHUTDOWN_WAIT), &self.ctl) {
             (Some(mut w), _) => {
-                let _ = w.out.get_ref().set_write_timeout(Some(SHUTDOWN_WAIT));
-                let _ = w.finish_rest().and_then(|()| w.out.flush());
-                w.out.get_ref().shutdown();
+                let _ = w.stream.set_write_timeout(Some(SHUTDOWN_WAIT));
+                let _ = w.finish_rest().and_then(|()| w.flush_out());
+                w.stream.shutdown();
             }
             (None, Some(ctl)) => ctl.shutdown(),
             (None, None) => {
                 let w = self.w.lock();
-                w.out.get_ref().shutdown();
+                w.stream.shutdown();
             }
         }
     }
@@ -337,7 +417,7 @@ pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sen
         if stream.buffer().is_empty() {
             resp.flush(&qp, &tx);
         }
-        let (h, n) = match frame::read_frame_into(&mut stream, &mut payload) {
+        let (h, n, placed) = match read_request(&hca, &qp, &resp, &mut stream, &mut payload) {
             Ok(r) => r,
             Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 // What was received before the end still completes.
@@ -353,6 +433,8 @@ pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sen
             }
         };
         match h.op {
+            Op::Write if placed => resp.placed_write(&qp, &tx, h.psn),
+            Op::ReadResp if placed => crate::completer::read_placed(&qp, h.psn, &req),
             Op::Send | Op::SendInv | Op::Write | Op::ReadReq => {
                 resp.handle(&hca, &qp, &h, &mut payload[..n], &tx)
             }
@@ -372,6 +454,39 @@ pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sen
                 )));
                 return;
             }
+        }
+    }
+}
+
+/// Reads the next frame. A bulk RDMA WRITE the responder will execute, or a bulk
+/// READ response, bound for plain memory goes straight there (returned `true`);
+/// any other payload lands in `payload`.
+fn read_request(
+    hca: &Hca,
+    qp: &Qp,
+    resp: &crate::responder::Responder,
+    stream: &mut BufReader<Stream>,
+    payload: &mut Vec<u8>,
+) -> Result<(Header, usize, bool), FrameError> {
+    let (h, n, hb) = frame::read_header(stream)?;
+    let target = match h.op {
+        _ if n < bulk::BULK_MIN => None,
+        Op::Write if resp.executes(qp, h.psn) => {
+            bulk::plain_range(hca, qp.pd, h.key, h.addr, n, AccessFlags::REMOTE_WRITE)
+        }
+        Op::ReadResp => crate::completer::read_sges(qp, h.psn)
+            .and_then(|sges| bulk::plain_segments(hca, qp.pd, &sges, n, AccessFlags::LOCAL_WRITE)),
+        _ => None,
+    };
+    match target {
+        Some(segs) => {
+            let crc = bulk::recv_into(stream, &segs, n, crc32c::crc32c(&hb))?;
+            frame::check_trailer(stream, crc)?;
+            Ok((h, n, true))
+        }
+        None => {
+            frame::read_payload_into(stream, &hb, n, payload)?;
+            Ok((h, n, false))
         }
     }
 }

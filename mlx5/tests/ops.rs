@@ -425,6 +425,105 @@ fn registry_opens_the_soft_device_by_name() {
     ));
 }
 
+/// Bulk messages (at least `mlx5::bulk::BULK_MIN` bytes of plain memory) are sent
+/// straight from their SGEs and placed straight into the target memory: a SEND
+/// gathered from three SGEs of two MRs, an RDMA WRITE at an offset, an RDMA READ
+/// scattered over two SGEs, every byte where it belongs and nothing beyond.
+#[test]
+fn bulk_messages_gather_and_place_every_byte() {
+    let (a, b) = pair();
+    const N: usize = 192 << 10;
+    const { assert!(N / 3 >= mlx5::bulk::BULK_MIN) };
+    let src1 = a.pd.reg_mr(N, RW).unwrap();
+    let src2 = a.pd.reg_mr(N, RW).unwrap();
+    src1.write_at(0, &pattern(N, 3)).unwrap();
+    src2.write_at(0, &pattern(N, 7)).unwrap();
+    let dst = b.pd.reg_mr(2 * N, RW).unwrap();
+    let want: Vec<u8> = [
+        &pattern(N, 3)[..N / 2],
+        &pattern(N, 7)[..],
+        &pattern(N, 3)[N / 2..],
+    ]
+    .concat();
+
+    let mut send = SendWr::send(1, src1.sge(0, (N / 2) as u32));
+    send.sg_list.push(src2.sge(0, N as u32));
+    send.sg_list.push(src1.sge(N / 2, (N / 2) as u32));
+    b.qp.post_recv_one(RecvWr::new(2, dst.sge(0, (2 * N) as u32)))
+        .unwrap();
+    a.qp.post_send_one(send).unwrap();
+    assert_eq!(a.wait().status, WcStatus::Success);
+    let wc = b.wait();
+    assert_eq!((wc.status, wc.byte_len), (WcStatus::Success, 2 * N as u32));
+    assert_eq!(dst.to_vec(0, 2 * N).unwrap(), want);
+
+    let dst = b.pd.reg_mr(2 * N, RW).unwrap();
+    a.qp.post_send_one(SendWr::rdma_write(
+        3,
+        src2.sge(0, N as u32),
+        dst.addr() + 4097,
+        dst.rkey(),
+    ))
+    .unwrap();
+    assert_eq!(a.wait().status, WcStatus::Success);
+    assert_eq!(dst.to_vec(0, 4097).unwrap(), vec![0u8; 4097]);
+    assert_eq!(dst.to_vec(4097, N).unwrap(), pattern(N, 7));
+    assert!(dst
+        .to_vec(4097 + N, N - 4097)
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0));
+
+    let back1 = a.pd.reg_mr(N, RW).unwrap();
+    let back2 = a.pd.reg_mr(N, RW).unwrap();
+    let mut read = SendWr::rdma_read(
+        4,
+        back1.sge(100, (N / 2) as u32),
+        dst.addr() + 4097,
+        dst.rkey(),
+    );
+    read.sg_list.push(back2.sge(0, (N / 2) as u32));
+    a.qp.post_send_one(read).unwrap();
+    assert_eq!(a.wait().status, WcStatus::Success);
+    assert_eq!(back1.to_vec(100, N / 2).unwrap(), pattern(N, 7)[..N / 2]);
+    assert_eq!(back2.to_vec(0, N / 2).unwrap(), pattern(N, 7)[N / 2..]);
+    assert_eq!(back1.to_vec(0, 100).unwrap(), vec![0u8; 100]);
+}
+
+/// A bulk SEND refused for want of a receive (RNR NAK) and the bulk WRITE behind
+/// it are gathered from memory again (go-back-N) until a receive is posted.
+#[test]
+fn rnr_retransmission_of_bulk_messages_gathers_them_again() {
+    let attr_b = QpInitAttr {
+        min_rnr_timer: Duration::from_millis(5),
+        ..QpInitAttr::default()
+    };
+    let (a, b) = pair_with(&QpInitAttr::default(), &attr_b);
+    const N: usize = 64 << 10;
+    let src = a.pd.reg_mr(N, RW).unwrap();
+    src.write_at(0, &pattern(N, 1)).unwrap();
+    let dst = b.pd.reg_mr(2 * N, RW).unwrap();
+    a.qp.post_send(&[
+        SendWr::send(1, src.sge(0, N as u32)),
+        SendWr::rdma_write(2, src.sge(0, N as u32), dst.addr() + N as u64, dst.rkey()),
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(
+        a.cq.next_blocking(Duration::from_millis(1))
+            .unwrap()
+            .is_none(),
+        "SEND must wait for a receive"
+    );
+    b.qp.post_recv_one(RecvWr::new(9, dst.sge(0, N as u32)))
+        .unwrap();
+    assert_eq!(a.wait().wr_id, 1);
+    assert_eq!(a.wait().wr_id, 2);
+    assert_eq!(b.wait().byte_len, N as u32);
+    assert_eq!(dst.to_vec(0, N).unwrap(), pattern(N, 1));
+    assert_eq!(dst.to_vec(N, N).unwrap(), pattern(N, 1));
+}
+
 #[test]
 fn bidirectional_bulk_traffic_does_not_deadlock() {
     let (a, b) = pair();

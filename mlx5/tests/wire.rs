@@ -13,9 +13,24 @@ use verbs::{AccessFlags, QpInitAttr, QpState, RecvWr, WcStatus};
 
 const T: Duration = Duration::from_secs(10);
 
+/// What the QP under attack reports after the raw peer sent one damaged frame.
+struct Outcome {
+    reason: Option<DisconnectReason>,
+    state: QpState,
+    /// The first 15 bytes of the receive buffer.
+    received: Vec<u8>,
+    /// The flushed receive's status.
+    wc: WcStatus,
+}
+
+/// A QP with one receive posted on a 64-byte buffer and `mr` bytes of remotely
+/// writable memory; the raw peer connects, then sends the frame `frame` builds
+/// (given that memory's rkey and address) after `corrupt` damaged it.
 fn raw_peer(
+    mr: usize,
+    frame: impl Fn(u32, u64) -> Vec<u8>,
     corrupt: impl Fn(&mut Vec<u8>),
-) -> (Option<DisconnectReason>, QpState, Vec<u8>, WcStatus) {
+) -> Outcome {
     let dev = Mlx5Device::new("mlx5_raw");
     let ctx = dev.context();
     let pd = ctx.alloc_pd().unwrap();
@@ -25,6 +40,9 @@ fn raw_peer(
         .reg_mr(64, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE)
         .unwrap();
     qp.post_recv_one(RecvWr::new(1, buf.sge_all())).unwrap();
+    let remote = pd
+        .reg_mr(mr, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE)
+        .unwrap();
     let mut l = CmListener::bind(&ctx, &"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
     let CmAddr::Tcp(a) = l.local_addr() else {
         unreachable!()
@@ -40,18 +58,18 @@ fn raw_peer(
     s.read_exact(&mut rep).unwrap();
     let (h, p) = frame::decode(&rep).unwrap();
     assert_eq!((h.op, p), (Op::CmRep, vec![0x40, 0, 0, 0]));
-    // A SEND whose bytes are damaged after the ICRC was computed.
-    let mut f = frame::encode(&Header::new(Op::Send, 0), b"must never land");
+    // A frame whose bytes are damaged after the ICRC was computed.
+    let mut f = frame(remote.rkey(), remote.addr());
     corrupt(&mut f);
     s.write_all(&f).unwrap();
     let reason = conn.wait_disconnected_blocking(T);
     let wc = cq.next_blocking(T).unwrap().expect("flushed receive");
-    (
+    Outcome {
         reason,
-        qp.state().unwrap(),
-        buf.to_vec(0, 15).unwrap(),
-        wc.status,
-    )
+        state: qp.state().unwrap(),
+        received: buf.to_vec(0, 15).unwrap(),
+        wc: wc.status,
+    }
 }
 
 #[test]
@@ -73,13 +91,46 @@ fn corrupted_frame_is_a_transport_error_not_data() {
             Box::new(|f: &mut Vec<u8>| f[28..32].copy_from_slice(&u32::MAX.to_be_bytes())),
         ),
     ] {
-        let (reason, state, bytes, wc) = raw_peer(corrupt);
+        let send = |_, _| frame::encode(&Header::new(Op::Send, 0), b"must never land");
+        let o = raw_peer(64, send, corrupt);
         assert!(
-            matches!(reason, Some(DisconnectReason::Transport(_))),
-            "{name}: {reason:?}"
+            matches!(o.reason, Some(DisconnectReason::Transport(_))),
+            "{name}: {:?}",
+            o.reason
         );
-        assert_eq!(state, QpState::Error, "{name}");
-        assert_eq!(bytes, vec![0u8; 15], "{name}: corrupt data reached memory");
-        assert_eq!(wc, WcStatus::WrFlushErr, "{name}");
+        assert_eq!(o.state, QpState::Error, "{name}");
+        assert_eq!(
+            o.received,
+            vec![0u8; 15],
+            "{name}: corrupt data reached memory"
+        );
+        assert_eq!(o.wc, WcStatus::WrFlushErr, "{name}");
+    }
+}
+
+/// A bulk RDMA WRITE (received straight into plain memory) whose ICRC fails is a
+/// transport error too: the QP goes to error and the message never completes or
+/// is acknowledged, whether the damage is in the payload or the trailer.
+#[test]
+fn corrupted_bulk_write_is_a_transport_error() {
+    const N: usize = 256 << 10;
+    let write = |rkey, addr| {
+        let mut h = Header::new(Op::Write, 0);
+        h.key = rkey;
+        h.addr = addr;
+        frame::encode(&h, &vec![0x5a; N])
+    };
+    for (name, at) in [
+        ("payload", frame::HDR_LEN + N - 1),
+        ("icrc", frame::HDR_LEN + N),
+    ] {
+        let o = raw_peer(N, write, |f| f[at] ^= 0x20);
+        assert!(
+            matches!(o.reason, Some(DisconnectReason::Transport(ref m)) if m.contains("ICRC")),
+            "{name}: {:?}",
+            o.reason
+        );
+        assert_eq!(o.state, QpState::Error, "{name}");
+        assert_eq!(o.wc, WcStatus::WrFlushErr, "{name}");
     }
 }

@@ -1,0 +1,188 @@
+//! Bulk payloads moved between plain registered memory and the socket without a
+//! staging copy, as a real HCA's DMA engine reads and writes host memory while
+//! the packet passes.
+//!
+//! - Out: a SEND or RDMA WRITE of at least [`BULK_MIN`] bytes whose SGEs all map
+//!   plain memory becomes a [`Gathered`] frame: its payload goes to the socket
+//!   straight from the posted buffers, and a retransmission reads them again.
+//! - In: an RDMA WRITE or READ response of at least [`BULK_MIN`] bytes aimed at
+//!   plain memory is received straight into that memory ([`recv_into`]).
+//!
+//! The ICRC is computed over the bytes as they pass. A buffer's lock is held only
+//! for one non-blocking socket call; waiting for the socket happens without it, so
+//! two HCAs moving bulk data through the same buffers cannot deadlock. A placed
+//! payload whose ICRC then fails has already reached memory: the message is never
+//! acknowledged or completed and the QP goes to error, as memory targeted by a
+//! failed multi-packet RoCE WRITE is undefined. Signature mkeys never take this
+//! path: their data passes through the signature engine, which needs the whole
+//! checked frame.
+
+use std::io::{self, BufRead, BufReader, IoSlice};
+use std::sync::Arc;
+
+use verbs::AccessFlags;
+
+use crate::frame::HDR_LEN;
+use crate::hca::Hca;
+use crate::layout::DataSeg;
+use crate::mr::{Resolved, Segment};
+use crate::transport::Stream;
+
+/// Payload size from which a transfer to or from plain memory skips the staging copy.
+pub const BULK_MIN: usize = 32 << 10;
+
+/// A request frame whose payload stays in registered memory until it is written.
+#[derive(Debug)]
+pub struct Gathered {
+    /// Header bytes (payload length filled in).
+    pub head: [u8; HDR_LEN],
+    /// The payload, in order.
+    pub segs: Vec<Segment>,
+}
+
+/// A request frame as the requester keeps it until its ACK: built in one buffer,
+/// or gathered from memory when written.
+#[derive(Debug, Clone)]
+pub enum OutFrame {
+    /// Header, payload and ICRC in one buffer.
+    Built(Arc<Vec<u8>>),
+    /// Header here, payload in registered memory.
+    Gathered(Arc<Gathered>),
+}
+
+/// The plain memory behind `sges` (with rights `need`), in order, covering the
+/// first `len` bytes; `None` when any of it is a signature view or is refused
+/// (the copying path then reports the error as it always has).
+pub fn plain_segments(
+    hca: &Hca,
+    pd: u32,
+    sges: &[DataSeg],
+    len: usize,
+    need: AccessFlags,
+) -> Option<Vec<Segment>> {
+    let mut segs = Vec::with_capacity(sges.len());
+    let mut left = len;
+    for s in sges {
+        if left == 0 {
+            break;
+        }
+        let n = (s.byte_count as usize).min(left);
+        match hca.mkeys.resolve(s.lkey, pd, s.addr, n as u64, need) {
+            Ok(Resolved::Plain(seg)) => segs.push(seg),
+            _ => return None,
+        }
+        left -= n;
+    }
+    (left == 0).then_some(segs)
+}
+
+/// The plain memory at `rkey`/`addr` for `len` bytes with rights `need`.
+pub fn plain_range(
+    hca: &Hca,
+    pd: u32,
+    rkey: u32,
+    addr: u64,
+    len: usize,
+    need: AccessFlags,
+) -> Option<Vec<Segment>> {
+    match hca.mkeys.resolve(rkey, pd, addr, len as u64, need) {
+        Ok(Resolved::Plain(seg)) => Some(vec![seg]),
+        _ => None,
+    }
+}
+
+fn layout_error() -> io::Error {
+    io::Error::other("segment outside its registered buffer")
+}
+
+/// Sends `pre` (bytes already staged: earlier frames, this frame's header), then
+/// the payload in `segs`, and returns `crc` extended over the payload. Each
+/// non-blocking send holds the buffer's read lock; a full socket is waited for
+/// without it.
+pub fn send_from(
+    stream: &Stream,
+    pre: &mut Vec<u8>,
+    segs: &[Segment],
+    crc: u32,
+) -> io::Result<u32> {
+    let mut crc = crc;
+    let mut sent_pre = 0usize;
+    for seg in segs {
+        let mut at = 0usize;
+        while at < seg.len {
+            let r = seg.buf.read(|b| {
+                let data = b
+                    .get(seg.offset + at..seg.offset + seg.len)
+                    .ok_or_else(layout_error)?;
+                let head = &pre[sent_pre..];
+                let n = stream.send_now(&[IoSlice::new(head), IoSlice::new(data)])?;
+                let of_data = n.saturating_sub(head.len());
+                crc = crc32c::crc32c_append(crc, &data[..of_data]);
+                Ok::<_, io::Error>((n - of_data, of_data))
+            });
+            match r {
+                Ok((of_pre, of_data)) => {
+                    sent_pre += of_pre;
+                    at += of_data;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.wait(false)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    pre.drain(..sent_pre);
+    Ok(crc)
+}
+
+/// Receives `n` payload bytes into `segs` (which cover at least `n` bytes): first
+/// what `r` has buffered, then straight from the socket. Returns `crc` extended
+/// over the payload. Each non-blocking receive holds the buffer's write lock; an
+/// empty socket is waited for without it.
+pub fn recv_into(
+    r: &mut BufReader<Stream>,
+    segs: &[Segment],
+    n: usize,
+    crc: u32,
+) -> io::Result<u32> {
+    let mut crc = crc;
+    let mut left = n;
+    for seg in segs {
+        let mut at = 0usize;
+        let end = seg.len.min(left);
+        while at < end {
+            let buffered = r.buffer().len();
+            let got = seg.buf.write(|b| {
+                let dst = b
+                    .get_mut(seg.offset + at..seg.offset + end)
+                    .ok_or_else(layout_error)?;
+                let k = if buffered > 0 {
+                    let k = buffered.min(dst.len());
+                    dst[..k].copy_from_slice(&r.buffer()[..k]);
+                    k
+                } else {
+                    r.get_ref().recv_now(dst)?
+                };
+                crc = crc32c::crc32c_append(crc, &dst[..k]);
+                Ok::<_, io::Error>(k)
+            });
+            match got {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => {
+                    if buffered > 0 {
+                        r.consume(k);
+                    }
+                    at += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => r.get_ref().wait(true)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        left -= end;
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(crc)
+}
