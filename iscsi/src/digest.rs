@@ -21,14 +21,19 @@ impl Digests {
     };
 }
 
-/// CRC32C of `bytes` (hardware accelerated where the CPU has SSE4.2).
+/// CRC32C of `bytes` (carry-less multiplication folding where the CPU has it).
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
-/// Continue a CRC32C over more bytes.
+/// Continue a CRC32C over more bytes: `crc32c_append(crc32c(a), b)` is the CRC32C
+/// of `a` followed by `b`.
 pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, bytes)
+    // The running register is the finished value before its final inversion.
+    let mut d =
+        crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(!crc));
+    d.update(bytes);
+    d.finalize() as u32
 }
 
 /// The four wire bytes of a digest value.

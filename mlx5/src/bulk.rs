@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use verbs::AccessFlags;
 
-use crate::frame::HDR_LEN;
+use crate::frame::{Icrc, HDR_LEN};
 use crate::hca::Hca;
 use crate::layout::DataSeg;
 use crate::mr::{Resolved, Segment};
@@ -96,16 +96,14 @@ fn layout_error() -> io::Error {
 }
 
 /// Sends `pre` (bytes already staged: earlier frames, this frame's header), then
-/// the payload in `segs`, and returns `crc` extended over the payload. Each
-/// non-blocking send holds the buffer's read lock; a full socket is waited for
-/// without it.
+/// the payload in `segs`, extending `crc` over the payload. Each non-blocking
+/// send holds the buffer's read lock; a full socket is waited for without it.
 pub fn send_from(
     stream: &Stream,
     pre: &mut Vec<u8>,
     segs: &[Segment],
-    crc: u32,
-) -> io::Result<u32> {
-    let mut crc = crc;
+    crc: &mut Icrc,
+) -> io::Result<()> {
     let mut sent_pre = 0usize;
     for seg in segs {
         let mut at = 0usize;
@@ -117,7 +115,7 @@ pub fn send_from(
                 let head = &pre[sent_pre..];
                 let n = stream.send_now(&[IoSlice::new(head), IoSlice::new(data)])?;
                 let of_data = n.saturating_sub(head.len());
-                crc = crc32c::crc32c_append(crc, &data[..of_data]);
+                crc.update(&data[..of_data]);
                 Ok::<_, io::Error>((n - of_data, of_data))
             });
             match r {
@@ -132,20 +130,19 @@ pub fn send_from(
         }
     }
     pre.drain(..sent_pre);
-    Ok(crc)
+    Ok(())
 }
 
 /// Receives `n` payload bytes into `segs` (which cover at least `n` bytes): first
-/// what `r` has buffered, then straight from the socket. Returns `crc` extended
-/// over the payload. Each non-blocking receive holds the buffer's write lock; an
-/// empty socket is waited for without it.
+/// what `r` has buffered, then straight from the socket, extending `crc` over
+/// the payload. Each non-blocking receive holds the buffer's write lock; an empty
+/// socket is waited for without it.
 pub fn recv_into(
     r: &mut BufReader<Stream>,
     segs: &[Segment],
     n: usize,
-    crc: u32,
-) -> io::Result<u32> {
-    let mut crc = crc;
+    crc: &mut Icrc,
+) -> io::Result<()> {
     let mut left = n;
     for seg in segs {
         let mut at = 0usize;
@@ -163,7 +160,7 @@ pub fn recv_into(
                 } else {
                     r.get_ref().recv_now(dst)?
                 };
-                crc = crc32c::crc32c_append(crc, &dst[..k]);
+                crc.update(&dst[..k]);
                 Ok::<_, io::Error>(k)
             });
             match got {
@@ -184,5 +181,5 @@ pub fn recv_into(
             break;
         }
     }
-    Ok(crc)
+    Ok(())
 }

@@ -21,7 +21,7 @@ use verbs::cm::DisconnectReason;
 use verbs::AccessFlags;
 
 use crate::bulk::{self, Gathered, OutFrame};
-use crate::frame::{self, FrameError, Header, Op, HDR_LEN};
+use crate::frame::{self, FrameError, Header, Icrc, Op, HDR_LEN};
 use crate::hca::{Hca, Qp};
 use crate::requester::ReqEvent;
 
@@ -247,8 +247,9 @@ impl Wire {
         }
         w.out.extend_from_slice(&g.head);
         let WireState { stream, out, .. } = &mut *w;
-        let crc = bulk::send_from(stream, out, &g.segs, crc32c::crc32c(&g.head))?;
-        w.write(&crc.to_be_bytes())
+        let mut crc = Icrc::over(&g.head);
+        bulk::send_from(stream, out, &g.segs, &mut crc)?;
+        w.write(&crc.value().to_be_bytes())
     }
     /// Writes a request frame as the requester keeps it.
     pub fn write_out(&self, f: &OutFrame) -> io::Result<()> {
@@ -480,8 +481,9 @@ fn read_request(
     };
     match target {
         Some(segs) => {
-            let crc = bulk::recv_into(stream, &segs, n, crc32c::crc32c(&hb))?;
-            frame::check_trailer(stream, crc)?;
+            let mut crc = Icrc::over(&hb);
+            bulk::recv_into(stream, &segs, n, &mut crc)?;
+            frame::check_trailer(stream, crc.value())?;
             Ok((h, n, true))
         }
         None => {
