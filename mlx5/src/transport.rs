@@ -535,9 +535,29 @@ mod tests {
     /// the connection must still finish and unblock that writer.
     #[test]
     fn shutdown_unblocks_a_writer_stuck_on_a_silent_peer() {
+        stuck_writer_is_unblocked(false);
+    }
+
+    /// The same for a gathered frame, whose writer also leaves the buffer it
+    /// sends from unlocked while it waits for the socket.
+    #[test]
+    fn shutdown_unblocks_a_gathered_writer_that_holds_no_buffer_lock() {
+        stuck_writer_is_unblocked(true);
+    }
+
+    fn stuck_writer_is_unblocked(gathered: bool) {
         let (a, _silent_peer) = UnixStream::pair().unwrap();
         let wire = Arc::new(Wire::new(Stream::Unix(a)));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mem = verbs::DmaBuf::new(1 << 20).unwrap();
+        let frame = Gathered {
+            head: frame::header_bytes(&frame::Header::new(Op::Write, 0), 1 << 20),
+            segs: vec![crate::mr::Segment {
+                buf: Arc::clone(&mem),
+                offset: 0,
+                len: 1 << 20,
+            }],
+        };
         {
             let (wire, done_tx) = (Arc::clone(&wire), done_tx.clone());
             std::thread::spawn(move || {
@@ -546,12 +566,27 @@ mod tests {
                 let mut r = Ok(());
                 // The socket buffer fills within a few writes; bounded regardless.
                 while r.is_ok() && t0.elapsed() < Duration::from_secs(30) {
-                    r = wire.write(&chunk);
+                    r = if gathered {
+                        wire.write_gathered(&frame)
+                    } else {
+                        wire.write(&chunk)
+                    };
                 }
                 let _ = done_tx.send(("writer", r.is_err()));
             });
         }
         std::thread::sleep(Duration::from_millis(200));
+        if gathered {
+            // The host can still write the memory the blocked frame comes from.
+            let mem = Arc::clone(&mem);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                mem.fill(0, 16, 0xaa).unwrap();
+                let _ = tx.send(());
+            });
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the waiting writer holds the buffer's lock");
+        }
         {
             let wire = Arc::clone(&wire);
             std::thread::spawn(move || {
