@@ -222,12 +222,20 @@ impl ScsiService for TargetLuns {
             return self.report_luns(cdb).place(data_in);
         }
         let (r, len) = l.run_wire_into(&self.device_nexus(nexus), cdb, true, data_out, data_in);
-        let c = Completion {
-            status: r.status.0,
-            sense: r.sense.unwrap_or_default(),
-            data_in: Vec::new(),
-        };
-        (c, len)
+        (answer_without_data(r), len)
+    }
+
+    fn execute_read_dix(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data: &mut [u8],
+        pi: &mut [u8],
+    ) -> Option<(Completion, usize)> {
+        let l = self.luns.get(&lun).filter(|l| l.reads_dix(cdb))?;
+        let (r, len) = l.run_read_dix(&self.device_nexus(nexus), cdb, true, data, pi);
+        Some((answer_without_data(r), len))
     }
 
     fn in_memory(&self, lun: u64) -> bool {
@@ -281,5 +289,15 @@ impl ScsiService for TargetLuns {
                 backing: self.backing.get(&id).cloned().unwrap_or_default(),
             })
             .collect()
+    }
+}
+
+/// The SCSI Response part of a device server's answer whose Data-In went straight
+/// into the transport's buffer.
+fn answer_without_data(r: device::Response) -> Completion {
+    Completion {
+        status: r.status.0,
+        sense: r.sense.unwrap_or_default(),
+        data_in: Vec::new(),
     }
 }

@@ -152,6 +152,23 @@ pub trait ScsiService: Send + Sync + fmt::Debug {
         self.execute(nexus, lun, cdb, data_out).place(data_in)
     }
 
+    /// Runs a READ that asks for its blocks' PI (RDPROTECT not 0) with the blocks
+    /// going to `data` and their PI to `pi` (DIX form), for a transport whose
+    /// hardware interleaves them on the way out; returns the completion and the
+    /// bytes written (data and PI), or `None` when this service does not serve
+    /// `cdb` so (the caller then uses [`ScsiService::execute_into`]).
+    fn execute_read_dix(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data: &mut [u8],
+        pi: &mut [u8],
+    ) -> Option<(Completion, usize)> {
+        let _ = (nexus, lun, cdb, data, pi);
+        None
+    }
+
     /// Whether `lun`'s commands finish without waiting on I/O (a RAM backing
     /// store): a transport may then run them in place rather than on a blocking
     /// worker thread, saving two thread hand-offs per command.

@@ -13,7 +13,7 @@ use thiserror::Error;
 use super::backend::{Backend, BackendError, FileBackend, FileOptions, RamBackend};
 use super::lba_lock::LbaLocks;
 use super::pr::{Access, ItKey, PrState};
-use super::prot::{ProtDir, ProtPlan};
+use super::prot::{ProtDir, ProtOp, ProtPlan};
 use super::reason::SenseReason;
 use super::wire::{self, Dix, PiFailure};
 use super::{Backing, LunDesc, Nexus};
@@ -729,6 +729,46 @@ impl Lun {
         let result = self
             .prepare(nexus, cdb, fabric_pi_capable)
             .and_then(|plan| self.execute_wire_into(nexus, &plan, wire_out, dst));
+        match result {
+            Ok(len) => (
+                Response {
+                    status: Status::GOOD,
+                    sense: None,
+                    data: Vec::new(),
+                },
+                len,
+            ),
+            Err(reason) => (self.failed(cdb, &reason), 0),
+        }
+    }
+
+    /// Whether [`Lun::run_read_dix`] serves `cdb`: a READ of at least one block
+    /// that asks for its PI (RDPROTECT not 0) from a LUN that stores PI.
+    pub fn reads_dix(&self, cdb: &[u8]) -> bool {
+        self.pi.is_some()
+            && matches!(Cdb::parse(cdb), Ok(Cdb::ReadWrite(rw))
+                if rw.kind == scsi::RwKind::Read && rw.protect != 0 && rw.blocks > 0)
+    }
+
+    /// Prepares and executes a READ that [`Lun::reads_dix`] accepts, with its
+    /// blocks and their stored PI straight into `data` and `pi` (DIX form, for a
+    /// transport whose hardware interleaves them on the way out); returns what
+    /// the SCSI Response carries and the bytes written.
+    pub fn run_read_dix(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        fabric_pi_capable: bool,
+        data: &mut [u8],
+        pi: &mut [u8],
+    ) -> (Response, usize) {
+        let result = self
+            .prepare(nexus, cdb, fabric_pi_capable)
+            .and_then(|plan| match (plan.direction, plan.prot.op, plan.prot.mem) {
+                (Direction::DataIn, ProtOp::Pass, Some(_)) => self.read_dix_into(&plan, data, pi),
+                // `reads_dix` and the plan disagree: a device server bug.
+                _ => Err(SenseReason::InternalFailure),
+            });
         match result {
             Ok(len) => (
                 Response {

@@ -302,6 +302,34 @@ impl Lun {
         Ok(n)
     }
 
+    /// A READ of `plan` whose blocks go with their stored PI (the plan passes PI)
+    /// straight into `data` and `pi` in DIX form: the caller's hardware interleaves
+    /// them on the way out. Returns the bytes written (data and PI).
+    pub(super) fn read_dix_into(
+        &self,
+        plan: &CommandPlan,
+        data: &mut [u8],
+        pi: &mut [u8],
+    ) -> Result<usize, SenseReason> {
+        // The transport sized the buffers from the same CDB: a mismatch is a bug.
+        let (Cdb::ReadWrite(rw), Some(_)) = (&plan.cdb, self.pi) else {
+            return Err(SenseReason::InternalFailure);
+        };
+        let blocks = rw.blocks as usize;
+        let len = self.desc.block_size as usize * blocks;
+        let (Some(data), Some(pi)) = (data.get_mut(..len), pi.get_mut(..TUPLE_SIZE * blocks))
+        else {
+            return Err(SenseReason::InternalFailure);
+        };
+        let _range = self.lba_locks.read(rw.lba, u64::from(rw.blocks));
+        self.backend
+            .read_blocks(rw.lba, data, Some(pi))
+            .map_err(read_err)?;
+        wire::verify_dix(&plan.prot, data, pi).map_err(|e| self.wire_err(e))?;
+        self.count_read(len);
+        Ok(len + pi.len())
+    }
+
     pub(super) fn sbc_execute(
         &self,
         plan: &CommandPlan,

@@ -1981,3 +1981,66 @@ fn data_in_into_a_buffer_matches_data_in_as_a_vector() {
         );
     }
 }
+
+/// `run_read_dix` answers as `run_wire` does for a READ that passes PI, with the
+/// blocks and their tuples in DIX form (what `run_wire` interleaves): Types 1
+/// and 3, intervals 512 and 4096, RDPROTECT with and without checks; a tuple
+/// that fails its check gives the same sense and nothing written; `reads_dix`
+/// refuses what it does not serve.
+#[test]
+fn read_dix_matches_the_interleaved_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for lun in [ram(1, 512, 64), file_lun(dir.path(), 3, 4096, 16)] {
+        let pi = lun.desc().protection.pi_type;
+        let bs = lun.block_size() as usize;
+        let nx = ready(&lun, 1);
+        let data = pattern(4 * bs, 5);
+        let wire = dif(&data, bs as u32, 2, pi == 3);
+        good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 2, 4, 1), &wire);
+        for (protect, form) in [(3, Form::Ten), (1, Form::Ten), (3, Form::Sixteen)] {
+            let cdb = rw(RwKind::Read, form, 2, 4, protect);
+            assert!(lun.reads_dix(&cdb));
+            let want = lun.run_wire(&nx, &cdb, true, &[]);
+            assert_eq!(want.status, Status::GOOD);
+            let mut buf = vec![0xA5u8; 4 * (bs + 8) + 16];
+            let (d, p) = buf.split_at_mut(4 * bs);
+            let (got, len) = lun.run_read_dix(&nx, &cdb, true, d, p);
+            assert_eq!((got.status, len), (Status::GOOD, 4 * (bs + 8)));
+            for b in 0..4 {
+                let blk = &want.data[b * (bs + 8)..(b + 1) * (bs + 8)];
+                assert_eq!(&buf[b * bs..(b + 1) * bs], &blk[..bs], "block {b}");
+                let t = 4 * bs + 8 * b;
+                assert_eq!(&buf[t..t + 8], &blk[bs..], "tuple {b}");
+            }
+            assert!(buf[4 * (bs + 8)..].iter().all(|&x| x == 0xA5));
+        }
+        assert!(!lun.reads_dix(&rw(RwKind::Read, Form::Ten, 2, 4, 0)));
+        assert!(!lun.reads_dix(&rw(RwKind::Read, Form::Ten, 2, 0, 3)));
+        assert!(!lun.reads_dix(&rw(RwKind::Write, Form::Ten, 2, 4, 3)));
+    }
+    assert!(!ram(0, 512, 64).reads_dix(&rw(RwKind::Read, Form::Ten, 2, 4, 3)));
+
+    let lun = ram(1, 512, 64);
+    let nx = ready(&lun, 1);
+    let mut bad = dif(&pattern(4 * 512, 3), 512, 8, false);
+    bad[512 + 8 + 512] ^= 0xFF; // guard of block 9
+    good(&lun, &nx, &rw(RwKind::Write, Form::Ten, 8, 4, 3), &bad);
+    let cdb = rw(RwKind::Read, Form::Ten, 8, 4, 1);
+    let (mut d, mut p) = (vec![0u8; 4 * 512], vec![0u8; 32]);
+    let (got, len) = lun.run_read_dix(&nx, &cdb, true, &mut d, &mut p);
+    assert_eq!((got.status, len), (Status::CHECK_CONDITION, 0));
+    assert_eq!(got.sense, lun.run_wire(&nx, &cdb, true, &[]).sense);
+    let s = Sense::parse(got.sense.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (s.key, s.asc_pair(), s.information),
+        (
+            SenseKey::ABORTED_COMMAND,
+            asc::LOGICAL_BLOCK_GUARD_CHECK_FAILED,
+            Some(9)
+        )
+    );
+    // Buffers too short for the read: an internal failure, not a panic.
+    let cdb = rw(RwKind::Read, Form::Ten, 0, 4, 3);
+    let (got, len) = lun.run_read_dix(&nx, &cdb, true, &mut d[..100], &mut p);
+    assert_eq!((got.status, len), (Status::CHECK_CONDITION, 0));
+}

@@ -105,6 +105,13 @@ pub struct HcaPlan {
     pub wire_len: usize,
 }
 
+impl HcaPlan {
+    /// Bytes of data (without tuples) in the command buffer.
+    pub fn data_len(&self) -> usize {
+        self.plan.blocks as usize * self.plan.block_size as usize
+    }
+}
+
 /// The CDB with its RDPROTECT/WRPROTECT field (byte 1, bits 7:5) set to `protect`.
 fn with_protect(cdb: &[u8], protect: u8) -> Vec<u8> {
     let mut c = cdb.to_vec();

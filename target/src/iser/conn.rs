@@ -1176,7 +1176,7 @@ impl Shared {
             });
             match checked {
                 Some(h) => {
-                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, h.attrs)?];
+                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, None, h.attrs)?];
                     wrs.extend(io::read_wrs(slot, &reads, LocalView::Signature)?);
                     self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA READ").await?;
                     if let Some(e) = io::sig_status(slot)? {
@@ -1220,6 +1220,8 @@ impl Shared {
             Some(h) => h.mem_len,
             None => edtl as usize,
         };
+        // Where the PI starts when the device server wrote the blocks in DIX form.
+        let mut dix_split = None;
         // (completion, Data-In length the command produced)
         let (mut completion, din_len) = if let Some((status, sense)) = pi_failure {
             // The data failed its check in the HCA: nothing reaches the medium.
@@ -1231,14 +1233,15 @@ impl Shared {
             (c, 0)
         } else if din_room > 0 {
             let buf = slot.buffer(&self.fab.pd, din_room)?;
-            if in_memory {
+            let split = read_hca.map(adapter::HcaPlan::data_len);
+            let (c, dix) = if in_memory {
                 buf.with_mut(|b| {
-                    execute_into_on(
+                    read_into_buffer(
                         service.as_ref(),
                         &self.nexus,
                         lun,
                         &exec_cdb,
-                        &[],
+                        split,
                         &mut b[..din_room],
                     )
                 })
@@ -1249,19 +1252,21 @@ impl Shared {
                 let svc = service.clone();
                 tokio::task::spawn_blocking(move || {
                     dma.write(|b| {
-                        execute_into_on(
+                        read_into_buffer(
                             svc.as_ref(),
                             &nexus,
                             lun,
                             &exec_cdb,
-                            &[],
+                            split,
                             &mut b[..din_room],
                         )
                     })
                 })
                 .await
                 .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
-            }
+            };
+            dix_split = split.filter(|_| dix);
+            c
         } else {
             let c = if in_memory {
                 // In place, reading the Data-Out straight from the command buffer.
@@ -1306,7 +1311,7 @@ impl Shared {
                 Some(h) if din_len == h.mem_len => {
                     read_len = h.wire_len;
                     let writes = clip(&p.rdma_writes, h.wire_len as u32);
-                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, h.attrs)?];
+                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, dix_split, h.attrs)?];
                     wrs.extend(io::write_wrs(slot, &writes, LocalView::Signature)?);
                     sent = h.wire_len as u32;
                     if self.fab.pipelining && wrs.len() < MAX_CHAIN {
@@ -1738,6 +1743,29 @@ struct PipelinedCheck {
 type SenseOf = Box<dyn FnOnce(&verbs::SigErr) -> (u8, Vec<u8>) + Send>;
 
 /// A SCSI Response with `status` and (when there is any) sense data.
+/// Runs a read into the command buffer `b`: with `dix_split` (a read the signature
+/// MR carries with its PI) the device server writes the blocks to `b[..split]`
+/// and their PI after them, DIX form, when it can; otherwise the blocks in wire
+/// form. Returns the completion with the Data-In length, and whether it is DIX.
+fn read_into_buffer(
+    service: &dyn ScsiService,
+    nexus: &Nexus,
+    lun: Option<u64>,
+    cdb: &[u8],
+    dix_split: Option<usize>,
+    b: &mut [u8],
+) -> ((Completion, usize), bool) {
+    if let (Some(split), Some(l)) = (dix_split, lun) {
+        if split <= b.len() {
+            let (data, pi) = b.split_at_mut(split);
+            if let Some(r) = service.execute_read_dix(nexus, l, cdb, data, pi) {
+                return (r, true);
+            }
+        }
+    }
+    (execute_into_on(service, nexus, lun, cdb, &[], b), false)
+}
+
 fn with_sense(h: &ScsiResponse, status: u8, sense: &[u8]) -> Pdu {
     let mut data = Vec::with_capacity(2 + sense.len());
     if !sense.is_empty() {

@@ -807,21 +807,31 @@ impl CmdSlot {
 }
 
 /// The registration binding the signature MR over the first `len` bytes of the
-/// command buffer. Posted in the same chain as the RDMA operations that use it: the
+/// command buffer: blocks with interleaved tuples, or, with `dix_split`, the
+/// blocks before that offset and their tuples after it (DIX). Posted in the same chain as the RDMA operations that use it: the
 /// send queue executes in order, as a ULP chains IB_WR_REG_MR_INTEGRITY before its
 /// RDMA work requests.
-pub fn sig_reg_wr(pool: &CmdSlot, len: usize, attrs: SigAttrs) -> Result<SendWr, IserError> {
+pub fn sig_reg_wr(
+    pool: &CmdSlot,
+    len: usize,
+    dix_split: Option<usize>,
+    attrs: SigAttrs,
+) -> Result<SendWr, IserError> {
     let data = pool
         .data()
         .ok_or(IserError::Protocol("command buffer missing".into()))?;
     // A status never read (an earlier transfer failed midway) would block the
     // registration; it belongs to a command that is already answered.
     let _ = pool.sig.check_status()?;
+    let (data_sge, prot) = match dix_split {
+        Some(s) if s <= len => (data.sge(0, s as u32), Some(data.sge(s, (len - s) as u32))),
+        _ => (data.sge(0, len as u32), None),
+    };
     Ok(SendWr::reg_mr_integrity(
         0,
         pool.sig.lkey(),
-        data.sge(0, len as u32),
-        None,
+        data_sge,
+        prot,
         attrs,
         AccessFlags::LOCAL_WRITE,
     ))
