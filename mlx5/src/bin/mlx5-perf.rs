@@ -59,7 +59,8 @@ enum Cmd {
         json: bool,
     },
     /// CPU cost of the signature engine alone (no network): gather of a plain MR
-    /// versus INSERT and STRIP through a signature MR, per message size.
+    /// versus INSERT and STRIP through a signature MR, and the frame ICRC, per
+    /// message size.
     Engine {
         /// Message sizes in data bytes.
         #[arg(long, value_delimiter = ',', default_value = "4096,131072,1048576")]
@@ -328,7 +329,8 @@ fn client(
 }
 
 /// The signature engine alone: memory view to wire view of one message through a
-/// plain MR (a copy) and through a signature MR (INSERT out, STRIP in).
+/// plain MR (a copy) and through a signature MR (INSERT out, STRIP in); and the
+/// ICRC over the same bytes.
 fn engine(sizes: &[usize], seconds: f64, json: bool) -> Result<()> {
     use mlx5::mr::{Segment, SigBinding};
     let eng = t10pi::Engine::new();
@@ -357,13 +359,17 @@ fn engine(sizes: &[usize], seconds: f64, json: bool) -> Result<()> {
         mlx5::sig::outbound(&eng, &b, 0, blocks, &mut wire, None).map_err(|e| anyhow!("{e}"))?;
         let limit = Duration::from_secs_f64(seconds);
         let mut cases: Vec<(&str, f64)> = Vec::new();
-        for case in ["plain_copy", "insert", "strip"] {
+        for case in ["plain_copy", "insert", "strip", "icrc"] {
             let start = Instant::now();
             let mut n = 0u64;
             while start.elapsed() < limit {
                 out.clear();
                 match case {
                     "plain_copy" => buf.extend_into(0, size, &mut out)?,
+                    "icrc" => {
+                        let c = buf.read(mlx5::frame::icrc);
+                        out.push(c as u8);
+                    }
                     "insert" => {
                         mlx5::sig::outbound(&eng, &b, 0, blocks, &mut out, None)
                             .map_err(|e| anyhow!("{e}"))?;
