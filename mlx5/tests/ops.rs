@@ -222,13 +222,28 @@ fn local_key_violation_and_length_error() {
     drop(b);
 }
 
-#[test]
-fn rnr_retry_then_success_and_exhaustion() {
-    let attr_b = QpInitAttr {
+/// A responder whose RNR NAKs ask for a 5 ms wait.
+fn rnr_5ms() -> QpInitAttr {
+    QpInitAttr {
         min_rnr_timer: Duration::from_millis(5),
         ..QpInitAttr::default()
-    };
-    let (a, b) = pair_with(&QpInitAttr::default(), &attr_b);
+    }
+}
+
+/// After several RNR retries, nothing has completed on `a`.
+fn assert_send_waits_for_a_receive(a: &Side) {
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(
+        a.cq.next_blocking(Duration::from_millis(1))
+            .unwrap()
+            .is_none(),
+        "SEND must wait for a receive"
+    );
+}
+
+#[test]
+fn rnr_retry_then_success_and_exhaustion() {
+    let (a, b) = pair_with(&QpInitAttr::default(), &rnr_5ms());
     let src = a.pd.reg_mr(64, RW).unwrap();
     src.write_at(0, b"hello").unwrap();
     let dst = b.pd.reg_mr(64, RW).unwrap();
@@ -237,13 +252,7 @@ fn rnr_retry_then_success_and_exhaustion() {
         SendWr::rdma_write(2, src.sge(0, 5), dst.addr() + 32, dst.rkey()),
     ])
     .unwrap();
-    std::thread::sleep(Duration::from_millis(30));
-    assert!(
-        a.cq.next_blocking(Duration::from_millis(1))
-            .unwrap()
-            .is_none(),
-        "SEND must wait for a receive"
-    );
+    assert_send_waits_for_a_receive(&a);
     b.qp.post_recv_one(RecvWr::new(9, dst.sge(0, 16))).unwrap();
     assert_eq!(a.wait().wr_id, 1);
     assert_eq!(a.wait().wr_id, 2);
@@ -255,7 +264,7 @@ fn rnr_retry_then_success_and_exhaustion() {
         rnr_retry: 2,
         ..QpInitAttr::default()
     };
-    let (a, _b) = pair_with(&attr_a, &attr_b);
+    let (a, _b) = pair_with(&attr_a, &rnr_5ms());
     let src = a.pd.reg_mr(64, RW).unwrap();
     a.qp.post_send(&[
         SendWr::send(1, src.sge(0, 5)),
@@ -494,11 +503,7 @@ fn bulk_messages_gather_and_place_every_byte() {
 /// it are gathered from memory again (go-back-N) until a receive is posted.
 #[test]
 fn rnr_retransmission_of_bulk_messages_gathers_them_again() {
-    let attr_b = QpInitAttr {
-        min_rnr_timer: Duration::from_millis(5),
-        ..QpInitAttr::default()
-    };
-    let (a, b) = pair_with(&QpInitAttr::default(), &attr_b);
+    let (a, b) = pair_with(&QpInitAttr::default(), &rnr_5ms());
     const N: usize = 64 << 10;
     let src = a.pd.reg_mr(N, RW).unwrap();
     src.write_at(0, &pattern(N, 1)).unwrap();
@@ -508,13 +513,7 @@ fn rnr_retransmission_of_bulk_messages_gathers_them_again() {
         SendWr::rdma_write(2, src.sge(0, N as u32), dst.addr() + N as u64, dst.rkey()),
     ])
     .unwrap();
-    std::thread::sleep(Duration::from_millis(30));
-    assert!(
-        a.cq.next_blocking(Duration::from_millis(1))
-            .unwrap()
-            .is_none(),
-        "SEND must wait for a receive"
-    );
+    assert_send_waits_for_a_receive(&a);
     b.qp.post_recv_one(RecvWr::new(9, dst.sge(0, N as u32)))
         .unwrap();
     assert_eq!(a.wait().wr_id, 1);

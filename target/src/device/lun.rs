@@ -729,6 +729,12 @@ impl Lun {
         let result = self
             .prepare(nexus, cdb, fabric_pi_capable)
             .and_then(|plan| self.execute_wire_into(nexus, &plan, wire_out, dst));
+        self.answer_placed(cdb, result)
+    }
+
+    /// The SCSI Response of a command whose Data-In (`Ok(length)`) went into the
+    /// transport's buffer.
+    fn answer_placed(&self, cdb: &[u8], result: Result<usize, SenseReason>) -> (Response, usize) {
         match result {
             Ok(len) => (
                 Response {
@@ -769,17 +775,7 @@ impl Lun {
                 // `reads_dix` and the plan disagree: a device server bug.
                 _ => Err(SenseReason::InternalFailure),
             });
-        match result {
-            Ok(len) => (
-                Response {
-                    status: Status::GOOD,
-                    sense: None,
-                    data: Vec::new(),
-                },
-                len,
-            ),
-            Err(reason) => (self.failed(cdb, &reason), 0),
-        }
+        self.answer_placed(cdb, result)
     }
 
     fn failed(&self, cdb: &[u8], reason: &SenseReason) -> Response {

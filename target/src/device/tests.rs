@@ -1970,16 +1970,21 @@ fn data_in_into_a_buffer_matches_data_in_as_a_vector() {
         let (got, len) = lun.run_wire_into(&nx, &cdb, true, &[], &mut buf);
         assert_eq!(got.status, Status::CHECK_CONDITION);
         assert_eq!(len, 0);
-        let s = Sense::parse(got.sense.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            (s.key, s.asc_pair(), s.information),
-            (
-                SenseKey::ABORTED_COMMAND,
-                asc::LOGICAL_BLOCK_GUARD_CHECK_FAILED,
-                Some(9)
-            )
-        );
+        assert_guard_failure(&got, 9);
     }
+}
+
+/// `r` is ABORTED COMMAND, LOGICAL BLOCK GUARD CHECK FAILED naming `lba`.
+fn assert_guard_failure(r: &Response, lba: u64) {
+    let s = Sense::parse(r.sense.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (s.key, s.asc_pair(), s.information),
+        (
+            SenseKey::ABORTED_COMMAND,
+            asc::LOGICAL_BLOCK_GUARD_CHECK_FAILED,
+            Some(lba)
+        )
+    );
 }
 
 /// `run_read_dix` answers as `run_wire` does for a READ that passes PI, with the
@@ -2030,15 +2035,7 @@ fn read_dix_matches_the_interleaved_read() {
     let (got, len) = lun.run_read_dix(&nx, &cdb, true, &mut d, &mut p);
     assert_eq!((got.status, len), (Status::CHECK_CONDITION, 0));
     assert_eq!(got.sense, lun.run_wire(&nx, &cdb, true, &[]).sense);
-    let s = Sense::parse(got.sense.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        (s.key, s.asc_pair(), s.information),
-        (
-            SenseKey::ABORTED_COMMAND,
-            asc::LOGICAL_BLOCK_GUARD_CHECK_FAILED,
-            Some(9)
-        )
-    );
+    assert_guard_failure(&got, 9);
     // Buffers too short for the read: an internal failure, not a panic.
     let cdb = rw(RwKind::Read, Form::Ten, 0, 4, 3);
     let (got, len) = lun.run_read_dix(&nx, &cdb, true, &mut d[..100], &mut p);
