@@ -54,18 +54,20 @@ fn report_sig(
     }
 }
 
+/// Writes the bytes `r` maps (the wire view for a signature mkey) over all of
+/// `dst`, which is exactly as long as the range `r` resolved.
 fn gather_one(
     hca: &Hca,
     qp: &Qp,
     r: Resolved,
-    out: &mut Vec<u8>,
+    dst: &mut [u8],
     sig_cq: &Cq,
     transfer: Transfer,
 ) -> Result<(), DmaError> {
     match r {
         Resolved::Plain(seg) => seg
             .buf
-            .extend_into(seg.offset, seg.len, out)
+            .read_at(seg.offset, dst)
             .map_err(|_| DmaError::Layout),
         Resolved::Sig {
             binding,
@@ -79,7 +81,7 @@ fn gather_one(
                 &binding,
                 first_block,
                 blocks,
-                out,
+                dst,
                 fault.as_ref(),
             );
             report_sig(hca, qp, mkey, sig_cq, transfer, r)
@@ -112,45 +114,53 @@ fn scatter_one(
     }
 }
 
-/// Appends the bytes of local SGEs (wire view for signature mkeys) to `out`.
+/// Writes the bytes of local SGEs (the wire view for signature mkeys) over all of
+/// `dst`, which holds exactly their total length.
 pub fn gather_local(
     hca: &Hca,
     qp: &Qp,
     sges: &[DataSeg],
-    out: &mut Vec<u8>,
+    dst: &mut [u8],
     sig_cq: &Cq,
 ) -> Result<(), DmaError> {
+    let total: u64 = sges.iter().map(|s| u64::from(s.byte_count)).sum();
+    if total != dst.len() as u64 {
+        return Err(DmaError::Length);
+    }
+    let mut at = 0usize;
     for s in sges {
+        let n = s.byte_count as usize;
         let r = hca
             .mkeys
-            .resolve(
-                s.lkey,
-                qp.pd,
-                s.addr,
-                u64::from(s.byte_count),
-                AccessFlags::NONE,
-            )
+            .resolve(s.lkey, qp.pd, s.addr, n as u64, AccessFlags::NONE)
             .map_err(DmaError::Access)?;
-        gather_one(hca, qp, r, out, sig_cq, Transfer::OwnSend)?;
+        gather_one(hca, qp, r, &mut dst[at..at + n], sig_cq, Transfer::OwnSend)?;
+        at += n;
     }
     Ok(())
 }
 
-/// Appends `len` bytes of the remote range `rkey`/`addr` (RDMA READ responder).
+/// Writes the remote range `rkey`/`addr` over all of `dst` (RDMA READ
+/// responder); the range is `dst.len()` bytes long.
 pub fn gather_remote(
     hca: &Hca,
     qp: &Qp,
     rkey: u32,
     addr: u64,
-    len: u64,
-    out: &mut Vec<u8>,
+    dst: &mut [u8],
     sig_cq: &Cq,
 ) -> Result<(), DmaError> {
     let r = hca
         .mkeys
-        .resolve(rkey, qp.pd, addr, len, AccessFlags::REMOTE_READ)
+        .resolve(
+            rkey,
+            qp.pd,
+            addr,
+            dst.len() as u64,
+            AccessFlags::REMOTE_READ,
+        )
         .map_err(DmaError::Access)?;
-    gather_one(hca, qp, r, out, sig_cq, Transfer::Other)
+    gather_one(hca, qp, r, dst, sig_cq, Transfer::Other)
 }
 
 /// Places `data` into local SGEs in order (receive, READ response). Local write

@@ -210,9 +210,26 @@ impl FrameBuilder {
         FrameBuilder { buf }
     }
 
+    /// Starts a frame of exactly `payload_len` payload bytes in a recycled buffer,
+    /// for a caller that then writes all of [`FrameBuilder::payload_mut`]. The
+    /// buffer keeps the bytes of its last frame: only what lies past them is
+    /// zeroed, so a recycled 128 KiB buffer costs no clearing pass.
+    pub fn sized(mut buf: Vec<u8>, h: &Header, payload_len: usize) -> FrameBuilder {
+        let len = HDR_LEN + payload_len;
+        buf.reserve((len + TRAILER_LEN).saturating_sub(buf.len()));
+        buf.resize(len, 0);
+        buf[..HDR_LEN].copy_from_slice(&header_bytes(h, 0));
+        FrameBuilder { buf }
+    }
+
     /// The payload area, to append to.
     pub fn payload(&mut self) -> &mut Vec<u8> {
         &mut self.buf
+    }
+
+    /// The payload area of a [`FrameBuilder::sized`] frame, to write over.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[HDR_LEN..]
     }
 
     /// Fixes the payload length and appends the ICRC.
@@ -373,6 +390,28 @@ mod tests {
         let (h2, p) = decode(&f).unwrap();
         assert_eq!(h2, h);
         assert_eq!(p, b"abc");
+    }
+
+    /// A frame built in a recycled buffer is the frame `encode` makes: its length,
+    /// header and trailer, whatever the buffer held before (longer, shorter or
+    /// empty).
+    #[test]
+    fn sized_frame_in_a_recycled_buffer_is_exact() {
+        let h = Header {
+            op: Op::ReadResp,
+            psn: 9,
+            qpn: 3,
+            key: 0,
+            addr: 0,
+            len: 0,
+        };
+        let payload: Vec<u8> = (0..700u32).map(|i| (i * 7) as u8).collect();
+        for old_len in [0, 100, 734, 4096] {
+            let mut b = FrameBuilder::sized(vec![0xEE; old_len], &h, payload.len());
+            assert_eq!(b.payload_mut().len(), payload.len(), "old {old_len}");
+            b.payload_mut().copy_from_slice(&payload);
+            assert_eq!(b.finish(), encode(&h, &payload), "old {old_len}");
+        }
     }
 
     #[test]

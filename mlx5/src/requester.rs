@@ -313,8 +313,9 @@ fn remote_op(
                 })),
                 None => {
                     let mut b =
-                        FrameBuilder::in_buf(qp.bufs.get(total as usize + 64), &h, total as usize);
-                    if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload(), &qp.send_cq) {
+                        FrameBuilder::sized(qp.bufs.get(total as usize + 64), &h, total as usize);
+                    if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload_mut(), &qp.send_cq)
+                    {
                         entry.status = Some(match e {
                             DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,
                             DmaError::Length => syndrome::LOCAL_LENGTH_ERR,

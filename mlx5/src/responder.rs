@@ -179,7 +179,7 @@ impl Responder {
             }
             Op::ReadReq => {
                 self.flush(qp, tx);
-                let mut b = frame::FrameBuilder::in_buf(
+                let mut b = frame::FrameBuilder::sized(
                     qp.bufs.get(h.len as usize + 64),
                     &Header {
                         qpn: qp.qpn,
@@ -187,15 +187,7 @@ impl Responder {
                     },
                     h.len as usize,
                 );
-                match dma::gather_remote(
-                    hca,
-                    qp,
-                    h.key,
-                    h.addr,
-                    u64::from(h.len),
-                    b.payload(),
-                    &qp.recv_cq,
-                ) {
+                match dma::gather_remote(hca, qp, h.key, h.addr, b.payload_mut(), &qp.recv_cq) {
                     Ok(()) => {
                         tx.send(Arc::new(b.finish()));
                     }

@@ -122,15 +122,16 @@ fn wire_to_mem(
     }
 }
 
-/// Memory view -> wire view of blocks `first..first + n`, appended to `out`.
-/// `fault` (already matched to this range) is applied to a copy of the memory
-/// view before the check.
+/// Memory view -> wire view of blocks `first..first + n`, written over all of
+/// `dst` (which must be exactly their wire length: every byte is written, so a
+/// recycled frame buffer needs no clearing first). `fault` (already matched to
+/// this range) is applied to a copy of the memory view before the check.
 pub fn outbound(
     eng: &Engine,
     b: &SigBinding,
     first: u64,
     n: u64,
-    out: &mut Vec<u8>,
+    dst: &mut [u8],
     fault: Option<&FaultSpec>,
 ) -> Result<Option<PiError>, SigLayoutError> {
     let iv = b.interval as usize;
@@ -138,9 +139,20 @@ pub fn outbound(
     let mem_block = b.mem_block() as usize;
     let doff = b.data.offset + first as usize * mem_block;
     let dlen = nb * mem_block;
-    let start = out.len();
-    out.resize(start + nb * b.wire_block() as usize, 0);
-    let dst = &mut out[start..];
+    let stride = b.wire_block() as usize;
+    if dst.len() != nb * stride {
+        return Err(SigLayoutError(if b.wire.dif().is_some() {
+            t10pi::LayoutError::DifNotMultiple {
+                len: dst.len(),
+                stride,
+            }
+        } else {
+            t10pi::LayoutError::DataNotMultiple {
+                len: dst.len(),
+                interval: b.interval,
+            }
+        }));
+    }
     let has_pi = b.mem.dif().is_some();
     let run = |data: &[u8],
                pi: Option<&[u8]>,
@@ -246,6 +258,72 @@ pub fn inbound(
             p.buf
                 .write(|pb| pb[poff..poff + nb * 8].copy_from_slice(&pi));
             Ok(r)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use t10pi::{check_mask, GuardType, T10DifDomain};
+    use verbs::DmaBuf;
+
+    use super::*;
+    use crate::mr::Segment;
+
+    fn segment(len: usize, seed: u8) -> Segment {
+        let buf = DmaBuf::new(len).unwrap();
+        buf.write(|b| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+            }
+        });
+        Segment {
+            buf,
+            offset: 0,
+            len,
+        }
+    }
+
+    /// The wire view of every domain pair and memory layout is written over all of
+    /// the destination: a destination holding anything beforehand (a recycled
+    /// frame buffer) ends up with the same bytes; a destination of the wrong length
+    /// is refused.
+    #[test]
+    fn outbound_writes_every_byte_of_the_destination() {
+        let (iv, blocks) = (512usize, 4u64);
+        let dif = SigDomain::T10Dif(T10DifDomain::type1(GuardType::Crc, iv as u32, 7));
+        let cases = [
+            (SigDomain::None, SigDomain::None, false),
+            (SigDomain::None, dif, false),
+            (dif, SigDomain::None, false),
+            (dif, SigDomain::None, true),
+            (dif, dif, false),
+            (dif, dif, true),
+        ];
+        let eng = Engine::new();
+        for (mem, wire, dix) in cases {
+            let mem_block = iv + if mem.dif().is_some() && !dix { 8 } else { 0 };
+            let b = SigBinding {
+                data: segment(mem_block * blocks as usize, 1),
+                prot: dix.then(|| segment(8 * blocks as usize, 2)),
+                mem,
+                wire,
+                check_mask: check_mask::ALL,
+                interval: iv as u32,
+                blocks,
+            };
+            let len = (b.wire_block() * blocks) as usize;
+            let views: Vec<Vec<u8>> = [0x00u8, 0xFF]
+                .into_iter()
+                .map(|fill| {
+                    let mut dst = vec![fill; len];
+                    outbound(&eng, &b, 0, blocks, &mut dst, None).unwrap();
+                    dst
+                })
+                .collect();
+            assert_eq!(views[0], views[1], "{mem:?} -> {wire:?} dix={dix}");
+            let mut short = vec![0; len - 1];
+            assert!(outbound(&eng, &b, 0, blocks, &mut short, None).is_err());
         }
     }
 }

@@ -311,7 +311,8 @@ impl Wire {
 
 /// Recycled frame buffers of one connection. Large frames allocated and freed
 /// per message cost page faults (glibc serves them with mmap); keeping a few
-/// buffers around avoids that.
+/// buffers around avoids that. A buffer keeps its last frame's bytes, so that
+/// [`crate::frame::FrameBuilder::sized`] need not clear it again.
 #[derive(Debug, Default)]
 pub struct BufPool {
     free: Mutex<Vec<Vec<u8>>>,

@@ -355,7 +355,8 @@ fn engine(sizes: &[usize], seconds: f64, json: bool) -> Result<()> {
             blocks,
         };
         let mut out = Vec::with_capacity(size + size / 64);
-        let mut wire = Vec::new();
+        let mut wire = vec![0u8; size + size / 64];
+        let mut insert_out = wire.clone();
         mlx5::sig::outbound(&eng, &b, 0, blocks, &mut wire, None).map_err(|e| anyhow!("{e}"))?;
         let limit = Duration::from_secs_f64(seconds);
         let mut cases: Vec<(&str, f64)> = Vec::new();
@@ -371,7 +372,7 @@ fn engine(sizes: &[usize], seconds: f64, json: bool) -> Result<()> {
                         out.push(c as u8);
                     }
                     "insert" => {
-                        mlx5::sig::outbound(&eng, &b, 0, blocks, &mut out, None)
+                        mlx5::sig::outbound(&eng, &b, 0, blocks, &mut insert_out, None)
                             .map_err(|e| anyhow!("{e}"))?;
                     }
                     _ => {
