@@ -199,13 +199,7 @@ pub struct FrameBuilder {
 impl FrameBuilder {
     /// Starts a frame expecting about `payload_hint` payload bytes.
     pub fn new(h: &Header, payload_hint: usize) -> FrameBuilder {
-        FrameBuilder::in_buf(Vec::new(), h, payload_hint)
-    }
-
-    /// Starts a frame in a recycled buffer (its contents are discarded).
-    pub fn in_buf(mut buf: Vec<u8>, h: &Header, payload_hint: usize) -> FrameBuilder {
-        buf.clear();
-        buf.reserve(HDR_LEN + payload_hint.min(MAX_PAYLOAD) + TRAILER_LEN);
+        let mut buf = Vec::with_capacity(HDR_LEN + payload_hint.min(MAX_PAYLOAD) + TRAILER_LEN);
         buf.extend_from_slice(&header_bytes(h, 0));
         FrameBuilder { buf }
     }
