@@ -15,10 +15,7 @@ use crate::requester::ReqEvent;
 /// Handles one response frame.
 pub fn handle(hca: &Hca, qp: &Qp, h: &Header, payload: &mut [u8], req: &Sender<ReqEvent>) {
     match h.op {
-        Op::Ack => {
-            qp.ack_through(h.psn, true);
-            qp.complete_front();
-        }
+        Op::Ack => qp.acknowledge(h.psn),
         Op::ReadResp => {
             let Some(sges) = read_sges(qp, h.psn) else {
                 qp.ack_through(h.psn, false);

@@ -269,9 +269,8 @@ impl Mlx5Device {
                 let (psv_mem, psv_wire) = self
                     .hca
                     .mkeys
-                    .get(*mr)
-                    .filter(|m| m.kind == MkeyKind::Sig)
-                    .map(|m| m.psv)
+                    .inspect(*mr, |m| (m.kind == MkeyKind::Sig).then_some(m.psv))
+                    .flatten()
                     .ok_or(VerbsError::UnknownHandle {
                         what: "sig mr",
                         id: *mr,
@@ -833,13 +832,9 @@ impl ContextOps for Mlx5Device {
 
     fn modify_qp_sqd_to_rts(&self, qpn: u32) -> Result<()> {
         let qp = self.qp(qpn)?;
-        {
-            let mut s = qp.state.lock();
-            if *s != QpState::Sqd {
-                return Err(VerbsError::InvalidQpState { qpn, state: *s });
-            }
-            *s = QpState::Rts;
-        }
+        qp.state
+            .transition(QpState::Sqd, QpState::Rts)
+            .map_err(|state| VerbsError::InvalidQpState { qpn, state })?;
         self.doorbell(&qp, 0);
         Ok(())
     }

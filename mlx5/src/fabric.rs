@@ -65,7 +65,7 @@ pub fn attach(
         tx: tx_tx.clone(),
         events,
     });
-    *qp.state.lock() = QpState::Rts;
+    qp.state.set(QpState::Rts);
     let n = qp.qpn;
     {
         let (qp, wire) = (Arc::clone(qp), Arc::clone(&wire));

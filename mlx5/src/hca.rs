@@ -3,7 +3,7 @@
 //! the QP state machine (error transition and flushing).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::bulk::OutFrame;
@@ -137,6 +137,11 @@ impl SqRing {
             wr: vec![None; bbs as usize],
         }
     }
+    /// The basic block at index `at` (wrapping).
+    pub fn bb(&self, at: u32) -> &[u8] {
+        let s = ((at & (self.bbs - 1)) as usize) * WQE_BB;
+        &self.buf[s..s + WQE_BB]
+    }
     /// Copies `n` basic blocks starting at index `at` (wrapping) out of the ring.
     pub fn read_bbs(&self, at: u32, n: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(n * WQE_BB);
@@ -208,6 +213,67 @@ pub struct Link {
     pub events: Arc<ConnEvents>,
 }
 
+/// A QP's state, read without a lock: the requester looks at it for every WQE
+/// it executes, from whichever thread rang the doorbell.
+#[derive(Debug)]
+pub struct StateCell(AtomicU8);
+
+impl StateCell {
+    const ALL: [QpState; 6] = [
+        QpState::Reset,
+        QpState::Init,
+        QpState::Rtr,
+        QpState::Rts,
+        QpState::Sqd,
+        QpState::Error,
+    ];
+
+    fn code(s: QpState) -> u8 {
+        Self::ALL.iter().position(|&x| x == s).unwrap_or(5) as u8
+    }
+
+    fn state(c: u8) -> QpState {
+        Self::ALL
+            .get(usize::from(c))
+            .copied()
+            .unwrap_or(QpState::Error)
+    }
+
+    /// A cell holding `s`.
+    pub fn new(s: QpState) -> StateCell {
+        StateCell(AtomicU8::new(Self::code(s)))
+    }
+
+    /// The current state.
+    pub fn get(&self) -> QpState {
+        Self::state(self.0.load(Ordering::Acquire))
+    }
+
+    /// Sets `s`.
+    pub fn set(&self, s: QpState) {
+        self.0.store(Self::code(s), Ordering::Release);
+    }
+
+    /// Sets `s` and returns the state it replaced.
+    pub fn swap(&self, s: QpState) -> QpState {
+        Self::state(self.0.swap(Self::code(s), Ordering::AcqRel))
+    }
+
+    /// Moves from `from` to `to`; when the state is not `from`, leaves it and
+    /// returns it.
+    pub fn transition(&self, from: QpState, to: QpState) -> Result<(), QpState> {
+        self.0
+            .compare_exchange(
+                Self::code(from),
+                Self::code(to),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(Self::state)
+    }
+}
+
 /// A queue pair.
 #[derive(Debug)]
 pub struct Qp {
@@ -226,7 +292,7 @@ pub struct Qp {
     /// Receive ring.
     pub rq: Mutex<RqRing>,
     /// State.
-    pub state: Mutex<QpState>,
+    pub state: StateCell,
     /// Connection.
     pub link: Mutex<Option<Link>>,
     /// Requests started and not completed, in order.
@@ -259,7 +325,7 @@ impl Qp {
                 wr_id: vec![0; wqes as usize],
             }),
             attr,
-            state: Mutex::new(QpState::Init),
+            state: StateCell::new(QpState::Init),
             link: Mutex::new(None),
             inflight: Mutex::new(VecDeque::new()),
             bufs: crate::transport::BufPool::default(),
@@ -269,7 +335,7 @@ impl Qp {
 
     /// Current state.
     pub fn state(&self) -> QpState {
-        *self.state.lock()
+        self.state.get()
     }
 
     /// Device side: the data segments of the next posted receive, and its index.
@@ -293,7 +359,29 @@ impl Qp {
 
     /// Completes, in order, every finished request at the front of the in-flight list.
     pub fn complete_front(&self) {
+        self.complete_front_of(&mut self.inflight.lock());
+    }
+
+    /// Appends a request the requester finished at once (a local operation, or one
+    /// refused before it reached the wire) and completes what is done at the
+    /// front, under one lock. Returns whether the request failed.
+    pub fn retire(&self, entry: Inflight) -> bool {
+        let failed = entry.status.is_some_and(|s| s != 0);
         let mut q = self.inflight.lock();
+        q.push_back(entry);
+        self.complete_front_of(&mut q);
+        failed
+    }
+
+    /// An ACK of `psn`: everything up to it is done ([`Qp::ack_through`]), and the
+    /// finished front completes, under one lock.
+    pub fn acknowledge(&self, psn: u32) {
+        let mut q = self.inflight.lock();
+        Self::ack_in(&mut q, psn, true);
+        self.complete_front_of(&mut q);
+    }
+
+    fn complete_front_of(&self, q: &mut VecDeque<Inflight>) {
         while let Some(front) = q.front() {
             let Some(st) = front.status else { break };
             let Some(mut e) = q.pop_front() else { break };
@@ -325,7 +413,10 @@ impl Qp {
     /// Marks every pending request before `psn` (not RDMA READs) done; a NAK or ACK
     /// of `psn` implies the responder processed all of them.
     pub fn ack_through(&self, psn: u32, inclusive: bool) {
-        let mut q = self.inflight.lock();
+        Self::ack_in(&mut self.inflight.lock(), psn, inclusive);
+    }
+
+    fn ack_in(q: &mut VecDeque<Inflight>, psn: u32, inclusive: bool) {
         for e in q.iter_mut() {
             if let (Some(p), None) = (e.psn, e.status) {
                 let d = p.wrapping_sub(psn) as i32;
@@ -348,12 +439,8 @@ impl Qp {
     /// (`IBV_EVENT_SQ_DRAINED`). Called after the SIGERR CQE is written, so a
     /// consumer that polls the CQ on this event finds the error.
     pub fn drain_on_sig_error(&self) {
-        {
-            let mut s = self.state.lock();
-            if *s != QpState::Rts {
-                return;
-            }
-            *s = QpState::Sqd;
+        if self.state.transition(QpState::Rts, QpState::Sqd).is_err() {
+            return;
         }
         tracing::debug!(qpn = self.qpn, "signature error: send queue drained (SQD)");
         if let Some(events) = self.events.lock().as_ref() {
@@ -364,12 +451,8 @@ impl Qp {
     /// Moves the QP to the error state: flushes in-flight requests and posted
     /// receives, closes the connection and reports the disconnect.
     pub fn to_error(&self, reason: DisconnectReason) {
-        {
-            let mut s = self.state.lock();
-            if *s == QpState::Error {
-                return;
-            }
-            *s = QpState::Error;
+        if self.state.swap(QpState::Error) == QpState::Error {
+            return;
         }
         tracing::debug!(qpn = self.qpn, ?reason, "QP to error");
         for e in self.inflight.lock().iter_mut() {
@@ -534,5 +617,76 @@ impl Hca {
             err_offset: e.wire_offset,
             qpn,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qp() -> Qp {
+        let cq = Arc::new(Cq::new(1, 16, Arc::new(Signal::new())));
+        Qp::new(7, 1, Arc::clone(&cq), cq, QpInitAttr::default())
+    }
+
+    fn entry(psn: Option<u32>, status: Option<u8>) -> Inflight {
+        Inflight {
+            psn,
+            wqe_index: 0,
+            opcode: layout::opcode::SEND,
+            signaled: true,
+            byte_len: 0,
+            frame: None,
+            read_sges: None,
+            status,
+            rnr_count: 0,
+        }
+    }
+
+    fn completions(q: &Qp) -> Vec<Cqe> {
+        std::iter::from_fn(|| q.send_cq.pop_raw())
+            .map(|raw| Cqe::decode(&raw).expect("CQE decodes"))
+            .collect()
+    }
+
+    #[test]
+    fn state_cell_transitions_only_from_the_expected_state() {
+        let s = StateCell::new(QpState::Init);
+        for st in StateCell::ALL {
+            s.set(st);
+            assert_eq!(s.get(), st);
+        }
+        s.set(QpState::Rts);
+        assert_eq!(s.transition(QpState::Sqd, QpState::Rts), Err(QpState::Rts));
+        assert_eq!(s.transition(QpState::Rts, QpState::Sqd), Ok(()));
+        assert_eq!(s.get(), QpState::Sqd);
+        assert_eq!(s.swap(QpState::Error), QpState::Sqd);
+        assert_eq!(s.swap(QpState::Error), QpState::Error);
+    }
+
+    #[test]
+    fn a_retired_local_request_completes_after_the_remote_one_before_it() {
+        let q = qp();
+        q.inflight.lock().push_back(entry(Some(0), None));
+        assert!(!q.retire(entry(None, Some(0))));
+        assert!(
+            completions(&q).is_empty(),
+            "the SEND in front is not acknowledged yet"
+        );
+        q.acknowledge(0);
+        let done = completions(&q);
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|c| matches!(c, Cqe::Req { qpn: 7, .. })));
+        assert!(q.inflight.lock().is_empty());
+    }
+
+    #[test]
+    fn a_retired_failure_is_reported_and_completes_in_error() {
+        let q = qp();
+        assert!(q.retire(entry(None, Some(syndrome::LOCAL_QP_OP_ERR))));
+        match completions(&q).as_slice() {
+            [Cqe::Err { syndrome: s, .. }] => assert_eq!(*s, syndrome::LOCAL_QP_OP_ERR),
+            other => panic!("expected one error CQE, got {other:?}"),
+        }
     }
 }

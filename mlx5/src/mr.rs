@@ -6,6 +6,7 @@
 //! holds a lookup result.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -142,10 +143,30 @@ pub enum Resolved {
     },
 }
 
+/// Hashes a key for the table: keys are distinct 32-bit numbers, so one
+/// multiplication spreads them (SipHash's protection against chosen keys buys
+/// nothing here and costs a lookup per SGE).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, k: u32) {
+        self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// The table.
 #[derive(Debug, Default)]
 pub struct MkeyTable {
-    map: RwLock<HashMap<u32, Arc<Mkey>>>,
+    map: RwLock<HashMap<u32, Arc<Mkey>, BuildHasherDefault<KeyHasher>>>,
     next_index: AtomicU32,
 }
 
@@ -178,9 +199,10 @@ impl MkeyTable {
         key
     }
 
-    /// Looks up a key.
-    pub fn get(&self, key: u32) -> Option<Arc<Mkey>> {
-        self.map.read().get(&key).cloned()
+    /// Reads a key's state with `f` (under the table's read lock, without taking a
+    /// reference that a later [`MkeyTable::update`] would have to copy around).
+    pub fn inspect<R>(&self, key: u32, f: impl FnOnce(&Mkey) -> R) -> Option<R> {
+        self.map.read().get(&key).map(|m| f(m))
     }
 
     /// Changes a key's state (UMR, SET_PSV): in place when no transfer holds the
@@ -226,7 +248,8 @@ impl MkeyTable {
         len: u64,
         need: AccessFlags,
     ) -> Result<Resolved, AccessError> {
-        let m = self.get(key).ok_or(AccessError::BadKey)?;
+        let map = self.map.read();
+        let m = map.get(&key).ok_or(AccessError::BadKey)?;
         if m.pd != pd {
             return Err(AccessError::BadKey);
         }

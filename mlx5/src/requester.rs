@@ -163,8 +163,7 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(O
             if sq.dev_ci == sq.pi || qp.state() == QpState::Sqd {
                 break;
             }
-            let first = sq.read_bbs(sq.dev_ci, 1);
-            let ctrl = match CtrlSeg::decode(&first) {
+            let ctrl = match CtrlSeg::decode(sq.bb(sq.dev_ci)) {
                 Ok(c) => c,
                 Err(_) => break,
             };
@@ -199,8 +198,7 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(O
         };
         if qp.state() == QpState::Error {
             entry.status = Some(syndrome::WR_FLUSH_ERR);
-            qp.inflight.lock().push_back(entry);
-            qp.complete_front();
+            qp.retire(entry);
             continue;
         }
         // A WQE shorter than its control segment has an empty body (and fails to
@@ -208,48 +206,39 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(O
         let body = wqe
             .get(CtrlSeg::SIZE..usize::from(ctrl.ds) * layout::WQE_DS)
             .unwrap_or(&[]);
-        let result = match ctrl.opcode {
+        // A remote operation in flight completes on its ACK or response (the
+        // completer takes the QP to error on a NAK); what finishes here retires now.
+        let failed = match ctrl.opcode {
             opcode::SEND | opcode::SEND_INVAL | opcode::RDMA_WRITE | opcode::RDMA_READ => {
-                remote_op(hca, qp, &ctrl, body, send, next_psn, entry)
+                remote_op(hca, qp, &ctrl, body, send, next_psn, entry).is_err()
             }
             opcode::UMR => {
                 entry.status = Some(match umr(hca, qp, &ctrl, body) {
                     Ok(()) => 0,
                     Err(s) => s,
                 });
-                qp.inflight.lock().push_back(entry);
-                Ok(())
+                qp.retire(entry)
             }
             opcode::NOP => {
                 // A cancelled WR: completes as it was asked to, moving nothing.
                 entry.status = Some(0);
-                qp.inflight.lock().push_back(entry);
-                Ok(())
+                qp.retire(entry)
             }
             opcode::SET_PSV => {
                 entry.status = Some(match SetPsvSeg::decode(body) {
                     Ok(p) if set_psv(hca, &p) => 0,
                     _ => syndrome::MW_BIND_ERR,
                 });
-                qp.inflight.lock().push_back(entry);
-                Ok(())
+                qp.retire(entry)
             }
             _ => {
                 entry.status = Some(syndrome::LOCAL_QP_OP_ERR);
-                qp.inflight.lock().push_back(entry);
-                Ok(())
+                qp.retire(entry)
             }
         };
-        let failed = result.is_err()
-            || qp
-                .inflight
-                .lock()
-                .back()
-                .is_some_and(|e| e.status.is_some_and(|s| s != 0));
         if failed {
             qp.to_error(DisconnectReason::Local);
         }
-        qp.complete_front();
     }
 }
 
@@ -270,7 +259,12 @@ fn remote_op(
     mut entry: Inflight,
 ) -> Result<(), ()> {
     let (raddr, sges) = if matches!(ctrl.opcode, opcode::RDMA_WRITE | opcode::RDMA_READ) {
-        let r = RaddrSeg::decode(body).map_err(|_| ())?;
+        let Ok(r) = RaddrSeg::decode(body) else {
+            // A malformed WQE completes in error like any other.
+            entry.status = Some(syndrome::LOCAL_QP_OP_ERR);
+            qp.retire(entry);
+            return Err(());
+        };
         (Some(r), data_segs(&body[RaddrSeg::SIZE..]))
     } else {
         (None, data_segs(body))
@@ -321,7 +315,7 @@ fn remote_op(
                             DmaError::Length => syndrome::LOCAL_LENGTH_ERR,
                             DmaError::Layout => syndrome::LOCAL_QP_OP_ERR,
                         });
-                        qp.inflight.lock().push_back(entry);
+                        qp.retire(entry);
                         return Err(());
                     }
                     OutFrame::Built(Arc::new(b.finish()))
@@ -366,8 +360,11 @@ fn umr(hca: &Hca, qp: &Qp, ctrl: &CtrlSeg, body: &[u8]) -> Result<(), u8> {
     let uc = UmrCtrlSeg::decode(body).map_err(bad)?;
     let ms = MkeySeg::decode(&body[UmrCtrlSeg::SIZE..]).map_err(bad)?;
     let key = ctrl.imm;
-    let m = hca.mkeys.get(key).ok_or(syndrome::MW_BIND_ERR)?;
-    if m.pd != qp.pd || m.kind == MkeyKind::Direct {
+    let (pd, kind) = hca
+        .mkeys
+        .inspect(key, |m| (m.pd, m.kind))
+        .ok_or(syndrome::MW_BIND_ERR)?;
+    if pd != qp.pd || kind == MkeyKind::Direct {
         return Err(syndrome::MW_BIND_ERR);
     }
     if ms.status & layout::MKEY_STATUS_FREE != 0 {
@@ -379,7 +376,7 @@ fn umr(hca: &Hca, qp: &Qp, ctrl: &CtrlSeg, body: &[u8]) -> Result<(), u8> {
         .ok_or(syndrome::MW_BIND_ERR)?;
     let access = access_of(ms.flags);
     if ms.flags_pd & layout::MKEY_BSF_EN == 0 {
-        if m.kind != MkeyKind::FastReg {
+        if kind != MkeyKind::FastReg {
             return Err(syndrome::MW_BIND_ERR);
         }
         let k = Klm::decode(xlt).map_err(bad)?;
@@ -392,7 +389,7 @@ fn umr(hca: &Hca, qp: &Qp, ctrl: &CtrlSeg, body: &[u8]) -> Result<(), u8> {
         });
         return Ok(());
     }
-    if m.kind != MkeyKind::Sig {
+    if kind != MkeyKind::Sig {
         return Err(syndrome::MW_BIND_ERR);
     }
     let bsf = Bsf::decode(xlt.get(64..).ok_or(syndrome::MW_BIND_ERR)?).map_err(bad)?;
@@ -470,4 +467,47 @@ fn set_psv(hca: &Hca, p: &SetPsvSeg) -> bool {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hca::Cq;
+    use crate::layout::{Cqe, WQE_BB};
+    use verbs::notify::Signal;
+    use verbs::QpInitAttr;
+
+    #[test]
+    fn an_rdma_write_wqe_without_its_remote_address_completes_in_error() {
+        let hca = Hca::new("test");
+        let cq = Arc::new(Cq::new(1, 16, Arc::new(Signal::new())));
+        let qp = Qp::new(3, 1, Arc::clone(&cq), cq, QpInitAttr::default());
+        qp.state.set(QpState::Rts);
+        let mut bb = [0u8; WQE_BB];
+        CtrlSeg {
+            opmod: 0,
+            wqe_index: 0,
+            opcode: opcode::RDMA_WRITE,
+            qpn: 3,
+            ds: 1, // the control segment alone: no remote address segment
+            fm_ce_se: CTRL_CQ_UPDATE,
+            imm: 0,
+        }
+        .encode(&mut bb);
+        {
+            let mut sq = qp.sq.lock();
+            sq.write_bbs(0, &bb);
+            sq.pi = 1;
+        }
+        let mut sent = 0;
+        process_sq(&hca, &qp, &mut 0, &mut |_| sent += 1);
+        assert_eq!(sent, 0, "nothing goes to the wire");
+        let raw = qp.send_cq.pop_raw().expect("the WQE completes");
+        match Cqe::decode(&raw) {
+            Ok(Cqe::Err { syndrome: s, .. }) => assert_eq!(s, syndrome::LOCAL_QP_OP_ERR),
+            other => panic!("expected an error CQE, got {other:?}"),
+        }
+        assert_eq!(qp.state(), QpState::Error);
+        assert!(qp.inflight.lock().is_empty());
+    }
 }
