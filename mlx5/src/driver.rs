@@ -3,7 +3,7 @@
 //! from the CQE ring (SIGERR CQEs are consumed here and recorded on the signature
 //! MR, as mlx5_ib does with its radix tree of signature mkeys).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::sync::Mutex;
@@ -17,7 +17,7 @@ use verbs::{
 };
 
 use crate::fault::FaultSpec;
-use crate::hca::{Cq, Hca, Qp, WrMeta};
+use crate::hca::{Cq, Hca, IdMap, Qp, WrMeta};
 use crate::layout::{
     self, opcode, sig_syndrome, syndrome, Bsf, Cqe, CtrlSeg, DataSeg, Klm, MkeySeg, RaddrSeg,
     SetPsvSeg, StrideBlockCtrl, StrideBlockEntry, UmrCtrlSeg, WQE_BB,
@@ -36,7 +36,7 @@ struct SigStatus {
 pub struct Mlx5Device {
     hca: Arc<Hca>,
     pds: Mutex<HashSet<u32>>,
-    sig: Mutex<HashMap<u32, SigStatus>>,
+    sig: Mutex<IdMap<SigStatus>>,
 }
 
 impl Mlx5Device {
@@ -45,7 +45,7 @@ impl Mlx5Device {
         Arc::new(Mlx5Device {
             hca: Arc::new(Hca::new(name)),
             pds: Mutex::new(HashSet::new()),
-            sig: Mutex::new(HashMap::new()),
+            sig: Mutex::new(IdMap::default()),
         })
     }
 

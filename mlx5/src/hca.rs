@@ -3,6 +3,7 @@
 //! the QP state machine (error transition and flushing).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -19,6 +20,30 @@ use crate::fault::{FaultDirection, FaultScope, FaultSpec};
 use crate::layout::{self, sig_syndrome, syndrome, Cqe, CQE_SIZE, WQE_BB};
 use crate::mr::MkeyTable;
 use crate::transport::TxItem;
+
+/// A table keyed by the device's 32-bit object numbers (mkeys, QPNs, CQNs, PSV
+/// indices).
+pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes an object number: numbers are distinct, so one multiplication spreads
+/// them (SipHash's defence against chosen keys buys nothing here and costs a
+/// lookup on every WQE and SGE).
+#[derive(Debug, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// A completion queue: a ring of 64-byte CQEs with ownership bits. The device
 /// writes at the producer index; the driver reads at the consumer index.
@@ -492,11 +517,11 @@ pub struct Hca {
     /// Memory keys.
     pub mkeys: MkeyTable,
     /// PSV index -> signature mkey it belongs to.
-    pub psv_owner: Mutex<HashMap<u32, u32>>,
+    pub psv_owner: Mutex<IdMap<u32>>,
     /// CQs.
-    pub cqs: RwLock<HashMap<u32, Arc<Cq>>>,
+    pub cqs: RwLock<IdMap<Arc<Cq>>>,
     /// QPs.
-    pub qps: RwLock<HashMap<u32, Arc<Qp>>>,
+    pub qps: RwLock<IdMap<Arc<Qp>>>,
     /// Armed faults.
     pub faults: Mutex<Vec<FaultSpec>>,
     armed: AtomicU32,
@@ -534,9 +559,9 @@ impl Hca {
         Hca {
             name: name.to_string(),
             mkeys: MkeyTable::default(),
-            psv_owner: Mutex::new(HashMap::new()),
-            cqs: RwLock::new(HashMap::new()),
-            qps: RwLock::new(HashMap::new()),
+            psv_owner: Mutex::new(IdMap::default()),
+            cqs: RwLock::new(IdMap::default()),
+            qps: RwLock::new(IdMap::default()),
             armed: AtomicU32::new(faults.len() as u32),
             faults: Mutex::new(faults),
             next_id: AtomicU32::new(1),

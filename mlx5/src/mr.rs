@@ -5,14 +5,14 @@
 //! key stays allocated for as long as the key exists or an operation in flight
 //! holds a lookup result.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, DmaBuf};
+
+use crate::hca::IdMap;
 
 /// A contiguous piece of registered memory.
 #[derive(Clone, Debug)]
@@ -143,30 +143,10 @@ pub enum Resolved {
     },
 }
 
-/// Hashes a key for the table: keys are distinct 32-bit numbers, so one
-/// multiplication spreads them (SipHash's protection against chosen keys buys
-/// nothing here and costs a lookup per SGE).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u32(&mut self, k: u32) {
-        self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// The table.
 #[derive(Debug, Default)]
 pub struct MkeyTable {
-    map: RwLock<HashMap<u32, Arc<Mkey>, BuildHasherDefault<KeyHasher>>>,
+    map: RwLock<IdMap<Arc<Mkey>>>,
     next_index: AtomicU32,
 }
 
