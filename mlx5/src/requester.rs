@@ -307,7 +307,7 @@ fn remote_op(
                 })),
                 None => {
                     let mut b =
-                        FrameBuilder::sized(qp.bufs.get(total as usize + 64), &h, total as usize);
+                        FrameBuilder::sized(qp.bufs.for_frame(total as usize), &h, total as usize);
                     if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload_mut(), &qp.send_cq)
                     {
                         entry.status = Some(match e {

@@ -180,7 +180,7 @@ impl Responder {
             Op::ReadReq => {
                 self.flush(qp, tx);
                 let mut b = frame::FrameBuilder::sized(
-                    qp.bufs.get(h.len as usize + 64),
+                    qp.bufs.for_frame(h.len as usize),
                     &Header {
                         qpn: qp.qpn,
                         ..Header::new(Op::ReadResp, h.psn)

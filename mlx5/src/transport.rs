@@ -310,9 +310,15 @@ impl Wire {
 }
 
 /// Recycled frame buffers of one connection. Large frames allocated and freed
-/// per message cost page faults (glibc serves them with mmap); keeping a few
-/// buffers around avoids that. A buffer keeps its last frame's bytes, so that
-/// [`crate::frame::FrameBuilder::sized`] need not clear it again.
+/// per message cost page faults (glibc serves them with mmap) and a clearing
+/// pass; keeping a few buffers around avoids both. A buffer keeps its last
+/// frame's bytes, so that [`crate::frame::FrameBuilder::sized`] need not clear
+/// a buffer that already held a frame as long as the next.
+///
+/// Small frames (ACKs, control SENDs) are neither taken from nor kept in the
+/// pool: the allocator serves them cheaply, and a pool filled with them would
+/// turn the large buffers away (and hand them out truncated, to be cleared
+/// again when a large frame reuses them).
 #[derive(Debug, Default)]
 pub struct BufPool {
     free: Mutex<Vec<Vec<u8>>>,
@@ -320,22 +326,35 @@ pub struct BufPool {
 
 impl BufPool {
     const KEEP: usize = 64;
+    const MIN_BUF: usize = 4 << 10;
     const MAX_BUF: usize = 4 << 20;
 
-    /// A buffer with at least `cap` bytes of capacity if one is available.
-    pub fn get(&self, cap: usize) -> Vec<u8> {
+    /// A buffer for a frame with `payload_len` payload bytes: preferably one that
+    /// already holds a frame at least that long, then one with the capacity.
+    pub fn for_frame(&self, payload_len: usize) -> Vec<u8> {
+        let len = frame::HDR_LEN + payload_len + frame::TRAILER_LEN;
+        if len < Self::MIN_BUF {
+            return Vec::with_capacity(len);
+        }
         let mut free = self.free.lock();
-        match free.iter().rposition(|b| b.capacity() >= cap) {
+        let pick = free
+            .iter()
+            .rposition(|b| b.len() >= len)
+            .or_else(|| free.iter().rposition(|b| b.capacity() >= len));
+        match pick {
             Some(i) => free.swap_remove(i),
-            None => free.pop().unwrap_or_default(),
+            None => Vec::with_capacity(len),
         }
     }
 
     /// Returns a frame for reuse, if nobody else holds it.
     pub fn put(&self, f: Arc<Vec<u8>>) {
+        if !(Self::MIN_BUF..=Self::MAX_BUF).contains(&f.capacity()) {
+            return;
+        }
         if let Ok(b) = Arc::try_unwrap(f) {
             let mut free = self.free.lock();
-            if free.len() < Self::KEEP && b.capacity() <= Self::MAX_BUF {
+            if free.len() < Self::KEEP {
                 free.push(b);
             }
         }
@@ -498,6 +517,33 @@ fn read_request(
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// A large frame reuses a buffer that already held one at least as long (no
+    /// clearing pass), before one that merely has the capacity; small frames and
+    /// frames someone still holds are not kept.
+    #[test]
+    fn frame_buffers_are_reused_whole_and_small_ones_are_not_pooled() {
+        let pool = BufPool::default();
+        let payload = 128 << 10;
+        let need = frame::HDR_LEN + payload + frame::TRAILER_LEN;
+        let mut truncated = Vec::with_capacity(2 * need);
+        truncated.resize(100, 1);
+        pool.put(Arc::new(truncated));
+        pool.put(Arc::new(vec![7u8; need]));
+        pool.put(Arc::new(vec![0u8; 64]));
+        let held = Arc::new(vec![0u8; need]);
+        pool.put(Arc::clone(&held));
+        assert_eq!(pool.free.lock().len(), 2);
+
+        let whole = pool.for_frame(payload);
+        assert_eq!((whole.len(), whole[need - 1]), (need, 7));
+        let roomy = pool.for_frame(payload);
+        assert_eq!(roomy.len(), 100);
+        assert!(roomy.capacity() >= need);
+        let fresh = pool.for_frame(payload);
+        assert!(fresh.is_empty() && fresh.capacity() >= need);
+        assert!(pool.for_frame(16).capacity() >= frame::HDR_LEN + 16);
+    }
 
     /// A frame the socket takes only in part is finished, in order and before any
     /// later frame, by the next writer; the non-blocking path never blocks.
