@@ -73,19 +73,20 @@ impl Mlx5Device {
         self.hca.qp(qpn)
     }
 
-    /// Rings `qp`'s doorbell after WQEs were posted of which the largest gathers
-    /// `gather` bytes.
-    fn doorbell(&self, qp: &Arc<Qp>, gather: u64) {
+    /// Rings `qp`'s doorbell after WQEs were posted. The posting thread executes
+    /// them itself when no other thread is at the send queue, as a real HCA starts
+    /// on the doorbell write: no thread hop, and the data the poster just wrote is
+    /// still in its cache when the gather (or the signature engine's pass over it)
+    /// reads it. Otherwise the requester thread, which may have looked at the ring
+    /// before these WQEs landed, is told.
+    fn doorbell(&self, qp: &Arc<Qp>) {
         let link = qp
             .link
             .lock()
             .as_ref()
             .map(|l| (Arc::clone(&l.sq), l.req.clone()));
         if let Some((sq, req)) = link {
-            // Small work executes right here unless another thread is at it (it may
-            // have looked at the ring before these WQEs landed, so tell the
-            // requester); large gathers always go to the requester thread.
-            if gather > INLINE_GATHER_MAX || !sq.try_execute(&self.hca, qp) {
+            if !sq.try_execute(&self.hca, qp) {
                 let _ = req.send(ReqEvent::Doorbell);
             }
             return;
@@ -95,13 +96,6 @@ impl Mlx5Device {
         crate::requester::process_sq(&self.hca, qp, &mut psn, &mut |_| {});
     }
 }
-
-/// Payload of the largest posted message up to which the posting thread executes
-/// its own doorbell: small messages go out at once (one thread hop fewer each); a
-/// larger one goes to the QP's requester thread, so that the gather, ICRC and
-/// socket write of a large transfer overlap the poster's next work, as a real
-/// HCA's DMA engine does.
-const INLINE_GATHER_MAX: u64 = 32 << 10;
 
 fn perms(a: AccessFlags) -> u8 {
     let mut f = layout::PERM_LOCAL_READ | layout::MKC_ACCESS_MODE_KLMS;
@@ -786,7 +780,7 @@ impl ContextOps for Mlx5Device {
     fn modify_qp_to_error(&self, qpn: u32) -> Result<()> {
         let qp = self.qp(qpn)?;
         qp.to_error(DisconnectReason::Local);
-        self.doorbell(&qp, 0);
+        self.doorbell(&qp);
         Ok(())
     }
 
@@ -835,7 +829,7 @@ impl ContextOps for Mlx5Device {
         qp.state
             .transition(QpState::Sqd, QpState::Rts)
             .map_err(|state| VerbsError::InvalidQpState { qpn, state })?;
-        self.doorbell(&qp, 0);
+        self.doorbell(&qp);
         Ok(())
     }
 
@@ -845,15 +839,7 @@ impl ContextOps for Mlx5Device {
         if !matches!(st, QpState::Rts | QpState::Sqd | QpState::Error) {
             return Err(VerbsError::InvalidQpState { qpn, state: st });
         }
-        let mut gather = 0u64;
         for wr in wrs {
-            if matches!(
-                wr.op,
-                SendOp::Send | SendOp::SendWithInv { .. } | SendOp::RdmaWrite { .. }
-            ) {
-                let bytes = wr.sg_list.iter().map(|s| u64::from(s.length)).sum::<u64>();
-                gather = gather.max(bytes);
-            }
             let wqes = self.encode_wr(&qp, wr)?;
             let mut sq = qp.sq.lock();
             let need: u32 = wqes.iter().map(|(_, b)| (b.len() / WQE_BB) as u32).sum();
@@ -877,7 +863,7 @@ impl ContextOps for Mlx5Device {
                 sq.pi = next;
             }
         }
-        self.doorbell(&qp, gather);
+        self.doorbell(&qp);
         Ok(())
     }
 
