@@ -238,6 +238,23 @@ impl ScsiService for TargetLuns {
         Some((answer_without_data(r), len))
     }
 
+    fn execute_write_dix(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data: &[u8],
+        pi: &[u8],
+    ) -> Option<Completion> {
+        let l = self.luns.get(&lun).filter(|l| l.writes_dix(cdb))?;
+        let r = l.run_write_dix(&self.device_nexus(nexus), cdb, true, data, pi);
+        Some(Completion {
+            status: r.status.0,
+            sense: r.sense.unwrap_or_default(),
+            data_in: r.data,
+        })
+    }
+
     fn in_memory(&self, lun: u64) -> bool {
         self.luns.get(&lun).is_some_and(Lun::in_memory)
     }

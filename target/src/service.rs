@@ -169,6 +169,23 @@ pub trait ScsiService: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Runs a WRITE that carries its blocks' PI (WRPROTECT not 0) with the blocks
+    /// in `data` and their PI in `pi` (DIX form), for a transport whose hardware
+    /// split them off the wire; returns the completion, or `None` when this
+    /// service does not serve `cdb` so (the caller then interleaves them and uses
+    /// [`ScsiService::execute`]).
+    fn execute_write_dix(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data: &[u8],
+        pi: &[u8],
+    ) -> Option<Completion> {
+        let _ = (nexus, lun, cdb, data, pi);
+        None
+    }
+
     /// Whether `lun`'s commands finish without waiting on I/O (a RAM backing
     /// store): a transport may then run them in place rather than on a blocking
     /// worker thread, saving two thread hand-offs per command.

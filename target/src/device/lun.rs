@@ -778,6 +778,53 @@ impl Lun {
         self.answer_placed(cdb, result)
     }
 
+    /// Whether [`Lun::run_write_dix`] serves `cdb`: a WRITE of at least one block
+    /// that carries its PI (WRPROTECT not 0) to a LUN that stores PI.
+    pub fn writes_dix(&self, cdb: &[u8]) -> bool {
+        self.pi.is_some()
+            && matches!(Cdb::parse(cdb), Ok(Cdb::ReadWrite(rw))
+                if rw.kind == scsi::RwKind::Write && rw.protect != 0 && rw.blocks > 0)
+    }
+
+    /// Prepares and executes a WRITE that [`Lun::writes_dix`] accepts, with its
+    /// blocks in `data` and their tuples in `pi` (DIX form, from a transport whose
+    /// hardware split them off the wire): the tuples are checked as WRPROTECT asks
+    /// (WRPROTECT 3, none: the hardware did it) and stored with the blocks.
+    pub fn run_write_dix(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        fabric_pi_capable: bool,
+        data: &[u8],
+        pi: &[u8],
+    ) -> Response {
+        let result = self
+            .prepare(nexus, cdb, fabric_pi_capable)
+            .and_then(|plan| {
+                match (&plan.cdb, plan.prot.op, plan.prot.mem) {
+                    (Cdb::ReadWrite(rw), ProtOp::Pass, Some(_))
+                        if rw.kind == scsi::RwKind::Write =>
+                    {
+                        if data.len() != plan.prot.data_len() || pi.len() != plan.prot.pi_len() {
+                            return Err(SenseReason::DataLength);
+                        }
+                        wire::verify_dix(&plan.prot, data, pi).map_err(|e| self.wire_err(e))?;
+                        self.execute(nexus, &plan, DataOut::Dix { data, pi })
+                    }
+                    // `writes_dix` and the plan disagree: a device server bug.
+                    _ => Err(SenseReason::InternalFailure),
+                }
+            });
+        match result {
+            Ok(_) => Response {
+                status: Status::GOOD,
+                sense: None,
+                data: Vec::new(),
+            },
+            Err(reason) => self.failed(cdb, &reason),
+        }
+    }
+
     fn failed(&self, cdb: &[u8], reason: &SenseReason) -> Response {
         tracing::debug!(lun = self.desc.id, cdb = ?cdb.get(..cdb.len().min(16)), %reason, "command failed");
         Response {

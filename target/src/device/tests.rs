@@ -2041,3 +2041,74 @@ fn read_dix_matches_the_interleaved_read() {
     let (got, len) = lun.run_read_dix(&nx, &cdb, true, &mut d[..100], &mut p);
     assert_eq!((got.status, len), (Status::CHECK_CONDITION, 0));
 }
+
+/// `run_write_dix` stores what `run_wire` stores for a WRITE that passes PI, from
+/// the blocks and tuples in DIX form: Types 1 and 3, intervals 512 and 4096;
+/// WRPROTECT 3 stores a bad tuple unchecked (the hardware checked), WRPROTECT 1
+/// refuses it with the failing LBA and writes nothing; wrong lengths are
+/// refused without a panic; `writes_dix` refuses what it does not serve.
+#[test]
+fn write_dix_stores_what_the_interleaved_write_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    for lun in [ram(1, 512, 64), file_lun(dir.path(), 3, 4096, 16)] {
+        let pi = lun.desc().protection.pi_type;
+        let bs = lun.block_size() as usize;
+        let nx = ready(&lun, 1);
+        let data = pattern(4 * bs, 9);
+        let wire = dif(&data, bs as u32, 6, pi == 3);
+        let tuples: Vec<u8> = wire
+            .chunks_exact(bs + 8)
+            .flat_map(|b| b[bs..].to_vec())
+            .collect();
+        for (protect, form) in [(1, Form::Ten), (3, Form::Sixteen)] {
+            let cdb = rw(RwKind::Write, form, 6, 4, protect);
+            assert!(lun.writes_dix(&cdb));
+            let got = lun.run_write_dix(&nx, &cdb, true, &data, &tuples);
+            assert_eq!(got.status, Status::GOOD);
+            let back = good(&lun, &nx, &rw(RwKind::Read, Form::Ten, 6, 4, 3), &[]);
+            assert_eq!(back, wire);
+        }
+        assert!(!lun.writes_dix(&rw(RwKind::Write, Form::Ten, 6, 4, 0)));
+        assert!(!lun.writes_dix(&rw(RwKind::Write, Form::Ten, 6, 0, 1)));
+        assert!(!lun.writes_dix(&rw(RwKind::Read, Form::Ten, 6, 4, 1)));
+    }
+    assert!(!ram(0, 512, 64).writes_dix(&rw(RwKind::Write, Form::Ten, 2, 4, 1)));
+
+    let lun = ram(1, 512, 64);
+    let nx = ready(&lun, 1);
+    let data = pattern(4 * 512, 4);
+    let mut tuples: Vec<u8> = dif(&data, 512, 8, false)
+        .chunks_exact(520)
+        .flat_map(|b| b[512..].to_vec())
+        .collect();
+    tuples[2 * 8] ^= 0xFF; // guard of block 10
+    let before = good(&lun, &nx, &rw(RwKind::Read, Form::Ten, 8, 4, 3), &[]);
+    let got = lun.run_write_dix(
+        &nx,
+        &rw(RwKind::Write, Form::Ten, 8, 4, 1),
+        true,
+        &data,
+        &tuples,
+    );
+    assert_eq!(got.status, Status::CHECK_CONDITION);
+    assert_guard_failure(&got, 10);
+    assert_eq!(
+        good(&lun, &nx, &rw(RwKind::Read, Form::Ten, 8, 4, 3), &[]),
+        before
+    );
+    let got = lun.run_write_dix(
+        &nx,
+        &rw(RwKind::Write, Form::Ten, 8, 4, 3),
+        true,
+        &data,
+        &tuples,
+    );
+    assert_eq!(got.status, Status::GOOD);
+    let s = check(&lun, &nx, &rw(RwKind::Read, Form::Ten, 8, 4, 1), &[]);
+    assert_eq!(s.information, Some(10));
+    let cdb = rw(RwKind::Write, Form::Ten, 8, 4, 3);
+    let got = lun.run_write_dix(&nx, &cdb, true, &data[..512], &tuples);
+    assert_eq!(got.status, Status::CHECK_CONDITION);
+    let got = lun.run_write_dix(&nx, &cdb, true, &data, &tuples[..8]);
+    assert_eq!(got.status, Status::CHECK_CONDITION);
+}

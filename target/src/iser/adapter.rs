@@ -89,16 +89,25 @@ impl LoginPolicy for IserLoginPolicy<'_> {
 /// On reads the HCA runs the CDB's checks on every block it sends, so the device
 /// server only fetches the blocks with their PI (it is given RDPROTECT 3: PI
 /// transferred, not checked), as LIO leaves the checks of DIN_PASS and DIN_STRIP
-/// to a fabric that offloads them. A Type 2 32-byte CDB is passed unchanged.
+/// to a fabric that offloads them. Writes whose every byte comes through the HCA
+/// (no immediate or unsolicited data) are registered with DIX memory: the HCA
+/// checks (PASS) or generates (INSERT) the tuples and splits them from the data
+/// into the command buffer, and the device server stores both as given
+/// ([`HcaPlan::dix_cdb`], WRPROTECT 3). A Type 2 32-byte CDB is passed unchanged
+/// (the device server then checks again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HcaPlan {
     /// The command's own plan (operation, checks, first LBA, geometry).
     pub plan: ProtPlan,
     /// The signature attributes to bind.
     pub attrs: SigAttrs,
-    /// The CDB the device server is given (WRPROTECT 1 for INSERT; RDPROTECT 3 for
-    /// reads on 10/12/16-byte CDBs).
+    /// The CDB the device server is given with the blocks in wire form (WRPROTECT 1
+    /// for INSERT; RDPROTECT 3 for reads on 10/12/16-byte CDBs).
     pub device_cdb: Vec<u8>,
+    /// The CDB the device server is given with the blocks in DIX form after the
+    /// HCA checked or generated every tuple (RDPROTECT/WRPROTECT 3 on 10/12/16-byte
+    /// CDBs: stored or fetched, not checked again).
+    pub dix_cdb: Vec<u8>,
     /// Bytes of the command buffer: blocks with their tuples.
     pub mem_len: usize,
     /// Bytes on the wire.
@@ -162,6 +171,11 @@ pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
     let rewritable =
         pi != DifType::Type2 && matches!(rw.form, Form::Ten | Form::Twelve | Form::Sixteen);
     let read = dir == ProtDir::Read;
+    let dix_cdb = if rewritable {
+        with_protect(cdb, 3)
+    } else {
+        cdb.to_vec()
+    };
     let (attrs, device_cdb, wire_len) = match plan.op {
         ProtOp::Pass => (
             SigAttrs {
@@ -191,6 +205,7 @@ pub fn hca_plan(lun: &LunSummary, cdb: &[u8], app_tag: u16) -> Option<HcaPlan> {
         plan,
         attrs,
         device_cdb,
+        dix_cdb,
         mem_len,
         wire_len,
     })
@@ -281,6 +296,8 @@ mod tests {
         assert_eq!(p.plan.op, ProtOp::Pass);
         assert_eq!((p.mem_len, p.wire_len), (4 * 520, 4 * 520));
         assert_eq!(p.device_cdb, rw16(0x8a, 1, 100, 4));
+        // In DIX form the HCA checked every tuple: stored without a second check.
+        assert_eq!(p.dix_cdb, rw16(0x8a, 3, 100, 4));
         assert_eq!(p.attrs.check_mask, check_mask::GUARD | check_mask::REFTAG);
         assert!(p.attrs.mem.dif().is_some() && p.attrs.wire.dif().is_some());
         // WRPROTECT 0: INSERT in the HCA; the device server verifies as WRPROTECT 1.
@@ -288,6 +305,7 @@ mod tests {
         assert_eq!(i.plan.op, ProtOp::Insert);
         assert_eq!((i.mem_len, i.wire_len), (2 * 520, 2 * 512));
         assert_eq!(i.device_cdb, rw16(0x8a, 1, 7, 2));
+        assert_eq!(i.dix_cdb, rw16(0x8a, 3, 7, 2));
         assert_eq!(i.attrs.wire, SigDomain::None);
         assert_eq!(i.attrs.mem.dif().unwrap().app_tag, 0x1234);
         // RDPROTECT 0: STRIP in the HCA with RDPROTECT 0's checks; the device

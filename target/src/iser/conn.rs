@@ -1137,6 +1137,8 @@ impl Shared {
         }
         // (CDB for the device server, bytes of Data-Out in the command buffer)
         let mut device_out: Option<(Vec<u8>, usize)> = None;
+        // Where the PI starts when the HCA split a write's tuples from its blocks.
+        let mut write_dix_split = None;
         let mut pi_failure: Option<(u8, Vec<u8>)> = None;
         if cmd.write && want > 0 {
             let buf_len = hca
@@ -1176,7 +1178,13 @@ impl Shared {
             });
             match checked {
                 Some(h) => {
-                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, None, h.attrs)?];
+                    // With no unsolicited part the HCA checks every block, and it
+                    // splits the tuples from the data (DIX memory) for the device
+                    // server to store as they are; otherwise memory keeps the wire
+                    // form the unsolicited part arrived in, and the device server
+                    // checks that part.
+                    let split = (unsolicited == 0).then(|| h.data_len());
+                    let mut wrs = vec![io::sig_reg_wr(slot, h.mem_len, split, h.attrs)?];
                     wrs.extend(io::read_wrs(slot, &reads, LocalView::Signature)?);
                     self.fab.run(wrs, "REG_MR_INTEGRITY + RDMA READ").await?;
                     if let Some(e) = io::sig_status(slot)? {
@@ -1187,7 +1195,12 @@ impl Shared {
                             &e,
                         ));
                     }
-                    device_out = Some((h.device_cdb.clone(), h.mem_len));
+                    let cdb = match split {
+                        Some(_) => h.dix_cdb.clone(),
+                        None => h.device_cdb.clone(),
+                    };
+                    device_out = Some((cdb, h.mem_len));
+                    write_dix_split = split;
                 }
                 None => {
                     let wrs = io::read_wrs(slot, &reads, LocalView::Plain)?;
@@ -1270,8 +1283,16 @@ impl Shared {
         } else {
             let c = if in_memory {
                 // In place, reading the Data-Out straight from the command buffer.
-                let run =
-                    |data: &[u8]| execute_on(service.as_ref(), &self.nexus, lun, &exec_cdb, data);
+                let run = |data: &[u8]| {
+                    write_from_buffer(
+                        service.as_ref(),
+                        &self.nexus,
+                        lun,
+                        &exec_cdb,
+                        write_dix_split,
+                        data,
+                    )
+                };
                 match slot.data().filter(|_| out_bytes > 0) {
                     Some(buf) => buf.with(|b| b.get(..out_bytes).map(run)).ok_or_else(|| {
                         IserError::Protocol("Data-Out longer than the command buffer".into())
@@ -1283,7 +1304,7 @@ impl Shared {
                 let nexus = self.nexus.clone();
                 let svc = service.clone();
                 tokio::task::spawn_blocking(move || {
-                    execute_on(svc.as_ref(), &nexus, lun, &exec_cdb, &data)
+                    write_from_buffer(svc.as_ref(), &nexus, lun, &exec_cdb, write_dix_split, &data)
                 })
                 .await
                 .map_err(|e| IserError::Protocol(format!("command task failed: {e}")))?
@@ -1764,6 +1785,47 @@ fn read_into_buffer(
         }
     }
     (execute_into_on(service, nexus, lun, cdb, &[], b), false)
+}
+
+/// Runs a command whose Data-Out is `data_out`: in DIX form (blocks, then their
+/// tuples from `dix_split` on) when the HCA split them, else as received.
+fn write_from_buffer(
+    service: &dyn ScsiService,
+    nexus: &Nexus,
+    lun: Option<u64>,
+    cdb: &[u8],
+    dix_split: Option<usize>,
+    data_out: &[u8],
+) -> Completion {
+    let (Some(split), Some(l)) = (dix_split, lun) else {
+        return execute_on(service, nexus, lun, cdb, data_out);
+    };
+    let Some((data, pi)) = data_out.split_at_checked(split) else {
+        return execute_on(service, nexus, lun, cdb, data_out);
+    };
+    if let Some(c) = service.execute_write_dix(nexus, l, cdb, data, pi) {
+        return c;
+    }
+    // A service without the DIX entry point takes the blocks in wire form.
+    let interval = service
+        .luns()
+        .into_iter()
+        .find(|s| s.lun == l)
+        .map_or(0, |s| s.block_size);
+    let mut wire = vec![0u8; data_out.len()];
+    match t10pi::interleave(interval, data, pi, &mut wire) {
+        Ok(()) => execute_on(service, nexus, lun, cdb, &wire),
+        Err(e) => {
+            tracing::warn!(lun = l, error = %e, "DIX Data-Out does not fit the LUN's geometry");
+            Completion::check_condition(
+                scsi::Sense::new(
+                    scsi::SenseKey::HARDWARE_ERROR,
+                    scsi::asc::INTERNAL_TARGET_FAILURE,
+                )
+                .to_bytes(scsi::SenseFormat::Fixed),
+            )
+        }
+    }
 }
 
 fn with_sense(h: &ScsiResponse, status: u8, sense: &[u8]) -> Pdu {
