@@ -610,8 +610,13 @@ impl Lun {
                 }
             }
         }
+        // Blocks without PI on either side are the same bytes on the wire and in
+        // memory: handed over as received, with no conversion copy.
         let dix;
-        let out = if plan.direction == Direction::DataOut && plan.blocks_on_wire {
+        let out = if plan.direction == Direction::DataOut
+            && plan.blocks_on_wire
+            && (plan.prot.mem.is_some() || plan.prot.wire_has_pi)
+        {
             dix = wire::from_wire(&plan.prot, wire_out).map_err(|e| self.wire_err(e))?;
             match &dix.pi {
                 Some(pi) => DataOut::Dix {
