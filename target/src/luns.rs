@@ -248,11 +248,7 @@ impl ScsiService for TargetLuns {
     ) -> Option<Completion> {
         let l = self.luns.get(&lun).filter(|l| l.writes_dix(cdb))?;
         let r = l.run_write_dix(&self.device_nexus(nexus), cdb, true, data, pi);
-        Some(Completion {
-            status: r.status.0,
-            sense: r.sense.unwrap_or_default(),
-            data_in: r.data,
-        })
+        Some(answer_without_data(r))
     }
 
     fn in_memory(&self, lun: u64) -> bool {

@@ -1200,7 +1200,7 @@ impl Shared {
                         None => h.device_cdb.clone(),
                     };
                     device_out = Some((cdb, h.mem_len));
-                    write_dix_split = split;
+                    write_dix_split = split.map(|s| (s, h.plan.block_size));
                 }
                 None => {
                     let wrs = io::read_wrs(slot, &reads, LocalView::Plain)?;
@@ -1787,17 +1787,18 @@ fn read_into_buffer(
     (execute_into_on(service, nexus, lun, cdb, &[], b), false)
 }
 
-/// Runs a command whose Data-Out is `data_out`: in DIX form (blocks, then their
-/// tuples from `dix_split` on) when the HCA split them, else as received.
+/// Runs a command whose Data-Out is `data_out`: in DIX form when the HCA split
+/// it (`dix_split`: where the tuples start, and the LUN's block size), else as
+/// received.
 fn write_from_buffer(
     service: &dyn ScsiService,
     nexus: &Nexus,
     lun: Option<u64>,
     cdb: &[u8],
-    dix_split: Option<usize>,
+    dix_split: Option<(usize, u32)>,
     data_out: &[u8],
 ) -> Completion {
-    let (Some(split), Some(l)) = (dix_split, lun) else {
+    let (Some((split, interval)), Some(l)) = (dix_split, lun) else {
         return execute_on(service, nexus, lun, cdb, data_out);
     };
     let Some((data, pi)) = data_out.split_at_checked(split) else {
@@ -1807,11 +1808,6 @@ fn write_from_buffer(
         return c;
     }
     // A service without the DIX entry point takes the blocks in wire form.
-    let interval = service
-        .luns()
-        .into_iter()
-        .find(|s| s.lun == l)
-        .map_or(0, |s| s.block_size);
     let mut wire = vec![0u8; data_out.len()];
     match t10pi::interleave(interval, data, pi, &mut wire) {
         Ok(()) => execute_on(service, nexus, lun, cdb, &wire),
