@@ -8,6 +8,13 @@
 //! - In: an RDMA WRITE or READ response of at least [`BULK_MIN`] bytes aimed at
 //!   plain memory is received straight into that memory ([`recv_into`]).
 //!
+//! - Through the signature engine: a SEND or RDMA WRITE of at least [`BULK_MIN`]
+//!   bytes that reads a signature mkey is converted into the requester's one
+//!   reused frame buffer when it is first sent, and kept as its work request's
+//!   gather list ([`Converted`]) instead of a frame-sized copy held until the ACK;
+//!   a retransmission converts it again, as a real HCA's signature engine runs on
+//!   every read of host memory.
+//!
 //! The ICRC is computed over the bytes as they pass. A buffer's lock is held only
 //! for one non-blocking socket call; waiting for the socket happens without it, so
 //! two HCAs moving bulk data through the same buffers cannot deadlock. A placed
@@ -22,7 +29,7 @@ use std::sync::Arc;
 
 use verbs::AccessFlags;
 
-use crate::frame::{Icrc, HDR_LEN};
+use crate::frame::{Header, Icrc, HDR_LEN};
 use crate::hca::Hca;
 use crate::layout::DataSeg;
 use crate::mr::{Resolved, Segment};
@@ -40,14 +47,37 @@ pub struct Gathered {
     pub segs: Vec<Segment>,
 }
 
+/// A request frame whose payload the signature engine produces from registered
+/// memory each time the frame is sent.
+#[derive(Debug)]
+pub struct Converted {
+    /// Header (payload length filled in).
+    pub header: Header,
+    /// The work request's gather list.
+    pub sges: Vec<DataSeg>,
+    /// Payload bytes.
+    pub len: usize,
+}
+
 /// A request frame as the requester keeps it until its ACK: built in one buffer,
-/// or gathered from memory when written.
+/// gathered from memory when written, or converted again when written.
 #[derive(Debug, Clone)]
 pub enum OutFrame {
     /// Header, payload and ICRC in one buffer.
     Built(Arc<Vec<u8>>),
     /// Header here, payload in registered memory.
     Gathered(Arc<Gathered>),
+    /// Header and gather list; the payload passes through the signature engine.
+    Converted(Arc<Converted>),
+}
+
+/// A request frame as it goes to the socket.
+#[derive(Debug, Clone, Copy)]
+pub enum Wired<'a> {
+    /// Header, payload and ICRC.
+    Bytes(&'a [u8]),
+    /// Header here, payload in registered memory.
+    Gathered(&'a Gathered),
 }
 
 /// The plain memory behind `sges` (with rights `need`), in order, covering the

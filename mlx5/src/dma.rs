@@ -23,11 +23,14 @@ pub enum DmaError {
 }
 
 /// What a transfer is: the payload of the QP's own SEND or RDMA WRITE (a failed
-/// check there stops the send queue of a signature-pipelining QP), or anything else
-/// (RDMA READ responses served or received, receives).
+/// check there stops the send queue of a signature-pipelining QP), the same payload
+/// converted again for a retransmission (its checks were reported, and its faults
+/// taken, when it was first sent), or anything else (RDMA READ responses served or
+/// received, receives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transfer {
     OwnSend,
+    Resend,
     Other,
 }
 
@@ -43,6 +46,7 @@ fn report_sig(
 ) -> Result<(), DmaError> {
     match r {
         Ok(None) => Ok(()),
+        Ok(Some(_)) if transfer == Transfer::Resend => Ok(()),
         Ok(Some(e)) => {
             hca.sig_error(sig_cq, qp.qpn, mkey, &e);
             if transfer == Transfer::OwnSend && qp.attr.sig_pipelining {
@@ -75,7 +79,10 @@ fn gather_one(
             first_block,
             blocks,
         } => {
-            let fault = hca.take_fault(qp.qpn, mkey, FaultDirection::Outbound, first_block, blocks);
+            let fault = match transfer {
+                Transfer::Resend => None,
+                _ => hca.take_fault(qp.qpn, mkey, FaultDirection::Outbound, first_block, blocks),
+            };
             let r = sig::outbound(
                 &hca.engine,
                 &binding,
@@ -123,6 +130,29 @@ pub fn gather_local(
     dst: &mut [u8],
     sig_cq: &Cq,
 ) -> Result<(), DmaError> {
+    gather_sges(hca, qp, sges, dst, sig_cq, Transfer::OwnSend)
+}
+
+/// [`gather_local`] again for a retransmission: the signature engine converts the
+/// memory as it is now, injects no fault and reports no check (the first
+/// transmission did both).
+pub fn regather_local(
+    hca: &Hca,
+    qp: &Qp,
+    sges: &[DataSeg],
+    dst: &mut [u8],
+) -> Result<(), DmaError> {
+    gather_sges(hca, qp, sges, dst, &qp.send_cq, Transfer::Resend)
+}
+
+fn gather_sges(
+    hca: &Hca,
+    qp: &Qp,
+    sges: &[DataSeg],
+    dst: &mut [u8],
+    sig_cq: &Cq,
+    transfer: Transfer,
+) -> Result<(), DmaError> {
     let total: u64 = sges.iter().map(|s| u64::from(s.byte_count)).sum();
     if total != dst.len() as u64 {
         return Err(DmaError::Length);
@@ -134,7 +164,7 @@ pub fn gather_local(
             .mkeys
             .resolve(s.lkey, qp.pd, s.addr, n as u64, AccessFlags::NONE)
             .map_err(DmaError::Access)?;
-        gather_one(hca, qp, r, &mut dst[at..at + n], sig_cq, Transfer::OwnSend)?;
+        gather_one(hca, qp, r, &mut dst[at..at + n], sig_cq, transfer)?;
         at += n;
     }
     Ok(())

@@ -92,8 +92,8 @@ impl Mlx5Device {
             return;
         }
         // Not connected (error state): the device flushes right away.
-        let mut psn = 0;
-        crate::requester::process_sq(&self.hca, qp, &mut psn, &mut |_| {});
+        let mut sq = crate::requester::SqState::default();
+        crate::requester::process_sq(&self.hca, qp, &mut sq, &mut |_| {});
     }
 }
 

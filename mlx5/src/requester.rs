@@ -9,7 +9,8 @@
 //! The SQ is executed by whoever holds the QP's [`SqExec`] lock: the thread that
 //! rings the doorbell when the lock is free (no thread wake-up on the fast path, as
 //! a real HCA starts on the doorbell write), otherwise the requester thread, which
-//! also owns RNR retransmission.
+//! also owns RNR retransmission. Behind that lock is the one buffer every large
+//! frame through the signature engine is converted into (see [`crate::bulk`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use verbs::cm::DisconnectReason;
 use verbs::sig::SigDomain;
 use verbs::{AccessFlags, QpState};
 
-use crate::bulk::{self, Gathered, OutFrame};
+use crate::bulk::{self, Converted, Gathered, OutFrame, Wired};
 use crate::dma::{self, DmaError};
 use crate::frame::{self, FrameBuilder, Header, Op};
 use crate::hca::{Hca, Inflight, Qp};
@@ -46,19 +47,57 @@ pub enum ReqEvent {
     Stop,
 }
 
-/// The send side of a connected QP: the next PSN, behind the lock that serializes
-/// SQ execution and retransmission, and the socket the frames go to.
+/// The send side of a connected QP: the requester's state, behind the lock that
+/// serializes SQ execution and retransmission, and the socket the frames go to.
 #[derive(Debug)]
 pub struct SqExec {
-    next_psn: Mutex<u32>,
+    state: Mutex<SqState>,
     wire: Arc<Wire>,
+}
+
+/// What the requester carries from one WQE to the next.
+#[derive(Debug, Default)]
+pub struct SqState {
+    /// PSN of the next request.
+    pub next_psn: u32,
+    /// The frame buffer the signature engine converts large payloads into: written
+    /// to the socket at once and reused, so the conversion's output stays in the
+    /// cache of the thread that sends it.
+    convert: Vec<u8>,
+}
+
+impl SqState {
+    /// Largest conversion buffer kept between frames.
+    const KEEP_CONVERT: usize = 4 << 20;
+
+    /// Builds the frame of `c` in the conversion buffer, its payload written by
+    /// `fill`; the frame is then [`SqState::converted`].
+    fn convert(
+        &mut self,
+        c: &Converted,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        let mut b = FrameBuilder::sized(std::mem::take(&mut self.convert), &c.header, c.len);
+        let filled = fill(b.payload_mut());
+        self.convert = b.finish();
+        filled
+    }
+
+    /// Hands the frame built by [`SqState::convert`] to `send`, then lets go of
+    /// an unusually large buffer.
+    fn send_converted(&mut self, send: &mut dyn FnMut(Wired<'_>)) {
+        send(Wired::Bytes(&self.convert));
+        if self.convert.capacity() > Self::KEEP_CONVERT {
+            self.convert = Vec::new();
+        }
+    }
 }
 
 impl SqExec {
     /// Starts at PSN 0 on `wire`.
     pub fn new(wire: Arc<Wire>) -> SqExec {
         SqExec {
-            next_psn: Mutex::new(0),
+            state: Mutex::new(SqState::default()),
             wire,
         }
     }
@@ -66,9 +105,9 @@ impl SqExec {
     /// Executes the posted WQEs in the calling thread if no other thread is doing
     /// so; returns false (nothing done) when the lock is taken.
     pub fn try_execute(&self, hca: &Hca, qp: &Qp) -> bool {
-        match self.next_psn.try_lock() {
-            Some(mut psn) => {
-                transmit(hca, qp, &mut psn, &self.wire);
+        match self.state.try_lock() {
+            Some(mut sq) => {
+                transmit(hca, qp, &mut sq, &self.wire);
                 true
             }
             None => false,
@@ -77,16 +116,16 @@ impl SqExec {
 
     /// Executes the posted WQEs, waiting for the lock.
     fn execute(&self, hca: &Hca, qp: &Qp) {
-        transmit(hca, qp, &mut self.next_psn.lock(), &self.wire);
+        transmit(hca, qp, &mut self.state.lock(), &self.wire);
     }
 }
 
 /// Runs the SQ and writes the request frames, then flushes the socket.
-fn transmit(hca: &Hca, qp: &Qp, next_psn: &mut u32, wire: &Wire) {
+fn transmit(hca: &Hca, qp: &Qp, sq: &mut SqState, wire: &Wire) {
     let mut failed = None;
-    process_sq(hca, qp, next_psn, &mut |f| {
+    process_sq(hca, qp, sq, &mut |f| {
         if failed.is_none() {
-            failed = wire.write_out(&f).err();
+            failed = wire.write_wired(f).err();
         }
     });
     if let Some(e) = failed.or_else(|| wire.flush().err()) {
@@ -125,7 +164,7 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
             Err(RecvTimeoutError::Timeout) => {
                 if let Some((_, psn)) = retx.take() {
                     // Holding the SQ lock: no new request is written in between.
-                    let _sq = exec.next_psn.lock();
+                    let mut sq = exec.state.lock();
                     if qp.state() != QpState::Error {
                         // Go-back-N from the NAKed PSN. Collect first: the in-flight
                         // list is not locked while writing to the socket.
@@ -139,12 +178,15 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
                             })
                             .filter_map(|e| e.frame.clone())
                             .collect();
-                        let r = frames
-                            .iter()
-                            .try_for_each(|f| wire.write_out(f))
-                            .and_then(|()| wire.flush());
-                        if let Err(e) = r {
-                            qp.to_error(DisconnectReason::Transport(e.to_string()));
+                        match resend(&hca, &qp, &mut sq, &wire, &frames) {
+                            Ok(()) => {}
+                            Err(Resend::Memory(e)) => {
+                                tracing::warn!(qpn = qp.qpn, error = ?e, "retransmission: the gather list cannot be read again");
+                                qp.to_error(DisconnectReason::Local)
+                            }
+                            Err(Resend::Socket(e)) => {
+                                qp.to_error(DisconnectReason::Transport(e.to_string()))
+                            }
                         }
                     }
                 }
@@ -153,9 +195,42 @@ pub fn run(hca: Arc<Hca>, qp: Arc<Qp>, events: Receiver<ReqEvent>, exec: Arc<SqE
     }
 }
 
+/// Why a retransmission stopped.
+enum Resend {
+    /// The signature engine could not read a frame's gather list again.
+    Memory(DmaError),
+    /// The socket failed.
+    Socket(std::io::Error),
+}
+
+/// Writes `frames` again, in order, then flushes; a converted frame's payload is
+/// produced again from memory.
+fn resend(
+    hca: &Hca,
+    qp: &Qp,
+    sq: &mut SqState,
+    wire: &Wire,
+    frames: &[OutFrame],
+) -> Result<(), Resend> {
+    for f in frames {
+        let mut written = Ok(());
+        match f {
+            OutFrame::Built(b) => written = wire.write(b),
+            OutFrame::Gathered(g) => written = wire.write_gathered(g),
+            OutFrame::Converted(c) => {
+                sq.convert(c, |dst| dma::regather_local(hca, qp, &c.sges, dst))
+                    .map_err(Resend::Memory)?;
+                sq.send_converted(&mut |w| written = wire.write_wired(w));
+            }
+        }
+        written.map_err(Resend::Socket)?;
+    }
+    wire.flush().map_err(Resend::Socket)
+}
+
 /// Executes every WQE posted since the last doorbell.
 /// Request frames go to `send` as they are built.
-pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(OutFrame)) {
+pub fn process_sq(hca: &Hca, qp: &Qp, sq: &mut SqState, send: &mut dyn FnMut(Wired<'_>)) {
     loop {
         let (ctrl, wqe) = {
             let mut sq = qp.sq.lock();
@@ -210,7 +285,7 @@ pub fn process_sq(hca: &Hca, qp: &Qp, next_psn: &mut u32, send: &mut dyn FnMut(O
         // completer takes the QP to error on a NAK); what finishes here retires now.
         let failed = match ctrl.opcode {
             opcode::SEND | opcode::SEND_INVAL | opcode::RDMA_WRITE | opcode::RDMA_READ => {
-                remote_op(hca, qp, &ctrl, body, send, next_psn, entry).is_err()
+                remote_op(hca, qp, &ctrl, body, send, sq, entry).is_err()
             }
             opcode::UMR => {
                 entry.status = Some(match umr(hca, qp, &ctrl, body) {
@@ -254,8 +329,8 @@ fn remote_op(
     qp: &Qp,
     ctrl: &CtrlSeg,
     body: &[u8],
-    send: &mut dyn FnMut(OutFrame),
-    next_psn: &mut u32,
+    send: &mut dyn FnMut(Wired<'_>),
+    sq: &mut SqState,
     mut entry: Inflight,
 ) -> Result<(), ()> {
     let (raddr, sges) = if matches!(ctrl.opcode, opcode::RDMA_WRITE | opcode::RDMA_READ) {
@@ -270,7 +345,7 @@ fn remote_op(
         (None, data_segs(body))
     };
     let total: u64 = sges.iter().map(|s| u64::from(s.byte_count)).sum();
-    let psn = *next_psn;
+    let psn = sq.next_psn;
     let mut h = Header::new(Op::Send, psn);
     h.qpn = qp.qpn;
     let frame = match ctrl.opcode {
@@ -300,35 +375,55 @@ fn remote_op(
             let bulk = (total as usize >= bulk::BULK_MIN)
                 .then(|| bulk::plain_segments(hca, qp.pd, &sges, total as usize, AccessFlags::NONE))
                 .flatten();
-            match bulk {
-                Some(segs) => OutFrame::Gathered(Arc::new(Gathered {
+            let gathered = match bulk {
+                Some(segs) => Ok(OutFrame::Gathered(Arc::new(Gathered {
                     head: frame::header_bytes(&h, total as usize),
                     segs,
-                })),
+                }))),
+                // Not plain: through the signature engine (or refused, which the
+                // gather reports as it does for any frame).
+                None if total as usize >= bulk::BULK_MIN => {
+                    let c = Converted {
+                        header: h,
+                        sges,
+                        len: total as usize,
+                    };
+                    sq.convert(&c, |dst| {
+                        dma::gather_local(hca, qp, &c.sges, dst, &qp.send_cq)
+                    })
+                    .map(|()| OutFrame::Converted(Arc::new(c)))
+                }
                 None => {
                     let mut b =
                         FrameBuilder::sized(qp.bufs.for_frame(total as usize), &h, total as usize);
-                    if let Err(e) = dma::gather_local(hca, qp, &sges, b.payload_mut(), &qp.send_cq)
-                    {
-                        entry.status = Some(match e {
-                            DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,
-                            DmaError::Length => syndrome::LOCAL_LENGTH_ERR,
-                            DmaError::Layout => syndrome::LOCAL_QP_OP_ERR,
-                        });
-                        qp.retire(entry);
-                        return Err(());
-                    }
-                    OutFrame::Built(Arc::new(b.finish()))
+                    dma::gather_local(hca, qp, &sges, b.payload_mut(), &qp.send_cq)
+                        .map(|()| OutFrame::Built(Arc::new(b.finish())))
+                }
+            };
+            match gathered {
+                Ok(f) => f,
+                Err(e) => {
+                    entry.status = Some(match e {
+                        DmaError::Access(_) => syndrome::LOCAL_PROT_ERR,
+                        DmaError::Length => syndrome::LOCAL_LENGTH_ERR,
+                        DmaError::Layout => syndrome::LOCAL_QP_OP_ERR,
+                    });
+                    qp.retire(entry);
+                    return Err(());
                 }
             }
         }
     };
     entry.byte_len = total as u32;
-    *next_psn = psn.wrapping_add(1);
+    sq.next_psn = psn.wrapping_add(1);
     entry.psn = Some(psn);
     entry.frame = Some(frame.clone());
     qp.inflight.lock().push_back(entry);
-    send(frame);
+    match &frame {
+        OutFrame::Built(b) => send(Wired::Bytes(b)),
+        OutFrame::Gathered(g) => send(Wired::Gathered(g)),
+        OutFrame::Converted(_) => sq.send_converted(send),
+    }
     Ok(())
 }
 
@@ -500,7 +595,7 @@ mod tests {
             sq.pi = 1;
         }
         let mut sent = 0;
-        process_sq(&hca, &qp, &mut 0, &mut |_| sent += 1);
+        process_sq(&hca, &qp, &mut SqState::default(), &mut |_| sent += 1);
         assert_eq!(sent, 0, "nothing goes to the wire");
         let raw = qp.send_cq.pop_raw().expect("the WQE completes");
         match Cqe::decode(&raw) {

@@ -20,7 +20,7 @@ use crate::sync::{Receiver, Sender};
 use verbs::cm::DisconnectReason;
 use verbs::AccessFlags;
 
-use crate::bulk::{self, Gathered, OutFrame};
+use crate::bulk::{self, Gathered, Wired};
 use crate::frame::{self, FrameError, Header, Icrc, Op, HDR_LEN};
 use crate::hca::{Hca, Qp};
 use crate::requester::ReqEvent;
@@ -251,11 +251,11 @@ impl Wire {
         bulk::send_from(stream, out, &g.segs, &mut crc)?;
         w.write(&crc.value().to_be_bytes())
     }
-    /// Writes a request frame as the requester keeps it.
-    pub fn write_out(&self, f: &OutFrame) -> io::Result<()> {
+    /// Writes a request frame.
+    pub fn write_wired(&self, f: Wired<'_>) -> io::Result<()> {
         match f {
-            OutFrame::Built(b) => self.write(b),
-            OutFrame::Gathered(g) => self.write_gathered(g),
+            Wired::Bytes(b) => self.write(b),
+            Wired::Gathered(g) => self.write_gathered(g),
         }
     }
     /// Writes a frame without ever blocking, when no other writer holds the lock

@@ -40,7 +40,10 @@ struct Case {
 }
 
 fn case(mode: Mode, ty: DifType, iv: u32, dix: bool) -> Case {
-    let n = BLOCKS;
+    case_of(mode, ty, iv, dix, BLOCKS)
+}
+
+fn case_of(mode: Mode, ty: DifType, iv: u32, dix: bool, n: usize) -> Case {
     let data: Vec<u8> = (0..n * iv as usize).map(|i| (i * 7 + 3) as u8).collect();
     let memg = if dix { GuardType::Csum } else { GuardType::Crc };
     let mem = T10DifDomain::new(ty, memg, iv, 1000).with_app_tag(0x1234, 0xffff);
@@ -252,6 +255,73 @@ fn transfer(a: &Side, b: &Side, bd: &Bound, op: Op, outbound: bool, wire_mr: &Mr
     a.drain_expect_none();
 }
 
+/// One transfer of `c` through `sig` (with `fault` injected once), checked: the
+/// bytes that arrived, or the exact SigErr, reported once. Returns the MR.
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    a: &Side,
+    b: &Side,
+    c: &Case,
+    sig: SigMr,
+    op: Op,
+    outbound: bool,
+    fault: Option<FaultTarget>,
+    label: &str,
+) -> SigMr {
+    let bd = register(a, c, sig);
+    let wire_mr = b.pd.reg_mr(c.wire.len(), RW).unwrap();
+    if !outbound {
+        wire_mr.write_at(0, &c.wire).unwrap();
+        bd.data.with_mut(|d| d.fill(0));
+        if let Some(p) = &bd.pi {
+            p.with_mut(|d| d.fill(0));
+        }
+    }
+    if let Some(t) = fault {
+        a.dev.inject_fault(FaultSpec {
+            scope: FaultScope::Mkey(bd.sig.lkey()),
+            direction: if outbound {
+                FaultDirection::Outbound
+            } else {
+                FaultDirection::Inbound
+            },
+            block: BAD_BLOCK,
+            target: t,
+            once: true,
+        });
+    }
+    transfer(a, b, &bd, op, outbound, &wire_mr);
+    let st = bd.sig.check_status().unwrap();
+    match fault {
+        None => {
+            assert_eq!(st, None, "{label}");
+            if outbound {
+                assert_eq!(wire_mr.to_vec(0, c.wire.len()).unwrap(), c.wire, "{label}");
+            } else {
+                assert_eq!(
+                    bd.data.to_vec(0, c.mem_data.len()).unwrap(),
+                    c.mem_data,
+                    "{label}"
+                );
+                if let Some(p) = &bd.pi {
+                    assert_eq!(p.to_vec(0, c.mem_pi.len()).unwrap(), c.mem_pi, "{label}");
+                }
+            }
+        }
+        Some(t) => {
+            let want = expected_err(c, outbound, t, bd.sig.lkey());
+            assert_eq!(st, Some(want), "{label}");
+            assert!(
+                a.dev.armed_faults().is_empty(),
+                "{label}: fault did not fire"
+            );
+        }
+    }
+    // Reported once, then cleared.
+    assert_eq!(bd.sig.check_status().unwrap(), None);
+    bd.sig
+}
+
 #[test]
 fn insert_strip_pass_matrix_with_faults() {
     let (a, b) = pair();
@@ -285,66 +355,9 @@ fn insert_strip_pass_matrix_with_faults() {
                             };
                             for fault in faults {
                                 let label = format!("{op:?} {mode:?} {ty:?} {iv} dix={dix} out={outbound} fault={fault:?}");
-                                let bd = register(&a, &c, sig.take().unwrap());
-                                let wire_mr = b.pd.reg_mr(c.wire.len(), RW).unwrap();
-                                if !outbound {
-                                    wire_mr.write_at(0, &c.wire).unwrap();
-                                    bd.data.with_mut(|d| d.fill(0));
-                                    if let Some(p) = &bd.pi {
-                                        p.with_mut(|d| d.fill(0));
-                                    }
-                                }
-                                if let Some(t) = fault {
-                                    a.dev.inject_fault(FaultSpec {
-                                        scope: FaultScope::Mkey(bd.sig.lkey()),
-                                        direction: if outbound {
-                                            FaultDirection::Outbound
-                                        } else {
-                                            FaultDirection::Inbound
-                                        },
-                                        block: BAD_BLOCK,
-                                        target: *t,
-                                        once: true,
-                                    });
-                                }
-                                transfer(&a, &b, &bd, op, outbound, &wire_mr);
-                                let st = bd.sig.check_status().unwrap();
-                                match fault {
-                                    None => {
-                                        assert_eq!(st, None, "{label}");
-                                        if outbound {
-                                            assert_eq!(
-                                                wire_mr.to_vec(0, c.wire.len()).unwrap(),
-                                                c.wire,
-                                                "{label}"
-                                            );
-                                        } else {
-                                            assert_eq!(
-                                                bd.data.to_vec(0, c.mem_data.len()).unwrap(),
-                                                c.mem_data,
-                                                "{label}"
-                                            );
-                                            if let Some(p) = &bd.pi {
-                                                assert_eq!(
-                                                    p.to_vec(0, c.mem_pi.len()).unwrap(),
-                                                    c.mem_pi,
-                                                    "{label}"
-                                                );
-                                            }
-                                        }
-                                    }
-                                    Some(t) => {
-                                        let want = expected_err(&c, outbound, *t, bd.sig.lkey());
-                                        assert_eq!(st, Some(want), "{label}");
-                                        assert!(
-                                            a.dev.armed_faults().is_empty(),
-                                            "{label}: fault did not fire"
-                                        );
-                                    }
-                                }
-                                // Reported once, then cleared.
-                                assert_eq!(bd.sig.check_status().unwrap(), None);
-                                sig = Some(bd.sig);
+                                let used = sig.take().unwrap();
+                                sig =
+                                    Some(run_case(&a, &b, &c, used, op, outbound, *fault, &label));
                                 runs += 1;
                             }
                         }
@@ -590,4 +603,110 @@ fn unsignaled_write_through(bd: &Bound, to: &Mr) -> SendWr {
     let mut write = SendWr::rdma_write(1, sig_sge, to.addr(), to.rkey());
     write.flags = verbs::SendFlags(0);
     write
+}
+
+/// Frames of at least 32 KiB through a signature MR, which the requester converts
+/// into its reused frame buffer as it sends them (smaller ones are built and kept
+/// whole): the same bytes and the same exact SigErr as the small frames above.
+#[test]
+fn large_outbound_frames_are_converted_as_they_are_sent() {
+    let (a, b) = pair();
+    let mut sig = Some(a.pd.alloc_mr_integrity(1, 1).unwrap());
+    let mut runs = 0;
+    for op in [Op::Write, Op::Send] {
+        for mode in [Mode::Insert, Mode::Strip, Mode::Pass] {
+            // At least 32 KiB on the wire (and in memory) at either interval.
+            for (iv, blocks) in [(512u32, 64usize), (4096, 8)] {
+                for dix in [false, true] {
+                    if mode == Mode::Insert && dix {
+                        continue;
+                    }
+                    let c = case_of(mode, DifType::Type1, iv, dix, blocks);
+                    assert!(c.wire.len() >= 32 << 10);
+                    let faults: &[Option<FaultTarget>] = match mode {
+                        Mode::Insert => &[None],
+                        _ => &[
+                            None,
+                            Some(FaultTarget::Guard { bit: 3 }),
+                            Some(FaultTarget::RefTag { bit: 0 }),
+                        ],
+                    };
+                    for fault in faults {
+                        let label = format!("{op:?} {mode:?} {iv} dix={dix} fault={fault:?}");
+                        let used = sig.take().unwrap();
+                        sig = Some(run_case(&a, &b, &c, used, op, true, *fault, &label));
+                        runs += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(runs, 2 * (2 + 2 * 2 * 3 * 2));
+}
+
+/// A large SEND through a signature MR refused for want of a receive (RNR NAK),
+/// and the large signature WRITE behind it, are converted again from memory for
+/// every retransmission: the first transmission's fault (once) is not in what
+/// the peer finally places, and a check that fails is reported once, not once per
+/// transmission.
+#[test]
+fn rnr_retransmission_converts_signature_frames_again() {
+    let rnr = verbs::QpInitAttr {
+        min_rnr_timer: std::time::Duration::from_millis(5),
+        ..verbs::QpInitAttr::default()
+    };
+    let (a, b) = common::pair_with(&verbs::QpInitAttr::default(), &rnr);
+    // 64 blocks of 512: 33,280 bytes on the wire.
+    let mut bad = case_of(Mode::Pass, DifType::Type1, 512, false, 64);
+    bad.mem_data[BAD_BLOCK as usize * 520 + 512] ^= 0x01;
+    let good = case_of(Mode::Insert, DifType::Type1, 512, false, 64);
+    let bd_bad = register(&a, &bad, a.pd.alloc_mr_integrity(1, 1).unwrap());
+    let bd_good = register(&a, &good, a.pd.alloc_mr_integrity(1, 1).unwrap());
+    let inbox = b.pd.reg_mr(bad.wire.len(), RW).unwrap();
+    let wire_mr = b.pd.reg_mr(good.wire.len(), RW).unwrap();
+    // Flips a data bit of the WRITE's first transmission only; the peer drops that
+    // one (it follows the refused SEND), so only a kept copy would deliver it.
+    a.dev.inject_fault(FaultSpec {
+        scope: FaultScope::Mkey(bd_good.sig.lkey()),
+        direction: FaultDirection::Outbound,
+        block: BAD_BLOCK,
+        target: FaultTarget::Data { byte: 100, bit: 2 },
+        once: true,
+    });
+    let through = |bd: &Bound| Sge {
+        addr: bd.data.addr(),
+        length: bd.wire_len,
+        lkey: bd.sig.lkey(),
+    };
+    a.qp.post_send(&[
+        SendWr::send(1, through(&bd_bad)),
+        SendWr::rdma_write(2, through(&bd_good), wire_mr.addr(), wire_mr.rkey()),
+    ])
+    .unwrap();
+    // Several RNR rounds go by.
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert!(
+        a.cq.next_blocking(std::time::Duration::from_millis(1))
+            .unwrap()
+            .is_none(),
+        "the SEND must wait for a receive"
+    );
+    assert!(a.dev.armed_faults().is_empty(), "fault did not fire");
+    // The first transmission's check, recorded by that poll.
+    let e = bd_bad.sig.check_status().unwrap().expect("signature error");
+    assert_eq!(
+        (e.err_type, e.sig_err_offset),
+        (SigErrType::BadGuard, BAD_BLOCK * 520)
+    );
+    b.qp.post_recv_one(RecvWr::new(9, inbox.sge_all())).unwrap();
+    assert_eq!(a.wait().wr_id, 1);
+    assert_eq!(a.wait().wr_id, 2);
+    assert_eq!(b.wait().byte_len, bad.wire.len() as u32);
+    let mut want = bad.wire.clone();
+    want[BAD_BLOCK as usize * 520 + 512] ^= 0x01;
+    assert_eq!(inbox.to_vec(0, want.len()).unwrap(), want);
+    assert_eq!(wire_mr.to_vec(0, good.wire.len()).unwrap(), good.wire);
+    // The retransmissions after it reported nothing more.
+    assert_eq!(bd_bad.sig.check_status().unwrap(), None, "reported once");
+    assert_eq!(bd_good.sig.check_status().unwrap(), None);
 }
