@@ -429,6 +429,14 @@ impl BlockDevice {
                 continue;
             }
             if out.is_good() {
+                if let (None, Residual::Underflow(u @ 1..)) = (write, out.residual) {
+                    // As over TCP: a READ's blocks all come with GOOD status.
+                    let edtl = u64::from(blocks) * u64::from(p.wire_block());
+                    return Err(Error::Protocol(format!(
+                        "READ returned {} of {edtl} bytes with GOOD status",
+                        edtl.saturating_sub(u64::from(u))
+                    )));
+                }
                 out.pi = pc.pi;
             } else {
                 out.data.clear();

@@ -559,13 +559,13 @@ impl IserSession {
         let (mr, edtl, read, write) = match &dir {
             DataDir::None => (None, 0, false, false),
             DataDir::Read(n) => (
-                Some(self.inner.plain_buf((*n as usize).max(1), access, true)?),
+                Some(self.inner.plain_buf((*n as usize).max(1), access)?),
                 *n,
                 true,
                 false,
             ),
             DataDir::Write(b) => {
-                let mr = self.inner.plain_buf(b.len().max(1), access, false)?;
+                let mr = self.inner.plain_buf(b.len().max(1), access)?;
                 mr.write_at(0, b)
                     .map_err(|e| verr("filling the write buffer", e))?;
                 (
@@ -635,13 +635,11 @@ impl IserSession {
         let n = blocks as usize;
         let access =
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE;
-        // A reused buffer is cleared for a read, as a fresh one would be.
-        let clear = write.is_none();
         // Local rights only: the target reaches them through the signature MR.
         let local = AccessFlags::LOCAL_WRITE;
-        let data = self.inner.io_buf(n * bs, local, clear)?;
+        let data = self.inner.io_buf(n * bs, local)?;
         let pi = if p.op.pi_in_memory() {
-            Some(self.inner.io_buf(n * TUPLE_SIZE, local, clear)?)
+            Some(self.inner.io_buf(n * TUPLE_SIZE, local)?)
         } else {
             None
         };
@@ -752,14 +750,23 @@ impl IserSession {
         let (host, host_pi) = if is_write {
             (Vec::new(), None)
         } else {
-            let d = data
-                .to_vec(0, n * bs)
-                .map_err(|e| verr("reading the data buffer", e))?;
+            // The blocks the target reports having sent are the read's data; the
+            // rest of a pooled buffer still holds an earlier read's bytes and is
+            // returned as zeros, as a fresh buffer would give (clearing every
+            // buffer before the read would cost a pass over it).
+            let sent = match residual {
+                Residual::Underflow(u) => wire_len.saturating_sub(u),
+                _ => wire_len,
+            };
+            let covered = ((sent / p.wire_block()) as usize).min(n);
+            let placed = |m: &Mr, unit: usize, what: &'static str| {
+                let mut v = m.to_vec(0, covered * unit).map_err(|e| verr(what, e))?;
+                v.resize(n * unit, 0);
+                Ok::<_, Error>(v)
+            };
+            let d = placed(&data, bs, "reading the data buffer")?;
             let hp = match &pi {
-                Some(m) => Some(
-                    m.to_vec(0, n * TUPLE_SIZE)
-                        .map_err(|e| verr("reading the PI buffer", e))?,
-                ),
+                Some(m) => Some(placed(m, TUPLE_SIZE, "reading the PI buffer")?),
                 None => None,
             };
             (d, hp)
@@ -883,18 +890,13 @@ impl Inner {
         Ok(())
     }
 
-    /// `len` bytes of plain-pool memory (zeroed if `clear`), registered with a key
-    /// of their own.
-    fn plain_buf(&self, len: usize, access: AccessFlags, clear: bool) -> Result<Mr, Error> {
+    /// `len` bytes of plain-pool memory, registered with a key of their own. A
+    /// reused buffer is not cleared: a read returns only the bytes the target
+    /// reports having sent, and a write sends only what was written into it.
+    fn plain_buf(&self, len: usize, access: AccessFlags) -> Result<Mr, Error> {
         let pooled = lock(&self.plain_bufs).take(len);
         let buf = match pooled {
-            Some(b) => {
-                if clear {
-                    b.fill(0, len, 0)
-                        .map_err(|e| verr("clearing a buffer", e))?;
-                }
-                b
-            }
+            Some(b) => b,
             None => DmaBuf::new(SizeClasses::<Arc<DmaBuf>>::alloc_len(len))
                 .map_err(|e| verr("allocating a buffer", e))?,
         };
@@ -915,16 +917,11 @@ impl Inner {
     }
 
     /// A buffer of at least `len` bytes from the I/O pool (registered with
-    /// `access`), its first `len` bytes zeroed if `clear` and it was used before.
-    fn io_buf(&self, len: usize, access: AccessFlags, clear: bool) -> Result<Mr, Error> {
+    /// `access`); a reused one is not cleared (see [`IserSession::execute_protected`]).
+    fn io_buf(&self, len: usize, access: AccessFlags) -> Result<Mr, Error> {
         let pooled = lock(&self.io_bufs).take(len);
         match pooled {
-            Some(m) => {
-                if clear {
-                    m.with_mut(|b| b[..len].fill(0));
-                }
-                Ok(m)
-            }
+            Some(m) => Ok(m),
             None => self
                 .pd
                 .reg_mr(MrPool::alloc_len(len), access)

@@ -10,6 +10,8 @@ use std::time::Duration;
 use conf::protection::{PiCheck, ProtectionMode, ProtectionPolicy};
 use initiator::block::SenseOrigin;
 use initiator::iser::{IserConfig, IserSession};
+use initiator::lun::encode_lun;
+use initiator::protection::{CommandProtection, Direction};
 use initiator::{BlockDevice, SessionConfig};
 use iscsi::iser::{IserCmHdr, IserControl, IserHeader, IserMessage};
 use iscsi::negotiate::{LocalParams, Negotiation};
@@ -19,7 +21,7 @@ use iscsi::pdu::{
 };
 use iscsi::text::TextKeys;
 use iscsi::Codec;
-use scsi::{Cdb, RwKind};
+use scsi::{Cdb, ReadWrite, RwKind};
 use verbs::cm::{CmAddr, CmListener};
 use verbs::{AccessFlags, Context, Cq, Mr, Pd, Qp, QpInitAttr, RecvWr, SendWr, WcOpcode};
 
@@ -33,6 +35,8 @@ struct Lun {
     data: Vec<u8>,
     tuples: Vec<u8>,
     corrupt_read_lba: Option<usize>,
+    /// Reads send only this many blocks and report the rest as underflow.
+    short_read: Option<usize>,
 }
 
 struct Target {
@@ -209,7 +213,12 @@ async fn serve(
                 let mut residual = Residual::None;
                 if c.read && !data_in.is_empty() {
                     let r = ctl.read.expect("Read STag on a read");
-                    let n = data_in.len().min(c.expected_data_transfer_length as usize);
+                    let mut n = data_in.len().min(c.expected_data_transfer_length as usize);
+                    let short = lun.lock().unwrap().short_read;
+                    if let (Some(k), Ok(Cdb::ReadWrite(rw))) = (short, Cdb::parse(&c.cdb)) {
+                        let stride = data_in.len() / (rw.blocks.max(1) as usize);
+                        n = n.min(k * stride);
+                    }
                     if n < c.expected_data_transfer_length as usize {
                         residual = Residual::Underflow(c.expected_data_transfer_length - n as u32);
                     }
@@ -341,6 +350,7 @@ async fn setup(pi: bool, corrupt_read_lba: Option<usize>) -> Setup {
         data: vec![0; BLOCKS * BS],
         tuples: vec![0xFF; BLOCKS * 8],
         corrupt_read_lba,
+        short_read: None,
     }));
     let private = Arc::new(Mutex::new(Vec::new()));
     tokio::spawn(serve(tctx, listener, lun.clone(), private.clone()));
@@ -471,6 +481,53 @@ async fn iser_strip_and_off_modes_on_a_lun_without_pi() {
             .await
             .is_err(),
         "insert needs a PI LUN"
+    );
+    s.session.logout().await.expect("logout");
+}
+
+/// A read the target answers with fewer blocks than asked for (GOOD, underflow):
+/// the block device refuses it as it does over TCP, and one level down the
+/// completion holds the blocks sent and zeros, never the bytes an earlier read
+/// left in the reused buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iser_short_read_returns_no_stale_bytes_of_an_earlier_read() {
+    let s = setup(true, None).await;
+    let pol = policy(ProtectionMode::Pass);
+    let dev = BlockDevice::open(s.session.clone(), 0, pol.clone())
+        .await
+        .expect("open");
+    let data = pattern(8 * BS, 3);
+    assert!(dev.write(40, &data, None).await.expect("write").is_good());
+    // Fills the pooled data and PI buffers with these blocks.
+    let r = dev.read(40, 8).await.expect("read");
+    assert!(r.is_good() && r.data == data);
+
+    s.lun.lock().unwrap().short_read = Some(3);
+    match dev.read(40, 8).await {
+        Err(initiator::Error::Protocol(m)) => assert!(m.contains("1560 of 4160"), "{m}"),
+        other => panic!("a short GOOD read must fail: {other:?}"),
+    }
+    let p = CommandProtection::select(&pol, dev.info(), Direction::Read, 40, 8);
+    let cdb = Cdb::ReadWrite(ReadWrite::new(RwKind::Read, p.form, 40, 8).with_protect(p.protect))
+        .to_bytes()
+        .unwrap();
+    let pc = s
+        .session
+        .execute_protected(encode_lun(0), &cdb, &p, 40, 8, None)
+        .await
+        .expect("command");
+    let c = pc.completion;
+    assert_eq!((c.status, c.residual), (0, Residual::Underflow(5 * 520)));
+    assert_eq!(c.data[..3 * BS], data[..3 * BS]);
+    assert!(
+        c.data[3 * BS..].iter().all(|&b| b == 0),
+        "stale data after the blocks sent"
+    );
+    let pi = pc.pi.expect("host PI in pass mode");
+    assert_eq!(t10pi::Tuple::from_slice(&pi[16..]).unwrap().ref_tag, 42);
+    assert!(
+        pi[3 * 8..].iter().all(|&b| b == 0),
+        "stale PI after the blocks sent"
     );
     s.session.logout().await.expect("logout");
 }
