@@ -71,7 +71,7 @@ impl SqState {
     const KEEP_CONVERT: usize = 4 << 20;
 
     /// Builds the frame of `c` in the conversion buffer, its payload written by
-    /// `fill`; the frame is then [`SqState::converted`].
+    /// `fill`; [`SqState::send_converted`] then writes it.
     fn convert(
         &mut self,
         c: &Converted,
