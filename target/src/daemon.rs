@@ -14,11 +14,11 @@ use iscsi::negotiate::{DigestKind, LocalParams};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::iscsi_tcp::login::{ChapPolicy, PortalPolicy, TargetEntry};
 use crate::iscsi_tcp::{self, PortalContext};
 use crate::luns::TargetLuns;
 use crate::registry::Registry;
 use crate::service::ScsiService;
+use crate::session::login::{ChapPolicy, PortalPolicy, TargetEntry};
 
 /// How long shutdown waits for connections to finish their in-flight commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

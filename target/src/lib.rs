@@ -12,4 +12,5 @@ pub mod iser;
 pub mod luns;
 pub mod registry;
 pub mod service;
+pub mod session;
 pub mod stats;

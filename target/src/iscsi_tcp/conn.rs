@@ -23,12 +23,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::command::{self, illegal_request, lun_number, Answer, Job};
-use super::login::PortalPolicy;
+use super::command::{self, Answer, Job};
 use super::pool::CommandPool;
-use super::task::{logout_response, CmdSnCheck, CmdWindow, DataOutBuffer, R2tSchedule};
 use crate::registry::{ConnectionInfo, Registry, Session};
 use crate::service::{Completion, Nexus, ResetScope, ScsiService, Transfer};
+use crate::session::login::PortalPolicy;
+use crate::session::lun::{illegal_request, lun_number};
+use crate::session::task::{logout_response, CmdSnCheck, CmdWindow, DataOutBuffer, R2tSchedule};
 use iscsi::login::{TargetLogin, TargetLoginConfig, TargetStep};
 
 /// Largest Data-Out the target buffers for one command.
@@ -726,12 +727,12 @@ impl Conn {
         let edtl = cmd.expected_data_transfer_length;
         let want = if !cmd.write {
             0
-        } else if let Some(n) = super::task::shorten_write(&mut cmd.cdb, out_len, edtl) {
+        } else if let Some(n) = crate::session::task::shorten_write(&mut cmd.cdb, out_len, edtl) {
             n
         } else {
             out_len.min(edtl)
         };
-        if lun.is_some() && super::task::caw_count_wrapped(&cmd.cdb, cmd.write, edtl) {
+        if lun.is_some() && crate::session::task::caw_count_wrapped(&cmd.cdb, cmd.write, edtl) {
             let sense =
                 scsi::Sense::invalid_field_in_cdb(13, None).to_bytes(scsi::SenseFormat::Fixed);
             self.complete_now(
@@ -1104,7 +1105,7 @@ impl Conn {
                                 self.ahead.remove(&sn);
                                 true
                             }
-                            None => super::task::abort_of_unreceived(
+                            None => crate::session::task::abort_of_unreceived(
                                 &self.window,
                                 t.ref_cmd_sn,
                                 t.cmd_sn,

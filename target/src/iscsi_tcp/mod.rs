@@ -4,9 +4,7 @@
 
 pub mod command;
 pub mod conn;
-pub mod login;
 pub mod pool;
-pub mod task;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,8 +19,8 @@ use verbs::{SigAttrs, SigDomain, SigErr, SigErrType};
 
 use super::IserLimits;
 use crate::device::{check_prot, PiFailure, ProtDir, ProtOp, ProtPlan};
-use crate::iscsi_tcp::login::PortalPolicy;
 use crate::service::LunSummary;
+use crate::session::login::PortalPolicy;
 
 /// The TCP portals' login policy with RDMAExtensions=Yes and the iSER receive
 /// lengths; digests are never offered over iSER.

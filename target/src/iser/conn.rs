@@ -44,10 +44,10 @@ use super::io::{
 };
 use super::{IserContext, IserError};
 use crate::device::ProtPlan;
-use crate::iscsi_tcp::command::{execute_into_on, execute_on, illegal_request, lun_number};
-use crate::iscsi_tcp::task::{logout_response, residual};
 use crate::registry::{ConnectionInfo, Session};
 use crate::service::{Completion, LunSummary, Nexus, ResetScope, ScsiService, Transfer};
+use crate::session::lun::{execute_into_on, execute_on, illegal_request, lun_number};
+use crate::session::task::{logout_response, residual};
 use crate::stats::IoCounters;
 use iscsi::seq::{CmdVerdict, CmdWindow, Sn};
 

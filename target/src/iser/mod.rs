@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use verbs::cm::{CmAddr, CmError, CmListener};
 use verbs::VerbsError;
 
-use crate::iscsi_tcp::login::PortalPolicy;
 use crate::registry::Registry;
+use crate::session::login::PortalPolicy;
 
 /// Why the iSER portal or one of its connections failed.
 #[derive(Debug, thiserror::Error)]
