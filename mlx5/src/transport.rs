@@ -289,8 +289,8 @@ impl Wire {
         w.finish_rest()?;
         w.flush_out()
     }
-    /// Flushes (for at most [`SHUTDOWN_WAIT`]) and closes both directions. When a
-    /// writer holds the lock past [`SHUTDOWN_WAIT`] (its peer stopped reading), the
+    /// Flushes (for at most `SHUTDOWN_WAIT` (2 s)) and closes both directions. When a
+    /// writer holds the lock past `SHUTDOWN_WAIT` (2 s) (its peer stopped reading), the
     /// socket is closed under it, which fails its write instead of leaving it and
     /// this call blocked forever.
     pub fn shutdown(&self) {

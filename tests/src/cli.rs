@@ -1,7 +1,7 @@
 //! The `iser-initiator` scripting CLI as the suite drives it: one `write` or `read`
 //! per process (`--transport iser --json`), data and DIX PI through files, an optional
 //! `MLX5_SOFT_FAULT` armed in the initiator's own soft HCA, every run bounded by
-//! [`TIMEOUT`](crate::TIMEOUT) and killed when it overruns.
+//! [`crate::TIMEOUT`] and killed when it overruns.
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -208,7 +208,7 @@ impl Fabric {
     /// the completion of the transfer they belong to), so a waiter that wakes can
     /// read the signature MR's status. On a pipelining QP it also watches for the
     /// send queue stopping after a signature error and replaces the held response
-    /// ([`Fabric::replace_failed_response`]). When the CQ fails every waiter is
+    /// (`Fabric::replace_failed_response`). When the CQ fails every waiter is
     /// dropped.
     ///
     /// A watchdog looks at the oldest work request still awaited every half
