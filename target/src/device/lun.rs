@@ -756,9 +756,15 @@ impl Lun {
     /// Whether [`Lun::run_read_dix`] serves `cdb`: a READ of at least one block
     /// that asks for its PI (RDPROTECT not 0) from a LUN that stores PI.
     pub fn reads_dix(&self, cdb: &[u8]) -> bool {
+        self.moves_pi(cdb, scsi::RwKind::Read)
+    }
+
+    /// Whether `cdb` is a `kind` of at least one block whose PROTECT field asks for
+    /// its PI to move with it, on a LUN that stores PI.
+    fn moves_pi(&self, cdb: &[u8], kind: scsi::RwKind) -> bool {
         self.pi.is_some()
             && matches!(Cdb::parse(cdb), Ok(Cdb::ReadWrite(rw))
-                if rw.kind == scsi::RwKind::Read && rw.protect != 0 && rw.blocks > 0)
+                if rw.kind == kind && rw.protect != 0 && rw.blocks > 0)
     }
 
     /// Prepares and executes a READ that [`Lun::reads_dix`] accepts, with its
@@ -786,9 +792,7 @@ impl Lun {
     /// Whether [`Lun::run_write_dix`] serves `cdb`: a WRITE of at least one block
     /// that carries its PI (WRPROTECT not 0) to a LUN that stores PI.
     pub fn writes_dix(&self, cdb: &[u8]) -> bool {
-        self.pi.is_some()
-            && matches!(Cdb::parse(cdb), Ok(Cdb::ReadWrite(rw))
-                if rw.kind == scsi::RwKind::Write && rw.protect != 0 && rw.blocks > 0)
+        self.moves_pi(cdb, scsi::RwKind::Write)
     }
 
     /// Prepares and executes a WRITE that [`Lun::writes_dix`] accepts, with its
