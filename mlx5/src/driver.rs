@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::sync::Mutex;
 use verbs::cm::{CmAddr, CmError, ConnEvents, ConnParam, DisconnectReason, RequestSink};
 use verbs::notify::Signal;
+use verbs::poll::PollLookup;
 use verbs::provider::{ConnectionOps, ContextOps, DeviceAttr, ListenOps, MrKeys};
 use verbs::sig::{MrStatusCheck, SigErr, SigErrType};
 use verbs::{
@@ -601,6 +602,32 @@ impl ContextOps for Mlx5Device {
             .remove(&cq)
             .map(|_| ())
             .ok_or(VerbsError::UnknownHandle { what: "cq", id: cq })
+    }
+
+    /// A CQ is driven by its consumer when it is the receive CQ of exactly one
+    /// connected QP: that QP's receive path then runs where the consumer waits.
+    fn cq_poll_source(&self, cq: u32) -> PollLookup {
+        let qps = self.hca.qps.read();
+        let mut found = None;
+        let mut pending = false;
+        for qp in qps.values() {
+            if qp.recv_cq.id != cq && qp.send_cq.id != cq {
+                continue;
+            }
+            let Some(rx) = qp.link.lock().as_ref().map(|l| Arc::clone(&l.rx)) else {
+                pending = true;
+                continue;
+            };
+            if qp.recv_cq.id != cq || found.is_some() {
+                return PollLookup::Never;
+            }
+            found = Some(rx);
+        }
+        match found {
+            Some(rx) if !pending => PollLookup::Ready(rx),
+            Some(_) => PollLookup::Never,
+            None => PollLookup::Later,
+        }
     }
 
     fn poll_cq(&self, cq: u32, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {

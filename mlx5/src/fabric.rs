@@ -18,6 +18,7 @@ use verbs::{QpState, VerbsError};
 
 use crate::frame::{self, FrameError, Header, Op};
 use crate::hca::{Hca, Link, Qp};
+use crate::receive::RxPort;
 use crate::requester::{self, ReqEvent, SqExec};
 use crate::transport::{self, Stream, TxItem, Wire};
 
@@ -79,11 +80,20 @@ pub fn attach(
     let (tx_tx, tx_rx) = crate::sync::channel();
     let wire = Arc::new(Wire::new(stream));
     let sq = Arc::new(SqExec::new(Arc::clone(&wire)));
+    let replies = transport::Replies::new(tx_tx.clone(), Arc::clone(&wire), Arc::clone(qp));
+    let rx = Arc::new(RxPort::new(
+        Arc::clone(hca),
+        Arc::clone(qp),
+        reader,
+        replies,
+        req_tx.clone(),
+    )?);
     *qp.link.lock() = Some(Link {
         req: req_tx.clone(),
         sq: Arc::clone(&sq),
         tx: tx_tx.clone(),
         events,
+        rx: Arc::clone(&rx),
     });
     qp.state.set(QpState::Rts);
     let n = qp.qpn;
@@ -93,13 +103,7 @@ pub fn attach(
             transport::tx_loop(qp, wire, tx_rx)
         })?;
     }
-    {
-        let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
-        let replies = transport::Replies::new(tx_tx.clone(), Arc::clone(&wire), Arc::clone(&qp));
-        spawn(format!("mlx5-rx-{n}"), move || {
-            transport::rx_loop(hca, qp, reader, replies, req_tx)
-        })?;
-    }
+    spawn(format!("mlx5-rx-{n}"), move || rx.run())?;
     {
         let (hca, qp) = (Arc::clone(hca), Arc::clone(qp));
         spawn(format!("mlx5-req-{n}"), move || {

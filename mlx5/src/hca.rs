@@ -103,6 +103,11 @@ impl Cq {
         self.signal.raise();
     }
 
+    /// Raises the completion event without a CQE (a waiter looks again).
+    pub fn wake(&self) {
+        self.signal.raise();
+    }
+
     /// Driver side: takes the next CQE the device has written, if any.
     pub fn pop_raw(&self) -> Option<[u8; CQE_SIZE]> {
         let mut r = self.ring.lock();
@@ -236,6 +241,8 @@ pub struct Link {
     pub tx: Sender<TxItem>,
     /// CM connection events.
     pub events: Arc<ConnEvents>,
+    /// The receive path (rx thread or poll mode).
+    pub rx: Arc<crate::receive::RxPort>,
 }
 
 /// A QP's state, read without a lock: the requester looks at it for every WQE

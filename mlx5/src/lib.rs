@@ -22,6 +22,7 @@ pub mod frame;
 pub mod hca;
 pub mod layout;
 pub mod mr;
+pub mod receive;
 pub mod requester;
 pub mod responder;
 pub mod sig;

@@ -1,16 +1,18 @@
-//! The socket side of a connected QP: the stream type (TCP or UNIX), the transmit
-//! thread (batches frames into few socket writes), and the receive thread that
-//! checks each frame and hands it to the responder or the completer.
+//! The socket side of a connected QP: the stream type (TCP or UNIX) and the
+//! transmit thread (batches frames into few socket writes); the receive side is
+//! [`crate::receive`].
 //!
 //! Threads per connected QP: requester (SQ processing, RNR retransmission; writes
 //! its request frames itself, and the doorbell writer does so in its place when
-//! it can), rx (responder + completer), tx (writes the responses the rx thread
-//! queues). The rx thread never blocks on a socket write, so two HCAs reading from
-//! each other cannot deadlock: it writes an ACK itself only when the socket takes
-//! it without waiting, and queues everything else.
+//! it can), rx (responder + completer, unless the receive CQ's consumer runs them
+//! in poll mode), tx (writes the responses the receive path queues). The receive
+//! path never blocks on a socket write, so two HCAs reading from each other cannot
+//! deadlock: it writes an ACK itself only when the socket takes it without
+//! waiting, and queues everything else.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +20,10 @@ use std::time::Duration;
 use crate::sync::Mutex;
 use crate::sync::{Receiver, Sender};
 use verbs::cm::DisconnectReason;
-use verbs::AccessFlags;
 
 use crate::bulk::{self, Gathered, Wired};
-use crate::frame::{self, FrameError, Header, Icrc, Op, HDR_LEN};
-use crate::hca::{Hca, Qp};
-use crate::requester::ReqEvent;
+use crate::frame::{self, Icrc, HDR_LEN};
+use crate::hca::Qp;
 
 /// A fabric stream.
 #[derive(Debug)]
@@ -105,6 +105,15 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
             Stream::Unix(_) => "unix".to_string(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
         }
     }
 }
@@ -426,96 +435,10 @@ impl Replies {
     }
 }
 
-/// Receive thread: reads and checks frames until the connection ends. Frames are
-/// read through a [`STAGING`]-byte buffer (bulk payloads go around it); whenever
-/// it runs dry the responder's coalesced
-/// ACK goes out before the thread blocks on the socket again.
-pub fn rx_loop(hca: Arc<Hca>, qp: Arc<Qp>, stream: Stream, tx: Replies, req: Sender<ReqEvent>) {
-    let mut payload = Vec::new();
-    let mut resp = crate::responder::Responder::new();
-    let mut stream = BufReader::with_capacity(STAGING, stream);
-    loop {
-        if stream.buffer().is_empty() {
-            resp.flush(&qp, &tx);
-        }
-        let (h, n, placed) = match read_request(&hca, &qp, &resp, &mut stream, &mut payload) {
-            Ok(r) => r,
-            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                // What was received before the end still completes.
-                resp.flush(&qp, &tx);
-                qp.to_error(DisconnectReason::Remote);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(qpn = qp.qpn, error = %e, "transport error");
-                resp.flush(&qp, &tx);
-                qp.to_error(DisconnectReason::Transport(e.to_string()));
-                return;
-            }
-        };
-        match h.op {
-            Op::Write if placed => resp.placed_write(&qp, &tx, h.psn),
-            Op::ReadResp if placed => crate::completer::read_placed(&qp, h.psn, &req),
-            Op::Send | Op::SendInv | Op::Write | Op::ReadReq => {
-                resp.handle(&hca, &qp, &h, &mut payload[..n], &tx)
-            }
-            Op::Ack | Op::Nak | Op::ReadResp => {
-                crate::completer::handle(&hca, &qp, &h, &mut payload[..n], &req)
-            }
-            Op::Dreq => {
-                resp.flush(&qp, &tx);
-                qp.to_error(DisconnectReason::Remote);
-                return;
-            }
-            Op::CmReq | Op::CmRep | Op::CmRej => {
-                resp.flush(&qp, &tx);
-                qp.to_error(DisconnectReason::Transport(format!(
-                    "unexpected {:?} on a connected QP",
-                    h.op
-                )));
-                return;
-            }
-        }
-    }
-}
-
-/// Reads the next frame. A bulk RDMA WRITE the responder will execute, or a bulk
-/// READ response, bound for plain memory goes straight there (returned `true`);
-/// any other payload lands in `payload`.
-fn read_request(
-    hca: &Hca,
-    qp: &Qp,
-    resp: &crate::responder::Responder,
-    stream: &mut BufReader<Stream>,
-    payload: &mut Vec<u8>,
-) -> Result<(Header, usize, bool), FrameError> {
-    let (h, n, hb) = frame::read_header(stream)?;
-    let target = match h.op {
-        _ if n < bulk::BULK_MIN => None,
-        Op::Write if resp.executes(qp, h.psn) => {
-            bulk::plain_range(hca, qp.pd, h.key, h.addr, n, AccessFlags::REMOTE_WRITE)
-        }
-        Op::ReadResp => crate::completer::read_sges(qp, h.psn)
-            .and_then(|sges| bulk::plain_segments(hca, qp.pd, &sges, n, AccessFlags::LOCAL_WRITE)),
-        _ => None,
-    };
-    match target {
-        Some(segs) => {
-            let mut crc = Icrc::over(&hb);
-            bulk::recv_into(stream, &segs, n, &mut crc)?;
-            frame::check_trailer(stream, crc.value())?;
-            Ok((h, n, true))
-        }
-        None => {
-            frame::read_payload_into(stream, &hb, n, payload)?;
-            Ok((h, n, false))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Op;
     use std::time::Instant;
 
     /// A large frame reuses a buffer that already held one at least as long (no

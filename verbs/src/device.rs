@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::buf::DmaBuf;
 use crate::error::{Result, VerbsError};
 use crate::notify::Signal;
+use crate::poll::{Driven, PollLookup, PollState, Woken};
 use crate::provider::{open_by_name, ContextOps, DeviceAttr, MrKeys};
 use crate::sig::{MrStatusCheck, SigErr};
 use crate::wr::{AccessFlags, QpState, RecvWr, SendWr, Sge, WorkCompletion};
@@ -75,6 +76,7 @@ impl Context {
                 ctx: self.clone(),
                 id,
                 signal,
+                poll: parking_lot::Mutex::new(PollState::Unresolved),
             }),
         })
     }
@@ -401,6 +403,8 @@ struct CqInner {
     ctx: Context,
     id: u32,
     signal: Arc<Signal>,
+    /// Whether the consumer drives the device's receive path while it waits.
+    poll: parking_lot::Mutex<PollState>,
 }
 
 impl Drop for CqInner {
@@ -427,7 +431,10 @@ impl Cq {
     }
 
     /// Waits (async, no polling while idle) until at least one completion is
-    /// available and moves up to `max` into `out`.
+    /// available and moves up to `max` into `out`. When the provider offers it
+    /// (see [`crate::poll`]), the wait also watches the device's receive
+    /// descriptor and runs its receive path on this task; the runtime must then
+    /// have I/O enabled.
     pub async fn next_batch(&self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {
         loop {
             let waiter = self.inner.signal.wait();
@@ -435,7 +442,48 @@ impl Cq {
             if n > 0 {
                 return Ok(n);
             }
-            waiter.await;
+            match self.driven() {
+                Some(d) => {
+                    if d.wait(waiter).await == Woken::SourceGone {
+                        *self.inner.poll.lock() = PollState::Off;
+                    }
+                }
+                None => waiter.await,
+            }
+        }
+    }
+
+    /// Whether waits on this CQ run the device's receive path (poll mode, see
+    /// [`crate::poll`]); known once a wait has looked.
+    pub fn consumer_driven(&self) -> bool {
+        matches!(*self.inner.poll.lock(), PollState::Driven(_))
+    }
+
+    /// The receive path this CQ's consumer drives, resolved on first use.
+    fn driven(&self) -> Option<Arc<Driven>> {
+        let mut st = self.inner.poll.lock();
+        match &*st {
+            PollState::Driven(d) => return Some(Arc::clone(d)),
+            PollState::Off => return None,
+            PollState::Unresolved => {}
+        }
+        match self.inner.ctx.ops.cq_poll_source(self.inner.id) {
+            PollLookup::Ready(src) => match Driven::register(src) {
+                Some(d) => {
+                    let d = Arc::new(d);
+                    *st = PollState::Driven(Arc::clone(&d));
+                    Some(d)
+                }
+                None => {
+                    *st = PollState::Off;
+                    None
+                }
+            },
+            PollLookup::Later => None,
+            PollLookup::Never => {
+                *st = PollState::Off;
+                None
+            }
         }
     }
 

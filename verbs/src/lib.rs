@@ -24,6 +24,7 @@ pub mod cm;
 pub mod device;
 pub mod error;
 pub mod notify;
+pub mod poll;
 pub mod provider;
 pub mod sig;
 pub mod wr;

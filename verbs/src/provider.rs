@@ -13,6 +13,7 @@ use crate::cm::{CmAddr, CmError, ConnEvents, ConnParam, RequestSink};
 use crate::device::QpInitAttr;
 use crate::error::{Result, VerbsError};
 use crate::notify::Signal;
+use crate::poll::PollLookup;
 use crate::sig::{MrStatusCheck, SigErr};
 use crate::wr::{AccessFlags, QpState, RecvWr, SendWr, WorkCompletion};
 
@@ -134,6 +135,12 @@ pub trait ContextOps: Send + Sync + Debug {
     /// Destroys a CQ.
     fn destroy_cq(&self, cq: u32) -> Result<()> {
         unsupported!("destroy_cq")
+    }
+    /// Whether `cq`'s consumer can drive the device's receive path itself while
+    /// it waits (poll mode, [`crate::poll`]). None can by default.
+    fn cq_poll_source(&self, cq: u32) -> PollLookup {
+        let _ = cq;
+        PollLookup::Never
     }
     /// Moves up to `max` completions into `out`; returns how many.
     fn poll_cq(&self, cq: u32, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {
