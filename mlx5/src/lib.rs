@@ -7,8 +7,8 @@
 //! runs the signature engine ([`sig`]) on every SEND / RDMA READ / RDMA WRITE that
 //! touches a signature MR; bulk transfers of plain memory skip the staging copy
 //! ([`bulk`]). Layouts live in [`layout`], the fabric frame in
-//! [`frame`], sockets and threads in [`transport`] and [`fabric`], fault injection
-//! in [`fault`].
+//! [`frame`], sockets and threads in [`transport`] and [`fabric`], the receive path
+//! (rx thread or poll mode) in [`receive`], fault injection in [`fault`].
 
 #![forbid(unsafe_code)]
 
