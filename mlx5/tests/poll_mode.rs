@@ -54,6 +54,17 @@ fn completed(side: &Side, n: usize) -> Vec<WorkCompletion> {
         .collect()
 }
 
+/// Waits (async) for `n` completions on `cq`.
+async fn received(cq: &verbs::Cq, n: usize) -> Vec<WorkCompletion> {
+    let mut wcs = Vec::new();
+    while wcs.len() < n {
+        let mut batch = Vec::new();
+        cq.next_batch(&mut batch, n).await.unwrap();
+        wcs.extend(batch);
+    }
+    wcs
+}
+
 fn assert_landed(dst: &verbs::Mr, n: usize) {
     for i in 0..n {
         assert_eq!(
@@ -73,15 +84,9 @@ fn waiting_consumer_runs_the_receive_path() {
         for i in 0..n {
             send(&a, &src, i);
         }
-        let mut wcs = Vec::new();
-        while wcs.len() < n {
-            let mut batch = Vec::new();
-            tokio::time::timeout(T, b.cq.next_batch(&mut batch, n))
-                .await
-                .expect("receives within the timeout")
-                .unwrap();
-            wcs.extend(batch);
-        }
+        let wcs = tokio::time::timeout(T, received(&b.cq, n))
+            .await
+            .expect("receives within the timeout");
         assert!(b.cq.consumer_driven());
         let mut ids: Vec<u64> = wcs.iter().map(|w| w.wr_id).collect();
         ids.sort_unstable();
@@ -126,15 +131,7 @@ fn rx_thread_reads_what_a_blocked_consumer_leaves() {
         send(&a, &src, 0);
         tokio::time::timeout(T, b.cq.next()).await.unwrap().unwrap();
         let cq = b.cq.clone();
-        let waiter = tokio::spawn(async move {
-            let mut wcs = Vec::new();
-            while wcs.len() < n - 1 {
-                let mut batch = Vec::new();
-                cq.next_batch(&mut batch, n).await.unwrap();
-                wcs.extend(batch);
-            }
-            wcs
-        });
+        let waiter = tokio::spawn(async move { received(&cq, n - 1).await });
         // The waiter starts waiting on b's socket...
         tokio::task::yield_now().await;
         // ...and this runtime's only thread then blocks, so it cannot read. The
