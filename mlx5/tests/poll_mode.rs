@@ -65,6 +65,22 @@ async fn received(cq: &verbs::Cq, n: usize) -> Vec<WorkCompletion> {
     wcs
 }
 
+/// Message 0 from `a` to a consumer already waiting on `b`'s CQ, which is then
+/// in poll mode.
+async fn first_message_in_poll_mode(a: &Side, b: &Side, src: &verbs::Mr) {
+    let cq = b.cq.clone();
+    let waiter = tokio::spawn(async move { cq.next().await });
+    tokio::task::yield_now().await;
+    send(a, src, 0);
+    let wc = tokio::time::timeout(T, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(wc.is_ok());
+    assert!(b.cq.consumer_driven());
+}
+
 fn assert_landed(dst: &verbs::Mr, n: usize) {
     for i in 0..n {
         assert_eq!(
@@ -81,12 +97,17 @@ fn waiting_consumer_runs_the_receive_path() {
     let n = 16;
     let (src, dst) = messages(&a, &b, n);
     runtime().block_on(async {
+        // The consumer waits on an empty CQ first (the wait resolves poll mode).
+        let cq = b.cq.clone();
+        let waiter = tokio::spawn(async move { received(&cq, n).await });
+        tokio::task::yield_now().await;
         for i in 0..n {
             send(&a, &src, i);
         }
-        let wcs = tokio::time::timeout(T, received(&b.cq, n))
+        let wcs = tokio::time::timeout(T, waiter)
             .await
-            .expect("receives within the timeout");
+            .expect("receives within the timeout")
+            .unwrap();
         assert!(b.cq.consumer_driven());
         let mut ids: Vec<u64> = wcs.iter().map(|w| w.wr_id).collect();
         ids.sort_unstable();
@@ -102,12 +123,7 @@ fn rx_thread_takes_the_receive_path_back_when_no_consumer_waits() {
     let (a, b) = pair();
     let n = 8;
     let (src, dst) = messages(&a, &b, n);
-    runtime().block_on(async {
-        send(&a, &src, 0);
-        let wc = tokio::time::timeout(T, b.cq.next()).await.unwrap().unwrap();
-        assert!(wc.is_ok());
-        assert!(b.cq.consumer_driven());
-    });
+    runtime().block_on(first_message_in_poll_mode(&a, &b, &src));
     // Nobody waits on b's CQ any more: its sends are still acknowledged and land.
     completed(&a, 1);
     for i in 1..n {
@@ -128,8 +144,7 @@ fn rx_thread_reads_what_a_blocked_consumer_leaves() {
     let (src, dst) = messages(&a, &b, n);
     let rt = runtime();
     rt.block_on(async {
-        send(&a, &src, 0);
-        tokio::time::timeout(T, b.cq.next()).await.unwrap().unwrap();
+        first_message_in_poll_mode(&a, &b, &src).await;
         let cq = b.cq.clone();
         let waiter = tokio::spawn(async move { received(&cq, n - 1).await });
         // The waiter starts waiting on b's socket...
