@@ -608,25 +608,17 @@ impl ContextOps for Mlx5Device {
     /// connected QP: that QP's receive path then runs where the consumer waits.
     fn cq_poll_source(&self, cq: u32) -> PollLookup {
         let qps = self.hca.qps.read();
-        let mut found = None;
-        let mut pending = false;
-        for qp in qps.values() {
-            if qp.recv_cq.id != cq && qp.send_cq.id != cq {
-                continue;
-            }
-            let Some(rx) = qp.link.lock().as_ref().map(|l| Arc::clone(&l.rx)) else {
-                pending = true;
-                continue;
-            };
-            if qp.recv_cq.id != cq || found.is_some() {
-                return PollLookup::Never;
-            }
-            found = Some(rx);
-        }
-        match found {
-            Some(rx) if !pending => PollLookup::Ready(rx),
-            Some(_) => PollLookup::Never,
-            None => PollLookup::Later,
+        let users: Vec<&Arc<Qp>> = qps
+            .values()
+            .filter(|qp| qp.recv_cq.id == cq || qp.send_cq.id == cq)
+            .collect();
+        match users.as_slice() {
+            [] => PollLookup::Later,
+            [qp] if qp.recv_cq.id == cq => match qp.link.lock().as_ref() {
+                Some(l) => PollLookup::Ready(Arc::clone(&l.rx) as _),
+                None => PollLookup::Later,
+            },
+            _ => PollLookup::Never,
         }
     }
 

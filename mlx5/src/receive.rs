@@ -213,17 +213,14 @@ impl RxPort {
             {
                 let mut e = self.engine.lock();
                 loop {
-                    if e.staged_empty() {
-                        if rescue && readable_now(&self.probe) {
-                            // Read what was left, then stand by again.
-                        } else {
-                            e.flush();
-                            self.reading();
-                            if self.waiting.load(Ordering::Acquire) > 0 {
-                                break;
-                            }
-                            rescue = false;
+                    // A rescue reads what was left, then stands by again.
+                    if e.staged_empty() && !(rescue && readable_now(&self.probe)) {
+                        e.flush();
+                        self.reading();
+                        if self.waiting.load(Ordering::Acquire) > 0 {
+                            break;
                         }
+                        rescue = false;
                     }
                     if e.step().is_err() {
                         self.ended.store(true, Ordering::Release);
