@@ -1,6 +1,6 @@
 //! `iser-initiator` as a daemon child process: started on a configuration file in a
 //! temp dir (optionally with `MLX5_SOFT_FAULT` in its own soft HCA), ready when the
-//! NBD socket it was asked to serve exists; killed on drop.
+//! NBD socket or FUSE file it was asked to serve exists; killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,8 +17,8 @@ pub struct InitiatorDaemon {
 
 impl InitiatorDaemon {
     /// Writes `config` to `dir/initiator.toml`, starts the daemon on it (control socket
-    /// in `dir`), and waits until `ready` (an NBD UNIX socket of the configuration)
-    /// exists.
+    /// in `dir`), and waits until `ready` (an NBD UNIX socket or a FUSE file of the
+    /// configuration) exists.
     pub fn start(
         dir: &Path,
         config: &str,

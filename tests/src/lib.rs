@@ -60,6 +60,27 @@ impl SupportError {
     }
 }
 
+/// Flips bit `bit` of the byte at `offset` in the file at `path` (a LUN's data file
+/// or `.pi` sidecar behind a running target) and syncs it, so that the target reads
+/// the corrupted byte however it opened the file.
+pub fn flip_bit(path: &std::path::Path, offset: u64, bit: u8) -> Result<(), SupportError> {
+    use std::os::unix::fs::FileExt;
+    let what = |w: &str| format!("{w} byte {offset} of {}", path.display());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| SupportError::io(what("opening the file to flip"), e))?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)
+        .map_err(|e| SupportError::io(what("reading"), e))?;
+    b[0] ^= 1 << (bit & 7);
+    f.write_all_at(&b, offset)
+        .map_err(|e| SupportError::io(what("writing"), e))?;
+    f.sync_data()
+        .map_err(|e| SupportError::io(what("syncing after flipping"), e))
+}
+
 /// `len` random bytes from the OS.
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -318,20 +318,6 @@ fn assert_pi_sense(io: &Io, key: u8, ascq: u8, lba: u64, origin: &str, what: &st
     }
 }
 
-fn flip_bit(path: &Path, offset: u64, bit: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open backing file");
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).expect("read byte");
-    b[0] ^= 1 << bit;
-    f.write_all_at(&b, offset).expect("write byte");
-    f.sync_data().expect("sync");
-}
-
 fn round_trip(ty: PiType, bs: usize) {
     let rig = Rig::new(ty, bs);
 
@@ -626,7 +612,7 @@ fn medium_corruption(ty: PiType, bs: usize) {
         ),
     ];
     for (name, file, offset, bit, block, reads) in cases {
-        flip_bit(&file, offset, bit);
+        tests::flip_bit(&file, offset, bit).expect("flip a bit of the medium");
         for (mode, expect) in reads {
             let what = format!("{name} of LBA {} flipped, {mode:?} read", LBA + block);
             let io = rig.read(LUN_FILE, LBA, mode, None);
@@ -638,7 +624,7 @@ fn medium_corruption(ty: PiType, bs: usize) {
             }
             assert_detected_or_intact(&io, &d, &what);
         }
-        flip_bit(&file, offset, bit);
+        tests::flip_bit(&file, offset, bit).expect("flip a bit of the medium");
         let r = rig.read_ok(LUN_FILE, LBA, Mode::Insert);
         assert!(r.data == d, "{name}: repaired block reads back");
     }
@@ -771,12 +757,12 @@ fn type2_application_tag_on_the_medium_is_checked_by_the_target() {
             ((LBA + 3) * 8 + 2, APP_TAG, 3),
             ((LBA + 6) * 8 + 6, REF_TAG, 6),
         ] {
-            flip_bit(&rig.pi_file(), offset, 5);
+            tests::flip_bit(&rig.pi_file(), offset, 5).expect("flip a bit of the medium");
             let what = format!("Type 2 ({bs}) sidecar bit flipped at byte {offset}");
             let io = rig.read(LUN_FILE, LBA, Mode::Insert, None);
             assert_detected_or_intact(&io, &d, &what);
             assert_pi_sense(&io, ABORTED_COMMAND, ascq, LBA + block, "target", &what);
-            flip_bit(&rig.pi_file(), offset, 5);
+            tests::flip_bit(&rig.pi_file(), offset, 5).expect("flip a bit of the medium");
         }
     }
 }

@@ -162,20 +162,6 @@ fn physical_block(dev: &LoopDevice, file: &str, index: u64) -> u64 {
         .unwrap_or_else(|e| panic!("debugfs bmap {file} {index}: {out:?}: {e}"))
 }
 
-fn flip_bit(path: &Path, offset: u64, bit: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open the LUN's data file");
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).expect("read byte");
-    b[0] ^= 1 << bit;
-    f.write_all_at(&b, offset).expect("write byte");
-    f.sync_data().expect("sync");
-}
-
 #[test]
 fn ext4_on_a_fuse_export_over_iser_survives_a_new_session_and_never_reads_corrupted_blocks() {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -255,7 +241,7 @@ fn ext4_on_a_fuse_export_over_iser_survives_a_new_session_and_never_reads_corrup
     let data_file = d.join("lun0.img");
     let (guard_before, _, _) = target.pi_errors(0).expect("target status");
     dev.detach();
-    flip_bit(&data_file, offset, 2);
+    tests::flip_bit(&data_file, offset, 2).expect("flip a bit of the medium");
 
     let dev = LoopDevice::attach(&lun_file);
     let m = Mounted::mount(&dev, &mnt, "ro");
@@ -295,7 +281,7 @@ fn ext4_on_a_fuse_export_over_iser_survives_a_new_session_and_never_reads_corrup
     );
 
     // With the bit restored, the file reads back intact.
-    flip_bit(&data_file, offset, 2);
+    tests::flip_bit(&data_file, offset, 2).expect("flip a bit of the medium");
     let dev = LoopDevice::attach(&lun_file);
     let m = Mounted::mount(&dev, &mnt, "ro");
     assert!(
