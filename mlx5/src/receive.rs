@@ -33,8 +33,14 @@ use crate::transport::{Replies, Stream, STAGING};
 /// path back (a consumer busy elsewhere must not leave frames unread).
 pub const TAKE_BACK: Duration = Duration::from_millis(1);
 
-/// How often the standing-by rx thread looks whether it must take over.
+/// How often the standing-by rx thread looks whether it must take over while
+/// input arrives.
 const STANDBY_CHECK: Duration = Duration::from_millis(5);
+
+/// How long the standing-by rx thread sleeps on a socket without input before it
+/// looks at the connection's state anyway (the socket turns readable when the
+/// connection ends, so this is only a bound).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Frames one call of [`RxPort::progress`] handles at most before it lets its
 /// consumer look at the completions.
@@ -176,9 +182,20 @@ impl RxPort {
 
     /// Whether `at` (ns since `epoch`) is [`TAKE_BACK`] ago or longer.
     fn long_ago(&self, at: &AtomicU64) -> bool {
+        self.older_than(at, TAKE_BACK)
+    }
+
+    /// Whether `at` (ns since `epoch`) is `d` ago or longer.
+    fn older_than(&self, at: &AtomicU64, d: Duration) -> bool {
         self.since_epoch()
             .saturating_sub(at.load(Ordering::Relaxed))
-            >= TAKE_BACK.as_nanos() as u64
+            >= u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the receive path has not run for [`STANDBY_CHECK`]: the connection
+    /// is idle, or its consumer neglects it.
+    fn quiet(&self) -> bool {
+        self.older_than(&self.last_read, STANDBY_CHECK)
     }
 
     /// Whether no consumer has waited on the socket for [`TAKE_BACK`].
@@ -232,6 +249,23 @@ impl RxPort {
             }
             self.wake_consumers();
             loop {
+                // On a quiet connection nothing needs this thread until input
+                // arrives (or the connection ends: both make the socket readable),
+                // so an idle connection costs no wake-ups. On a busy one it looks
+                // once per STANDBY_CHECK without waking for every frame.
+                if self.quiet() {
+                    let input = wait_readable(&self.probe, IDLE_CHECK);
+                    if self.ended.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if !input {
+                        continue;
+                    }
+                    if self.unattended() {
+                        rescue = false;
+                        break;
+                    }
+                }
                 std::thread::park_timeout(STANDBY_CHECK);
                 if self.ended.load(Ordering::Acquire) {
                     return;
@@ -251,6 +285,19 @@ impl RxPort {
             }
         }
     }
+}
+
+/// Waits until `s` has input (or an end or error to report), for `limit` at most;
+/// false when the time ran out.
+fn wait_readable(s: &Stream, limit: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(s, PollFlags::IN)];
+    let limit = Timespec {
+        tv_sec: limit.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: limit.subsec_nanos().into(),
+    };
+    // An interrupted or failed wait counts as input: the caller looks again.
+    !matches!(poll(&mut fds, Some(&limit)), Ok(0))
 }
 
 /// Whether `s` has input (or an end or error to report) right now.
