@@ -6,7 +6,8 @@
 //!   plain memory becomes a [`Gathered`] frame: its payload goes to the socket
 //!   straight from the posted buffers, and a retransmission reads them again.
 //! - In: an RDMA WRITE or READ response of at least [`BULK_MIN`] bytes aimed at
-//!   plain memory is received straight into that memory ([`recv_into`]).
+//!   plain memory is received straight into that memory ([`recv_some`]), as
+//!   much as has arrived at a time.
 //!
 //! - Through the signature engine: a SEND or RDMA WRITE of at least [`BULK_MIN`]
 //!   bytes that reads a signature mkey is converted into the requester's one
@@ -24,7 +25,7 @@
 //! path: their data passes through the signature engine, which needs the whole
 //! checked frame.
 
-use std::io::{self, BufRead, BufReader, IoSlice};
+use std::io::{self, BufRead, BufReader, IoSlice, Read};
 use std::sync::Arc;
 
 use verbs::AccessFlags;
@@ -163,32 +164,38 @@ pub fn send_from(
     Ok(())
 }
 
-/// Receives `n` payload bytes into `segs` (which cover at least `n` bytes): first
-/// what `r` has buffered, then straight from the socket, extending `crc` over
-/// the payload. Each non-blocking receive holds the buffer's write lock; an empty
-/// socket is waited for without it.
-pub fn recv_into(
-    r: &mut BufReader<Stream>,
+/// Receives what has arrived of an `n`-byte payload into `segs` (which cover at
+/// least `n` bytes), from payload offset `*at` on: first what `r` has buffered,
+/// then straight from the socket, extending `crc` over the payload. `r` must never
+/// wait (its reads give `WouldBlock` when nothing has arrived), and neither does
+/// this: true once all `n` bytes are placed, false when the socket has nothing
+/// more now (call again from `*at` when it has). Each receive holds the buffer's
+/// write lock for one non-blocking socket call.
+pub fn recv_some<R: Read>(
+    r: &mut BufReader<R>,
     segs: &[Segment],
+    at: &mut usize,
     n: usize,
     crc: &mut Icrc,
-) -> io::Result<()> {
-    let mut left = n;
+) -> io::Result<bool> {
+    // Payload offset of the segment at hand.
+    let mut base = 0usize;
     for seg in segs {
-        let mut at = 0usize;
-        let end = seg.len.min(left);
-        while at < end {
+        if base >= n {
+            break;
+        }
+        let end = base + seg.len.min(n - base);
+        while *at < end {
+            let (from, to) = (seg.offset + *at - base, seg.offset + end - base);
             let buffered = r.buffer().len();
             let got = seg.buf.write(|b| {
-                let dst = b
-                    .get_mut(seg.offset + at..seg.offset + end)
-                    .ok_or_else(layout_error)?;
+                let dst = b.get_mut(from..to).ok_or_else(layout_error)?;
                 let k = if buffered > 0 {
                     let k = buffered.min(dst.len());
                     dst[..k].copy_from_slice(&r.buffer()[..k]);
                     k
                 } else {
-                    r.get_ref().recv_now(dst)?
+                    r.get_mut().read(dst)?
                 };
                 crc.update(&dst[..k]);
                 Ok::<_, io::Error>(k)
@@ -199,17 +206,18 @@ pub fn recv_into(
                     if buffered > 0 {
                         r.consume(k);
                     }
-                    at += k;
+                    *at += k;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => r.get_ref().wait(true)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        left -= end;
-        if left == 0 {
-            break;
-        }
+        base = end;
     }
-    Ok(())
+    if *at < n {
+        // The segments end before the payload does.
+        return Err(layout_error());
+    }
+    Ok(true)
 }

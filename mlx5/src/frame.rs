@@ -258,7 +258,7 @@ pub fn encode(h: &Header, payload: &[u8]) -> Vec<u8> {
     b.finish()
 }
 
-fn decode_header(b: &[u8; HDR_LEN]) -> Result<(Header, usize), FrameError> {
+pub(crate) fn decode_header(b: &[u8; HDR_LEN]) -> Result<(Header, usize), FrameError> {
     let magic = u16::from_be_bytes([b[0], b[1]]);
     if magic != MAGIC || b[2] != VERSION {
         return Err(FrameError::BadMagic {

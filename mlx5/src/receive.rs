@@ -5,13 +5,19 @@
 //! its completions without a thread hand-off, and the rx thread stands by until
 //! no consumer has waited for [`TAKE_BACK`].
 //!
+//! Frames are read without ever waiting on the socket (`FrameReader`): what has
+//! arrived is taken in, and a frame cut short is kept and resumed when the rest
+//! comes. A consumer's runtime thread, which may serve other connections, is
+//! therefore never held up by a peer that stops in the middle of a frame; the rx
+//! thread waits for input in `poll`, without holding the receive path.
+//!
 //! A consumer may wait and still not read: its thread can be blocked elsewhere,
 //! for instance writing a large frame to a peer whose own consumer is blocked the
 //! same way. The standing-by rx thread therefore also reads whatever has been left
 //! unread for [`TAKE_BACK`], so two HCAs writing to each other always progress
 //! (the rx thread never blocks on a socket write).
 
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,8 +28,9 @@ use verbs::poll::{PollSource, Progress};
 use verbs::AccessFlags;
 
 use crate::bulk;
-use crate::frame::{self, FrameError, Header, Icrc, Op};
+use crate::frame::{self, FrameError, Header, Icrc, Op, HDR_LEN, TRAILER_LEN};
 use crate::hca::{Cq, Hca, Qp};
+use crate::mr::Segment;
 use crate::requester::ReqEvent;
 use crate::responder::Responder;
 use crate::sync::{Mutex, Sender};
@@ -46,13 +53,190 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// consumer look at the completions.
 const PROGRESS_BATCH: usize = 64;
 
-/// The receive state of a connection: the socket's read side and the responder.
+/// The socket's read side, read without ever waiting: `WouldBlock` when nothing
+/// has arrived. Whoever holds the engine decides whether to wait for more (the rx
+/// thread may; a consumer running the receive path on its runtime never does).
+#[derive(Debug)]
+struct NoWait(Stream);
+
+impl Read for NoWait {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.0.recv_now(b)
+    }
+}
+
+/// What has been received of the frame being read; a frame is read across as
+/// many calls as its bytes take to arrive.
+#[derive(Debug)]
+enum Partial {
+    /// The first `got` bytes of a header.
+    Header { hb: [u8; HDR_LEN], got: usize },
+    /// `got` of the `n` payload bytes, placed in plain memory (`placed`) or in
+    /// the payload buffer.
+    Payload {
+        h: Header,
+        n: usize,
+        placed: Option<Vec<Segment>>,
+        got: usize,
+    },
+    /// The first `got` bytes of the trailer.
+    Trailer {
+        h: Header,
+        n: usize,
+        placed: bool,
+        tb: [u8; TRAILER_LEN],
+        got: usize,
+    },
+}
+
+impl Partial {
+    fn start() -> Partial {
+        Partial::Header {
+            hb: [0; HDR_LEN],
+            got: 0,
+        }
+    }
+}
+
+/// A whole frame, checked: its header, payload length, and whether the payload
+/// went straight to plain memory (else it is in the payload buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Frame {
+    h: Header,
+    n: usize,
+    placed: bool,
+}
+
+/// Reads frames from the socket without waiting, resuming where the last call
+/// stopped: a peer that stops in the middle of a frame holds up its own
+/// connection only, never the thread that reads.
+#[derive(Debug)]
+struct FrameReader {
+    stream: BufReader<NoWait>,
+    partial: Partial,
+    /// The ICRC over what has arrived of the frame.
+    crc: Icrc,
+    /// Payloads not placed in plain memory (kept between frames).
+    payload: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(stream: Stream) -> FrameReader {
+        FrameReader {
+            stream: BufReader::with_capacity(STAGING, NoWait(stream)),
+            partial: Partial::start(),
+            crc: Icrc::over(&[]),
+            payload: Vec::new(),
+        }
+    }
+
+    /// Whether no received byte waits in the staging buffer.
+    fn staged_empty(&self) -> bool {
+        self.stream.buffer().is_empty()
+    }
+
+    /// Reads on with what has arrived; `Some` once a frame is complete and its
+    /// ICRC checked, `None` when the socket has nothing more now (a partial frame
+    /// is kept for the next call). `place` says, once the header is in, where
+    /// the payload goes: plain memory segments, or `None` for the payload buffer.
+    fn read_on(
+        &mut self,
+        place: impl FnOnce(&Header, usize) -> Option<Vec<Segment>>,
+    ) -> Result<Option<Frame>, FrameError> {
+        let mut place = Some(place);
+        loop {
+            match &mut self.partial {
+                Partial::Header { hb, got } => {
+                    if !read_some(&mut self.stream, hb, got)? {
+                        return Ok(None);
+                    }
+                    let hb = *hb;
+                    let (h, n) = frame::decode_header(&hb)?;
+                    let placed = place.take().and_then(|p| p(&h, n));
+                    if placed.is_none() && self.payload.len() < n {
+                        self.payload.resize(n, 0);
+                    }
+                    self.crc = Icrc::over(&hb);
+                    self.partial = Partial::Payload {
+                        h,
+                        n,
+                        placed,
+                        got: 0,
+                    };
+                }
+                Partial::Payload { h, n, placed, got } => {
+                    let crc = &mut self.crc;
+                    let done = match placed {
+                        Some(segs) => bulk::recv_some(&mut self.stream, segs, got, *n, crc)?,
+                        None => {
+                            let p = &mut self.payload[..*n];
+                            let done = read_some(&mut self.stream, p, got)?;
+                            if done {
+                                crc.update(p);
+                            }
+                            done
+                        }
+                    };
+                    if !done {
+                        return Ok(None);
+                    }
+                    self.partial = Partial::Trailer {
+                        h: *h,
+                        n: *n,
+                        placed: placed.is_some(),
+                        tb: [0; TRAILER_LEN],
+                        got: 0,
+                    };
+                }
+                Partial::Trailer {
+                    h,
+                    n,
+                    placed,
+                    tb,
+                    got,
+                } => {
+                    if !read_some(&mut self.stream, tb, got)? {
+                        return Ok(None);
+                    }
+                    let (computed, carried) = (self.crc.value(), u32::from_be_bytes(*tb));
+                    let f = Frame {
+                        h: *h,
+                        n: *n,
+                        placed: *placed,
+                    };
+                    self.partial = Partial::start();
+                    if computed != carried {
+                        return Err(FrameError::BadCrc { computed, carried });
+                    }
+                    return Ok(Some(f));
+                }
+            }
+        }
+    }
+}
+
+/// Reads into `dst[*got..]` what has arrived; true once `dst` is full, false when
+/// the socket has nothing more now. The end of the stream is an error: it never
+/// comes inside a frame, and between frames it ends the connection.
+fn read_some(r: &mut BufReader<NoWait>, dst: &mut [u8], got: &mut usize) -> io::Result<bool> {
+    while *got < dst.len() {
+        match r.read(&mut dst[*got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => *got += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The receive state of a connection: the frame reader and the responder.
 #[derive(Debug)]
 struct RxEngine {
     hca: Arc<Hca>,
     qp: Arc<Qp>,
-    stream: BufReader<Stream>,
-    payload: Vec<u8>,
+    reader: FrameReader,
     resp: Responder,
     tx: Replies,
     req: Sender<ReqEvent>,
@@ -65,7 +249,7 @@ struct Ended;
 impl RxEngine {
     /// Whether no received byte waits in the staging buffer.
     fn staged_empty(&self) -> bool {
-        self.stream.buffer().is_empty()
+        self.reader.staged_empty()
     }
 
     /// Sends the responder's coalesced ACK (before waiting for more input).
@@ -73,34 +257,53 @@ impl RxEngine {
         self.resp.flush(&self.qp, &self.tx);
     }
 
-    /// Reads one frame, waiting for it if need be, and acts on it.
-    fn step(&mut self) -> Result<(), Ended> {
-        let (qp, hca) = (&self.qp, &self.hca);
-        let read = read_frame(hca, qp, &self.resp, &mut self.stream, &mut self.payload);
-        let (h, n, placed) = match read {
-            Ok(r) => r,
+    /// Reads on without waiting and acts on the next frame once it is complete:
+    /// true when a frame was handled, false when the socket has nothing more now.
+    fn advance(&mut self) -> Result<bool, Ended> {
+        let (hca, qp, resp) = (&self.hca, &self.qp, &self.resp);
+        // A bulk RDMA WRITE the responder will execute, or a bulk READ response,
+        // bound for plain memory goes straight there.
+        let place = |h: &Header, n: usize| match h.op {
+            _ if n < bulk::BULK_MIN => None,
+            Op::Write if resp.executes(qp, h.psn) => {
+                bulk::plain_range(hca, qp.pd, h.key, h.addr, n, AccessFlags::REMOTE_WRITE)
+            }
+            Op::ReadResp => crate::completer::read_sges(qp, h.psn).and_then(|sges| {
+                bulk::plain_segments(hca, qp.pd, &sges, n, AccessFlags::LOCAL_WRITE)
+            }),
+            _ => None,
+        };
+        match self.reader.read_on(place) {
+            Ok(Some(f)) => self.act(f).map(|()| true),
+            Ok(None) => Ok(false),
             Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 // What was received before the end still completes.
-                self.resp.flush(qp, &self.tx);
-                qp.to_error(DisconnectReason::Remote);
-                return Err(Ended);
+                self.resp.flush(&self.qp, &self.tx);
+                self.qp.to_error(DisconnectReason::Remote);
+                Err(Ended)
             }
             Err(e) => {
-                tracing::warn!(qpn = qp.qpn, error = %e, "transport error");
-                self.resp.flush(qp, &self.tx);
-                qp.to_error(DisconnectReason::Transport(e.to_string()));
-                return Err(Ended);
+                tracing::warn!(qpn = self.qp.qpn, error = %e, "transport error");
+                self.resp.flush(&self.qp, &self.tx);
+                self.qp.to_error(DisconnectReason::Transport(e.to_string()));
+                Err(Ended)
             }
-        };
-        let tx = &self.tx;
+        }
+    }
+
+    /// Hands a complete frame to the responder or the completer.
+    fn act(&mut self, f: Frame) -> Result<(), Ended> {
+        let (qp, hca, tx) = (&self.qp, &self.hca, &self.tx);
+        let Frame { h, n, placed } = f;
         match h.op {
             Op::Write if placed => self.resp.placed_write(qp, tx, h.psn),
             Op::ReadResp if placed => crate::completer::read_placed(qp, h.psn, &self.req),
             Op::Send | Op::SendInv | Op::Write | Op::ReadReq => {
-                self.resp.handle(hca, qp, &h, &mut self.payload[..n], tx)
+                self.resp
+                    .handle(hca, qp, &h, &mut self.reader.payload[..n], tx)
             }
             Op::Ack | Op::Nak | Op::ReadResp => {
-                crate::completer::handle(hca, qp, &h, &mut self.payload[..n], &self.req)
+                crate::completer::handle(hca, qp, &h, &mut self.reader.payload[..n], &self.req)
             }
             Op::Dreq => {
                 self.resp.flush(qp, tx);
@@ -160,8 +363,7 @@ impl RxPort {
             engine: Mutex::new(RxEngine {
                 hca,
                 qp,
-                stream: BufReader::with_capacity(STAGING, stream),
-                payload: Vec::new(),
+                reader: FrameReader::new(stream),
                 resp: Responder::new(),
                 tx,
                 req,
@@ -214,40 +416,53 @@ impl RxPort {
         self.last_read.store(self.since_epoch(), Ordering::Relaxed);
     }
 
-    /// Lets consumers that found the engine taken look again (called after
-    /// letting go of it).
-    fn wake_consumers(&self) {
-        self.contended.store(false, Ordering::SeqCst);
-        self.recv_cq.wake();
+    /// Takes the engine and handles what has arrived, until the socket has
+    /// nothing more now or, with nothing staged, a consumer waits to read on; then
+    /// sends the coalesced ACK and lets go.
+    fn drain(&self) -> Result<(), Ended> {
+        let mut e = self.engine.lock();
+        self.reading();
+        let r = loop {
+            match e.advance() {
+                Ok(true) if e.staged_empty() && self.waiting.load(Ordering::Acquire) > 0 => {
+                    e.flush();
+                    break Ok(());
+                }
+                Ok(true) => {}
+                Ok(false) => {
+                    e.flush();
+                    break Ok(());
+                }
+                Err(Ended) => break Err(Ended),
+            }
+        };
+        drop(e);
+        if self.contended.swap(false, Ordering::SeqCst) {
+            self.recv_cq.wake();
+        }
+        r
     }
 
     /// The rx thread: reads and handles frames while no consumer waits for them,
     /// stands by while one does (reading only what it leaves unread), and returns
-    /// when the connection ends.
+    /// when the connection ends. It never holds the engine while it waits, so a
+    /// consumer that starts waiting takes the receive path over at once.
     pub fn run(self: Arc<Self>) {
-        let mut rescue = false;
         loop {
-            {
-                let mut e = self.engine.lock();
-                loop {
-                    // A rescue reads what was left, then stands by again.
-                    if e.staged_empty() && !(rescue && readable_now(&self.probe)) {
-                        e.flush();
-                        self.reading();
-                        if self.waiting.load(Ordering::Acquire) > 0 {
-                            break;
-                        }
-                        rescue = false;
-                    }
-                    if e.step().is_err() {
-                        self.ended.store(true, Ordering::Release);
-                        drop(e);
-                        self.wake_consumers();
-                        return;
-                    }
+            loop {
+                if self.drain().is_err() {
+                    self.ended.store(true, Ordering::Release);
+                    self.recv_cq.wake();
+                    return;
+                }
+                if self.waiting.load(Ordering::Acquire) > 0 {
+                    break;
+                }
+                wait_readable(&self.probe, IDLE_CHECK);
+                if self.ended.load(Ordering::Acquire) {
+                    return;
                 }
             }
-            self.wake_consumers();
             loop {
                 // On a quiet connection nothing needs this thread until input
                 // arrives (or the connection ends: both make the socket readable),
@@ -262,7 +477,6 @@ impl RxPort {
                         continue;
                     }
                     if self.unattended() {
-                        rescue = false;
                         break;
                     }
                 }
@@ -271,7 +485,6 @@ impl RxPort {
                     return;
                 }
                 if self.unattended() {
-                    rescue = false;
                     break;
                 }
                 if self.neglected() {
@@ -279,7 +492,6 @@ impl RxPort {
                         qpn = self.qpn,
                         "reading input a waiting consumer left unread"
                     );
-                    rescue = true;
                     break;
                 }
             }
@@ -331,15 +543,20 @@ impl PollSource for RxPort {
         self.reading();
         let mut done = Progress::More;
         for _ in 0..PROGRESS_BATCH {
-            if e.staged_empty() && !readable_now(&self.probe) {
-                e.flush();
-                done = Progress::Drained;
-                break;
-            }
-            if e.step().is_err() {
-                self.ended.store(true, Ordering::Release);
-                done = Progress::Ended;
-                break;
+            match e.advance() {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Everything that has arrived is handled; a partial frame
+                    // waits in the reader for the rest.
+                    e.flush();
+                    done = Progress::Drained;
+                    break;
+                }
+                Err(Ended) => {
+                    self.ended.store(true, Ordering::Release);
+                    done = Progress::Ended;
+                    break;
+                }
             }
         }
         drop(e);
@@ -359,36 +576,180 @@ impl PollSource for RxPort {
     }
 }
 
-/// Reads the next frame. A bulk RDMA WRITE the responder will execute, or a bulk
-/// READ response, bound for plain memory goes straight there (returned `true`);
-/// any other payload lands in `payload`.
-fn read_frame(
-    hca: &Hca,
-    qp: &Qp,
-    resp: &Responder,
-    stream: &mut BufReader<Stream>,
-    payload: &mut Vec<u8>,
-) -> Result<(Header, usize, bool), FrameError> {
-    let (h, n, hb) = frame::read_header(stream)?;
-    let target = match h.op {
-        _ if n < bulk::BULK_MIN => None,
-        Op::Write if resp.executes(qp, h.psn) => {
-            bulk::plain_range(hca, qp.pd, h.key, h.addr, n, AccessFlags::REMOTE_WRITE)
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+
+    use verbs::DmaBuf;
+
+    use super::*;
+
+    fn header(op: Op, psn: u32, len: usize) -> Header {
+        Header {
+            op,
+            psn,
+            qpn: 7,
+            key: 0x1234,
+            addr: 0x10_0000,
+            len: len as u32,
         }
-        Op::ReadResp => crate::completer::read_sges(qp, h.psn)
-            .and_then(|sges| bulk::plain_segments(hca, qp.pd, &sges, n, AccessFlags::LOCAL_WRITE)),
-        _ => None,
-    };
-    match target {
-        Some(segs) => {
-            let mut crc = Icrc::over(&hb);
-            bulk::recv_into(stream, &segs, n, &mut crc)?;
-            frame::check_trailer(stream, crc.value())?;
-            Ok((h, n, true))
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Runs `f` on its own thread and fails if it does not finish in time: a
+    /// reader that waited for the rest of a frame would hang there.
+    fn bounded(f: impl FnOnce() + Send + 'static) {
+        let (done_tx, done_rx) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            f();
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(()) => t.join().unwrap(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The body panicked: report its panic.
+                if let Err(p) = t.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the frame reader waited"),
         }
-        None => {
-            frame::read_payload_into(stream, &hb, n, payload)?;
-            Ok((h, n, false))
-        }
+    }
+
+    fn pair() -> (UnixStream, FrameReader) {
+        let (w, r) = UnixStream::pair().unwrap();
+        (w, FrameReader::new(Stream::Unix(r)))
+    }
+
+    /// A frame arriving a few bytes at a time (header, payload and trailer each
+    /// split) is read across as many calls, none of which waits: `None` until the
+    /// last byte, then the frame, checked; the next frame starts afresh.
+    #[test]
+    fn a_frame_arriving_in_pieces_is_read_without_waiting() {
+        bounded(|| {
+            for n in [0usize, 5, 4096, 40 << 10] {
+                let (mut w, mut r) = pair();
+                let h = header(Op::Send, 3, n);
+                let payload = pattern(n, n as u8);
+                let f = frame::encode(&h, &payload);
+                let cuts = [1, 7, HDR_LEN, HDR_LEN + n / 3, f.len() - 3, f.len() - 1];
+                let mut from = 0;
+                for &cut in cuts.iter().filter(|&&c| c > 0 && c < f.len()) {
+                    if cut <= from {
+                        continue;
+                    }
+                    w.write_all(&f[from..cut]).unwrap();
+                    from = cut;
+                    assert_eq!(r.read_on(|_, _| None).unwrap(), None, "n={n} at {cut}");
+                }
+                w.write_all(&f[from..]).unwrap();
+                let got = r.read_on(|_, _| None).unwrap().expect("the whole frame");
+                assert_eq!(
+                    got,
+                    Frame {
+                        h,
+                        n,
+                        placed: false
+                    }
+                );
+                assert_eq!(&r.payload[..n], &payload[..], "n={n}");
+                // Nothing more: no frame, and no wait.
+                assert_eq!(r.read_on(|_, _| None).unwrap(), None);
+                // The next frame reads whole.
+                let h2 = header(Op::Ack, 4, 0);
+                w.write_all(&frame::encode(&h2, &[])).unwrap();
+                assert_eq!(r.read_on(|_, _| None).unwrap().map(|f| f.h), Some(h2));
+            }
+        });
+    }
+
+    /// A bulk payload placed in plain memory as it arrives: `place` is asked once,
+    /// the bytes land in the segments (across a segment boundary) piece by piece,
+    /// and the ICRC over them is checked at the end.
+    #[test]
+    fn a_placed_payload_lands_piece_by_piece() {
+        bounded(|| {
+            let n = 48 << 10;
+            let (mut w, mut r) = pair();
+            let a = DmaBuf::new(64 << 10).unwrap();
+            let b = DmaBuf::new(64 << 10).unwrap();
+            let segs = vec![
+                Segment {
+                    buf: Arc::clone(&a),
+                    offset: 100,
+                    len: 20_000,
+                },
+                Segment {
+                    buf: Arc::clone(&b),
+                    offset: 8,
+                    len: n,
+                },
+            ];
+            let h = header(Op::Write, 9, n);
+            let payload = pattern(n, 3);
+            let f = frame::encode(&h, &payload);
+            let mut asked = 0;
+            for chunk in f.chunks(9_999) {
+                w.write_all(chunk).unwrap();
+                let got = r
+                    .read_on(|hh, len| {
+                        asked += 1;
+                        assert_eq!((*hh, len), (h, n));
+                        Some(segs.clone())
+                    })
+                    .unwrap();
+                if let Some(got) = got {
+                    assert_eq!(got, Frame { h, n, placed: true });
+                }
+            }
+            assert_eq!(asked, 1, "the placement is decided once, at the header");
+            assert_eq!(a.to_vec(100, 20_000).unwrap(), payload[..20_000]);
+            assert_eq!(b.to_vec(8, n - 20_000).unwrap(), payload[20_000..]);
+        });
+    }
+
+    /// Several small frames in one write come out one per call; a frame whose ICRC
+    /// does not match is refused once it is complete; the end of the stream in
+    /// the middle of a frame is an error, not a wait.
+    #[test]
+    fn staged_frames_bad_icrc_and_an_early_end() {
+        bounded(|| {
+            let (mut w, mut r) = pair();
+            let frames: Vec<Vec<u8>> = (0..5)
+                .map(|i| frame::encode(&header(Op::Send, i, 10), &pattern(10, i as u8)))
+                .collect();
+            w.write_all(&frames.concat()).unwrap();
+            for i in 0..5 {
+                let f = r.read_on(|_, _| None).unwrap().expect("a staged frame");
+                assert_eq!(f.h.psn, i);
+                assert_eq!(&r.payload[..10], &pattern(10, i as u8)[..]);
+            }
+            assert_eq!(r.read_on(|_, _| None).unwrap(), None);
+
+            let mut bad = frame::encode(&header(Op::Send, 6, 100), &pattern(100, 1));
+            bad[HDR_LEN + 50] ^= 0x10;
+            w.write_all(&bad).unwrap();
+            assert!(matches!(
+                r.read_on(|_, _| None),
+                Err(FrameError::BadCrc { .. })
+            ));
+
+            let (mut w, mut r) = pair();
+            let f = frame::encode(&header(Op::Send, 1, 100), &pattern(100, 2));
+            w.write_all(&f[..HDR_LEN + 10]).unwrap();
+            assert_eq!(r.read_on(|_, _| None).unwrap(), None);
+            drop(w);
+            match r.read_on(|_, _| None) {
+                Err(FrameError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+                other => panic!("an end inside a frame gave {other:?}"),
+            }
+        });
     }
 }
