@@ -417,14 +417,17 @@ impl RxPort {
     }
 
     /// Takes the engine and handles what has arrived, until the socket has
-    /// nothing more now or, with nothing staged, a consumer waits to read on; then
-    /// sends the coalesced ACK and lets go.
-    fn drain(&self) -> Result<(), Ended> {
+    /// nothing more now or (unless `rescue`: the waiting consumer is not reading)
+    /// a consumer waits to read on and nothing is staged; then sends the
+    /// coalesced ACK and lets go.
+    fn drain(&self, rescue: bool) -> Result<(), Ended> {
         let mut e = self.engine.lock();
         self.reading();
         let r = loop {
             match e.advance() {
-                Ok(true) if e.staged_empty() && self.waiting.load(Ordering::Acquire) > 0 => {
+                Ok(true)
+                    if !rescue && e.staged_empty() && self.waiting.load(Ordering::Acquire) > 0 =>
+                {
                     e.flush();
                     break Ok(());
                 }
@@ -448,9 +451,10 @@ impl RxPort {
     /// when the connection ends. It never holds the engine while it waits, so a
     /// consumer that starts waiting takes the receive path over at once.
     pub fn run(self: Arc<Self>) {
+        let mut rescue = false;
         loop {
             loop {
-                if self.drain().is_err() {
+                if self.drain(rescue).is_err() {
                     self.ended.store(true, Ordering::Release);
                     self.recv_cq.wake();
                     return;
@@ -458,6 +462,7 @@ impl RxPort {
                 if self.waiting.load(Ordering::Acquire) > 0 {
                     break;
                 }
+                rescue = false;
                 wait_readable(&self.probe, IDLE_CHECK);
                 if self.ended.load(Ordering::Acquire) {
                     return;
@@ -477,6 +482,7 @@ impl RxPort {
                         continue;
                     }
                     if self.unattended() {
+                        rescue = false;
                         break;
                     }
                 }
@@ -485,6 +491,7 @@ impl RxPort {
                     return;
                 }
                 if self.unattended() {
+                    rescue = false;
                     break;
                 }
                 if self.neglected() {
@@ -492,6 +499,7 @@ impl RxPort {
                         qpn = self.qpn,
                         "reading input a waiting consumer left unread"
                     );
+                    rescue = true;
                     break;
                 }
             }
