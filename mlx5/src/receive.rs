@@ -54,8 +54,8 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 const PROGRESS_BATCH: usize = 64;
 
 /// The socket's read side, read without ever waiting: `WouldBlock` when nothing
-/// has arrived. Whoever holds the engine decides whether to wait for more (the rx
-/// thread may; a consumer running the receive path on its runtime never does).
+/// has arrived. Waiting for more is the caller's business: the rx thread waits in
+/// `poll` after letting go of the engine, a consumer on its runtime's event loop.
 #[derive(Debug)]
 struct NoWait(Stream);
 

@@ -39,8 +39,8 @@ pub trait PollSource: Send + Sync + fmt::Debug {
     /// The descriptor that turns readable when [`PollSource::progress`] has work.
     fn fd(&self) -> BorrowedFd<'_>;
 
-    /// Does the receive work that is ready now without waiting for more input
-    /// (a frame already started is read to its end).
+    /// Does the receive work that is ready now, never waiting for more input (a
+    /// message cut short is kept and finished when the rest arrives).
     fn progress(&self) -> Progress;
 
     /// A consumer starts waiting on the descriptor: the device's own thread
