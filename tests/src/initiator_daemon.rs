@@ -1,6 +1,6 @@
 //! `iser-initiator` as a daemon child process: started on a configuration file in a
 //! temp dir (optionally with `MLX5_SOFT_FAULT` in its own soft HCA), ready when the
-//! NBD socket or FUSE file it was asked to serve exists; killed on drop.
+//! NBD socket or FUSE file it was asked to serve exists; stopped on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -83,10 +83,11 @@ impl InitiatorDaemon {
 }
 
 impl Drop for InitiatorDaemon {
+    /// SIGTERM first, so that the daemon unmounts its FUSE exports (a killed
+    /// one leaves a dead mount behind); SIGKILL if it does not exit in time.
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = crate::terminate(&mut self.child, "iser-initiator");
         }
     }
 }
