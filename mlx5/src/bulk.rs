@@ -128,14 +128,20 @@ fn layout_error() -> io::Error {
 
 /// Sends `pre` (bytes already staged: earlier frames, this frame's header), then
 /// the payload in `segs`, extending `crc` over the payload. Each non-blocking
-/// send holds the buffer's read lock; a full socket is waited for without it.
+/// send holds the buffer's read lock; a full socket is waited for without it when
+/// `wait`. Without `wait`, what the socket does not take is left in `pre`: the
+/// unsent staged bytes, then the rest of the payload copied from memory; false
+/// then. True when everything was sent (`pre` is then empty).
 pub fn send_from(
     stream: &Stream,
     pre: &mut Vec<u8>,
     segs: &[Segment],
     crc: &mut Icrc,
-) -> io::Result<()> {
+    wait: bool,
+) -> io::Result<bool> {
     let mut sent_pre = 0usize;
+    // Payload bytes sent so far.
+    let mut done = 0usize;
     for seg in segs {
         let mut at = 0usize;
         while at < seg.len {
@@ -153,14 +159,47 @@ pub fn send_from(
                 Ok((of_pre, of_data)) => {
                     sent_pre += of_pre;
                     at += of_data;
+                    done += of_data;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.wait(false)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait => stream.wait(false)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pre.drain(..sent_pre);
+                    copy_from(pre, segs, done, crc)?;
+                    return Ok(false);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
     }
     pre.drain(..sent_pre);
+    Ok(true)
+}
+
+/// Appends the payload in `segs` from payload byte `from` on to `out`, extending
+/// `crc` over it.
+pub fn copy_from(
+    out: &mut Vec<u8>,
+    segs: &[Segment],
+    from: usize,
+    crc: &mut Icrc,
+) -> io::Result<()> {
+    let mut base = 0usize;
+    for seg in segs {
+        let end = base + seg.len;
+        if from < end {
+            let skip = from.saturating_sub(base);
+            seg.buf.read(|b| {
+                let data = b
+                    .get(seg.offset + skip..seg.offset + seg.len)
+                    .ok_or_else(layout_error)?;
+                crc.update(data);
+                out.extend_from_slice(data);
+                Ok::<_, io::Error>(())
+            })?;
+        }
+        base = end;
+    }
     Ok(())
 }
 

@@ -94,7 +94,7 @@ impl Mlx5Device {
         }
         // Not connected (error state): the device flushes right away.
         let mut sq = crate::requester::SqState::default();
-        crate::requester::process_sq(&self.hca, qp, &mut sq, &mut |_| {});
+        crate::requester::process_sq(&self.hca, qp, &mut sq, &mut |_| true);
     }
 }
 

@@ -11,6 +11,13 @@
 //! a real HCA starts on the doorbell write), otherwise the requester thread, which
 //! also owns RNR retransmission. Behind that lock is the one buffer every large
 //! frame through the signature engine is converted into (see [`crate::bulk`]).
+//!
+//! The ringing thread never waits on the socket, as posting to a hardware queue
+//! never blocks: when the socket is full it stops after the frame at hand (the
+//! wire keeps what the socket did not take) and the requester thread, which may
+//! wait, sends the rest and executes what is left of the SQ. A peer that stops
+//! reading therefore holds up only its own connection's requester thread, never
+//! a thread that posts work for other connections too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,13 +90,14 @@ impl SqState {
         filled
     }
 
-    /// Hands the frame built by [`SqState::convert`] to `send`, then lets go of
-    /// an unusually large buffer.
-    fn send_converted(&mut self, send: &mut dyn FnMut(Wired<'_>)) {
-        send(Wired::Bytes(&self.convert));
+    /// Hands the frame built by [`SqState::convert`] to `send` (and returns what
+    /// it says), then lets go of an unusually large buffer.
+    fn send_converted(&mut self, send: &mut dyn FnMut(Wired<'_>) -> bool) -> bool {
+        let go_on = send(Wired::Bytes(&self.convert));
         if self.convert.capacity() > Self::KEEP_CONVERT {
             self.convert = Vec::new();
         }
+        go_on
     }
 }
 
@@ -103,33 +111,76 @@ impl SqExec {
     }
 
     /// Executes the posted WQEs in the calling thread if no other thread is doing
-    /// so; returns false (nothing done) when the lock is taken.
+    /// so, without ever waiting on the socket; returns false when the lock is
+    /// taken or the socket is full, and the requester thread must then go on.
     pub fn try_execute(&self, hca: &Hca, qp: &Qp) -> bool {
         match self.state.try_lock() {
-            Some(mut sq) => {
-                transmit(hca, qp, &mut sq, &self.wire);
-                true
-            }
+            Some(mut sq) => transmit(hca, qp, &mut sq, &self.wire, false),
             None => false,
         }
     }
 
-    /// Executes the posted WQEs, waiting for the lock.
+    /// Executes the posted WQEs, waiting for the lock and for the socket.
     fn execute(&self, hca: &Hca, qp: &Qp) {
-        transmit(hca, qp, &mut self.state.lock(), &self.wire);
+        transmit(hca, qp, &mut self.state.lock(), &self.wire, true);
     }
 }
 
-/// Runs the SQ and writes the request frames, then flushes the socket.
-fn transmit(hca: &Hca, qp: &Qp, sq: &mut SqState, wire: &Wire) {
+/// Runs the SQ and writes the request frames, then flushes the socket. Without
+/// `wait` (a posting thread) it never waits on the socket: when the socket is
+/// full it stops after the frame at hand, whose unsent part the wire keeps, and
+/// returns false, leaving the rest of the SQ and the flush to a thread that may
+/// wait. True when everything was written.
+fn transmit(hca: &Hca, qp: &Qp, sq: &mut SqState, wire: &Wire, wait: bool) -> bool {
+    if !wait {
+        // What an earlier poster left goes first; while it cannot, this poster
+        // adds nothing behind it (the backlog stays one frame deep).
+        match wire.flush_now() {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                qp.to_error(DisconnectReason::Transport(e.to_string()));
+                return true;
+            }
+        }
+    }
     let mut failed = None;
+    let mut full = false;
     process_sq(hca, qp, sq, &mut |f| {
         if failed.is_none() {
-            failed = wire.write_wired(f).err();
+            match wire_frame(wire, f, wait) {
+                Ok(true) => {}
+                Ok(false) => full = true,
+                Err(e) => failed = Some(e),
+            }
         }
+        !full
     });
-    if let Some(e) = failed.or_else(|| wire.flush().err()) {
+    if failed.is_none() && !full {
+        match if wait {
+            wire.flush().map(|()| true)
+        } else {
+            wire.flush_now()
+        } {
+            Ok(sent) => full = !sent,
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
         qp.to_error(DisconnectReason::Transport(e.to_string()));
+    }
+    if full {
+        tracing::trace!(qpn = qp.qpn, "socket full: the requester thread goes on");
+    }
+    !full
+}
+
+/// Writes one request frame, waiting for the socket or not (see [`transmit`]).
+fn wire_frame(wire: &Wire, f: Wired<'_>, wait: bool) -> std::io::Result<bool> {
+    if wait {
+        wire.write_wired(f).map(|()| true)
+    } else {
+        wire.write_wired_now(f)
     }
 }
 
@@ -220,7 +271,10 @@ fn resend(
             OutFrame::Converted(c) => {
                 sq.convert(c, |dst| dma::regather_local(hca, qp, &c.sges, dst))
                     .map_err(Resend::Memory)?;
-                sq.send_converted(&mut |w| written = wire.write_wired(w));
+                sq.send_converted(&mut |w| {
+                    written = wire.write_wired(w);
+                    true
+                });
             }
         }
         written.map_err(Resend::Socket)?;
@@ -229,8 +283,9 @@ fn resend(
 }
 
 /// Executes every WQE posted since the last doorbell.
-/// Request frames go to `send` as they are built.
-pub fn process_sq(hca: &Hca, qp: &Qp, sq: &mut SqState, send: &mut dyn FnMut(Wired<'_>)) {
+/// Request frames go to `send` as they are built; when it returns false, the
+/// WQEs after that frame's are left for the next call.
+pub fn process_sq(hca: &Hca, qp: &Qp, sq: &mut SqState, send: &mut dyn FnMut(Wired<'_>) -> bool) {
     loop {
         let (ctrl, wqe) = {
             let mut sq = qp.sq.lock();
@@ -283,9 +338,16 @@ pub fn process_sq(hca: &Hca, qp: &Qp, sq: &mut SqState, send: &mut dyn FnMut(Wir
             .unwrap_or(&[]);
         // A remote operation in flight completes on its ACK or response (the
         // completer takes the QP to error on a NAK); what finishes here retires now.
+        let mut go_on = true;
         let failed = match ctrl.opcode {
             opcode::SEND | opcode::SEND_INVAL | opcode::RDMA_WRITE | opcode::RDMA_READ => {
-                remote_op(hca, qp, &ctrl, body, send, sq, entry).is_err()
+                match remote_op(hca, qp, &ctrl, body, send, sq, entry) {
+                    Ok(g) => {
+                        go_on = g;
+                        false
+                    }
+                    Err(()) => true,
+                }
             }
             opcode::UMR => {
                 entry.status = Some(match umr(hca, qp, &ctrl, body) {
@@ -314,6 +376,9 @@ pub fn process_sq(hca: &Hca, qp: &Qp, sq: &mut SqState, send: &mut dyn FnMut(Wir
         if failed {
             qp.to_error(DisconnectReason::Local);
         }
+        if !go_on {
+            break;
+        }
     }
 }
 
@@ -329,10 +394,10 @@ fn remote_op(
     qp: &Qp,
     ctrl: &CtrlSeg,
     body: &[u8],
-    send: &mut dyn FnMut(Wired<'_>),
+    send: &mut dyn FnMut(Wired<'_>) -> bool,
     sq: &mut SqState,
     mut entry: Inflight,
-) -> Result<(), ()> {
+) -> Result<bool, ()> {
     let (raddr, sges) = if matches!(ctrl.opcode, opcode::RDMA_WRITE | opcode::RDMA_READ) {
         let Ok(r) = RaddrSeg::decode(body) else {
             // A malformed WQE completes in error like any other.
@@ -419,12 +484,12 @@ fn remote_op(
     entry.psn = Some(psn);
     entry.frame = Some(frame.clone());
     qp.inflight.lock().push_back(entry);
-    match &frame {
+    // Whether `send` can take more frames.
+    Ok(match &frame {
         OutFrame::Built(b) => send(Wired::Bytes(b)),
         OutFrame::Gathered(g) => send(Wired::Gathered(g)),
         OutFrame::Converted(_) => sq.send_converted(send),
-    }
-    Ok(())
+    })
 }
 
 fn access_of(flags: u8) -> AccessFlags {
@@ -595,7 +660,10 @@ mod tests {
             sq.pi = 1;
         }
         let mut sent = 0;
-        process_sq(&hca, &qp, &mut SqState::default(), &mut |_| sent += 1);
+        process_sq(&hca, &qp, &mut SqState::default(), &mut |_| {
+            sent += 1;
+            true
+        });
         assert_eq!(sent, 0, "nothing goes to the wire");
         let raw = qp.send_cq.pop_raw().expect("the WQE completes");
         match Cqe::decode(&raw) {

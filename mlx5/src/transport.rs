@@ -4,11 +4,11 @@
 //!
 //! Threads per connected QP: requester (SQ processing, RNR retransmission; writes
 //! its request frames itself, and the doorbell writer does so in its place when
-//! it can), rx (responder + completer, unless the receive CQ's consumer runs them
-//! in poll mode), tx (writes the responses the receive path queues). The receive
-//! path never blocks on a socket write, so two HCAs reading from each other cannot
-//! deadlock: it writes an ACK itself only when the socket takes it without
-//! waiting, and queues everything else.
+//! it can, without ever waiting on the socket), rx (responder + completer, unless
+//! the receive CQ's consumer runs them in poll mode), tx (writes the responses the
+//! receive path queues). The receive path never blocks on a socket write, so two
+//! HCAs reading from each other cannot deadlock: it writes an ACK itself only when
+//! the socket takes it without waiting, and queues everything else.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -195,6 +195,72 @@ impl WireState {
         }
     }
 
+    /// [`WireState::finish_rest`] without waiting: what the socket does not take
+    /// moves to the (then empty) staging buffer, still ahead of everything else.
+    /// False when something is left.
+    fn finish_rest_now(&mut self) -> io::Result<bool> {
+        let Some((f, sent)) = self.rest.take() else {
+            return Ok(true);
+        };
+        let n = send_all_now(&self.stream, &f[sent..])?;
+        if sent + n < f.len() {
+            let mut left = f[sent + n..].to_vec();
+            left.extend_from_slice(&self.out);
+            self.out = left;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Sends the staged bytes without waiting; false when some are left.
+    fn flush_out_now(&mut self) -> io::Result<bool> {
+        let n = send_all_now(&self.stream, &self.out)?;
+        self.out.drain(..n);
+        Ok(self.out.is_empty())
+    }
+
+    /// [`WireState::write`] without waiting: a frame is always taken (what the
+    /// socket does not take now is copied behind the staged bytes, for the next
+    /// writer that may wait); false when something is left unsent beyond the
+    /// staging buffer's normal use, so that the caller stops and lets such a
+    /// writer go on.
+    fn write_now(&mut self, f: &[u8]) -> io::Result<bool> {
+        if !self.finish_rest_now()?
+            || (self.out.len() + f.len() > STAGING && !self.flush_out_now()?)
+        {
+            self.out.extend_from_slice(f);
+            return Ok(false);
+        }
+        if f.len() < STAGING {
+            self.out.extend_from_slice(f);
+            return Ok(true);
+        }
+        let n = send_all_now(&self.stream, f)?;
+        if n < f.len() {
+            self.out.extend_from_slice(&f[n..]);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// [`Wire::write_gathered`] without waiting, as [`WireState::write_now`]: the
+    /// payload the socket does not take now is copied from memory behind the
+    /// staged bytes, with the trailer after it.
+    fn write_gathered_now(&mut self, g: &Gathered) -> io::Result<bool> {
+        let mut crc = Icrc::over(&g.head);
+        let clear = self.finish_rest_now()?
+            && (self.out.len() + HDR_LEN <= STAGING || self.flush_out_now()?);
+        self.out.extend_from_slice(&g.head);
+        let sent_all = if clear {
+            bulk::send_from(&self.stream, &mut self.out, &g.segs, &mut crc, false)?
+        } else {
+            bulk::copy_from(&mut self.out, &g.segs, 0, &mut crc)?;
+            false
+        };
+        self.out.extend_from_slice(&crc.value().to_be_bytes());
+        Ok(sent_all)
+    }
+
     /// Writes the staged bytes.
     fn flush_out(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
@@ -220,6 +286,20 @@ impl WireState {
     }
 }
 
+/// Sends as much of `b` as the socket takes now; how many bytes that was.
+fn send_all_now(stream: &Stream, b: &[u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < b.len() {
+        match stream.send_now(&[IoSlice::new(&b[n..])]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 /// Bytes of the socket write staging and read buffers. Frames at least this long
 /// bypass them, so bulk data is copied once between frame and socket (or not at
 /// all, see [`crate::bulk`]).
@@ -257,7 +337,7 @@ impl Wire {
         w.out.extend_from_slice(&g.head);
         let WireState { stream, out, .. } = &mut *w;
         let mut crc = Icrc::over(&g.head);
-        bulk::send_from(stream, out, &g.segs, &mut crc)?;
+        bulk::send_from(stream, out, &g.segs, &mut crc, true)?;
         w.write(&crc.value().to_be_bytes())
     }
     /// Writes a request frame.
@@ -265,6 +345,19 @@ impl Wire {
         match f {
             Wired::Bytes(b) => self.write(b),
             Wired::Gathered(g) => self.write_gathered(g),
+        }
+    }
+    /// Writes a request frame without ever waiting on the socket, for a thread
+    /// that posts work and must not block on a peer that stopped reading (as
+    /// posting to a hardware queue never does). The frame is always taken; false
+    /// when part of it (or of what was staged before) is left in the staging
+    /// buffer for a writer that may wait: the caller then writes nothing more and
+    /// hands over to such a writer, which sends what is left first.
+    pub fn write_wired_now(&self, f: Wired<'_>) -> io::Result<bool> {
+        let mut w = self.w.lock();
+        match f {
+            Wired::Bytes(b) => w.write_now(b),
+            Wired::Gathered(g) => w.write_gathered_now(g),
         }
     }
     /// Writes a frame without ever blocking, when no other writer holds the lock
@@ -297,6 +390,12 @@ impl Wire {
         let mut w = self.w.lock();
         w.finish_rest()?;
         w.flush_out()
+    }
+    /// [`Wire::flush`] without waiting; false when something is left for a
+    /// writer that may wait.
+    pub fn flush_now(&self) -> io::Result<bool> {
+        let mut w = self.w.lock();
+        Ok(w.finish_rest_now()? && w.flush_out_now()?)
     }
     /// Flushes (for at most `SHUTDOWN_WAIT` (2 s)) and closes both directions. When a
     /// writer holds the lock past `SHUTDOWN_WAIT` (2 s) (its peer stopped reading), the
@@ -499,6 +598,83 @@ mod tests {
         let got = reader.join().unwrap();
         assert!(got[..filled + filler.len()].iter().all(|&x| x == 0xee));
         assert_eq!(&got[filled + filler.len()..], &tail[..]);
+    }
+
+    /// A posting thread's writes never wait: with a peer that does not read,
+    /// large, gathered and small frames are all taken (what the socket refuses is
+    /// kept, copied behind the staged bytes), each write after the socket filled
+    /// says so, and a writer that may wait then sends everything, in order, with
+    /// the gathered frame's ICRC over the payload it copied.
+    #[test]
+    fn writes_without_waiting_keep_what_a_full_socket_refuses_in_order() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let wire = Arc::new(Wire::new(Stream::Unix(a)));
+        let big: Vec<u8> = (0..(8 << 20) as u32).map(|i| (i % 251) as u8).collect();
+        let mem = verbs::DmaBuf::new(1 << 20).unwrap();
+        mem.write(|m| {
+            for (i, x) in m.iter_mut().enumerate() {
+                *x = (i % 241) as u8;
+            }
+        });
+        let h = frame::Header::new(Op::Write, 1);
+        let gathered = Gathered {
+            head: frame::header_bytes(&h, 1 << 20),
+            segs: vec![
+                crate::mr::Segment {
+                    buf: Arc::clone(&mem),
+                    offset: 0,
+                    len: 300_000,
+                },
+                crate::mr::Segment {
+                    buf: Arc::clone(&mem),
+                    offset: 300_000,
+                    len: (1 << 20) - 300_000,
+                },
+            ],
+        };
+        let small = frame::encode(&frame::Header::new(Op::Send, 2), b"after");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
+            let (wire, big, small) = (Arc::clone(&wire), big.clone(), small.clone());
+            std::thread::spawn(move || {
+                let r = (
+                    wire.write_wired_now(Wired::Bytes(&big)).unwrap(),
+                    wire.write_wired_now(Wired::Gathered(&gathered)).unwrap(),
+                    wire.write_wired_now(Wired::Bytes(&small)).unwrap(),
+                    wire.flush_now().unwrap(),
+                );
+                let _ = done_tx.send(r);
+            });
+        }
+        let r = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a write without waiting waited for a peer that does not read");
+        assert_eq!(
+            r,
+            (false, false, false, false),
+            "each write reports the full socket"
+        );
+
+        let want = [
+            &big[..],
+            &frame::encode(&h, &mem.to_vec(0, 1 << 20).unwrap()),
+            &small,
+        ]
+        .concat();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; want.len()];
+            b.read_exact(&mut got).unwrap();
+            assert!(
+                got == want,
+                "bytes on the wire differ from the frames in order"
+            );
+            b
+        });
+        wire.flush().unwrap();
+        let _peer = reader.join().unwrap();
+        // Nothing is left: a write now is staged, a flush now sends it.
+        assert!(wire.write_wired_now(Wired::Bytes(&small)).unwrap());
+        assert!(wire.flush_now().unwrap());
     }
 
     /// A writer blocked on a peer that stopped reading holds the wire lock; closing

@@ -617,3 +617,47 @@ fn cq_size_beyond_max_cqe_is_refused() {
         );
     }
 }
+
+/// A poster never waits on the socket: a message larger than any socket buffer
+/// fills it, the rest is kept and sent by the requester thread, and the messages
+/// posted behind it (in the same call and in later ones) still arrive whole and
+/// in order.
+#[test]
+fn a_message_larger_than_the_socket_buffer_and_those_behind_it_arrive_in_order() {
+    let (a, b) = pair();
+    const BIG: usize = 24 << 20;
+    const SMALL: usize = 100;
+    let src = a.pd.reg_mr(BIG, RW).unwrap();
+    src.write_at(0, &pattern(BIG, 5)).unwrap();
+    let dst = b.pd.reg_mr(BIG + 8 * SMALL, RW).unwrap();
+    b.qp.post_recv_one(RecvWr::new(0, dst.sge(0, BIG as u32)))
+        .unwrap();
+    for i in 1..=8u64 {
+        let at = BIG + (i as usize - 1) * SMALL;
+        b.qp.post_recv_one(RecvWr::new(i, dst.sge(at, SMALL as u32)))
+            .unwrap();
+    }
+    let mut first = vec![SendWr::send(0, src.sge(0, BIG as u32))];
+    first.extend((1..=4u64).map(|i| SendWr::send(i, src.sge(i as usize * 1000, SMALL as u32))));
+    a.qp.post_send(&first).unwrap();
+    for i in 5..=8u64 {
+        a.qp.post_send_one(SendWr::send(i, src.sge(i as usize * 1000, SMALL as u32)))
+            .unwrap();
+    }
+    for i in 0..=8u64 {
+        let wc = b.wait();
+        assert_eq!((wc.wr_id, wc.status), (i, WcStatus::Success), "receive {i}");
+    }
+    for i in 0..=8u64 {
+        let wc = a.wait();
+        assert_eq!((wc.wr_id, wc.status), (i, WcStatus::Success), "send {i}");
+    }
+    assert!(dst.to_vec(0, BIG).unwrap() == pattern(BIG, 5));
+    for i in 1..=8usize {
+        let at = i * 1000;
+        assert_eq!(
+            dst.to_vec(BIG + (i - 1) * SMALL, SMALL).unwrap(),
+            pattern(BIG, 5)[at..at + SMALL]
+        );
+    }
+}
