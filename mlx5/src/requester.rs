@@ -127,60 +127,63 @@ impl SqExec {
 }
 
 /// Runs the SQ and writes the request frames, then flushes the socket. Without
-/// `wait` (a posting thread) it never waits on the socket: when the socket is
-/// full it stops after the frame at hand, whose unsent part the wire keeps, and
-/// returns false, leaving the rest of the SQ and the flush to a thread that may
-/// wait. True when everything was written.
+/// `wait` (a posting thread) it never waits, on the socket or on another writer:
+/// it does nothing while another writer holds the wire, and when the socket is
+/// full it stops after the frame at hand, whose unsent part the wire keeps; it
+/// then returns false, leaving the rest of the SQ and the flush to a thread that
+/// may wait. True when everything was written (or the QP failed).
 fn transmit(hca: &Hca, qp: &Qp, sq: &mut SqState, wire: &Wire, wait: bool) -> bool {
-    if !wait {
-        // What an earlier poster left goes first; while it cannot, this poster
-        // adds nothing behind it (the backlog stays one frame deep).
-        match wire.flush_now() {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => {
-                qp.to_error(DisconnectReason::Transport(e.to_string()));
-                return true;
-            }
-        }
-    }
-    let mut failed = None;
-    let mut full = false;
-    process_sq(hca, qp, sq, &mut |f| {
-        if failed.is_none() {
-            match wire_frame(wire, f, wait) {
-                Ok(true) => {}
-                Ok(false) => full = true,
-                Err(e) => failed = Some(e),
-            }
-        }
-        !full
-    });
-    if failed.is_none() && !full {
-        match if wait {
-            wire.flush().map(|()| true)
-        } else {
-            wire.flush_now()
-        } {
-            Ok(sent) => full = !sent,
-            Err(e) => failed = Some(e),
-        }
-    }
-    if let Some(e) = failed {
-        qp.to_error(DisconnectReason::Transport(e.to_string()));
-    }
-    if full {
-        tracing::trace!(qpn = qp.qpn, "socket full: the requester thread goes on");
-    }
-    !full
-}
-
-/// Writes one request frame, waiting for the socket or not (see [`transmit`]).
-fn wire_frame(wire: &Wire, f: Wired<'_>, wait: bool) -> std::io::Result<bool> {
     if wait {
-        wire.write_wired(f).map(|()| true)
-    } else {
-        wire.write_wired_now(f)
+        let mut failed = None;
+        process_sq(hca, qp, sq, &mut |f| {
+            if failed.is_none() {
+                failed = wire.write_wired(f).err();
+            }
+            true
+        });
+        if let Some(e) = failed.or_else(|| wire.flush().err()) {
+            qp.to_error(DisconnectReason::Transport(e.to_string()));
+        }
+        return true;
+    }
+    // Another writer holds the wire (it may be waiting on the socket): nothing
+    // is taken, the requester thread goes on.
+    let Some(mut w) = wire.try_now() else {
+        return false;
+    };
+    // What an earlier poster left goes first; while it cannot, this poster adds
+    // nothing behind it (the backlog stays one frame deep).
+    let mut sent = w.flush();
+    if matches!(sent, Ok(true)) {
+        let mut failed = None;
+        let mut full = false;
+        process_sq(hca, qp, sq, &mut |f| {
+            if failed.is_none() {
+                match w.write_wired(f) {
+                    Ok(true) => {}
+                    Ok(false) => full = true,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            !full
+        });
+        sent = match failed {
+            Some(e) => Err(e),
+            None if full => Ok(false),
+            None => w.flush(),
+        };
+    }
+    drop(w);
+    match sent {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::trace!(qpn = qp.qpn, "socket full: the requester thread goes on");
+            false
+        }
+        Err(e) => {
+            qp.to_error(DisconnectReason::Transport(e.to_string()));
+            true
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use crate::sync::Mutex;
@@ -347,18 +347,11 @@ impl Wire {
             Wired::Gathered(g) => self.write_gathered(g),
         }
     }
-    /// Writes a request frame without ever waiting on the socket, for a thread
-    /// that posts work and must not block on a peer that stopped reading (as
-    /// posting to a hardware queue never does). The frame is always taken; false
-    /// when part of it (or of what was staged before) is left in the staging
-    /// buffer for a writer that may wait: the caller then writes nothing more and
-    /// hands over to such a writer, which sends what is left first.
-    pub fn write_wired_now(&self, f: Wired<'_>) -> io::Result<bool> {
-        let mut w = self.w.lock();
-        match f {
-            Wired::Bytes(b) => w.write_now(b),
-            Wired::Gathered(g) => w.write_gathered_now(g),
-        }
+    /// The wire for a thread that posts work and must never wait on the socket
+    /// (as posting to a hardware queue never blocks): `None` when another writer
+    /// holds it, which may be waiting on a peer that stopped reading.
+    pub fn try_now(&self) -> Option<WireNow<'_>> {
+        self.w.try_lock().map(WireNow)
     }
     /// Writes a frame without ever blocking, when no other writer holds the lock
     /// or has bytes waiting: a non-blocking send, and whatever the socket does not
@@ -391,12 +384,7 @@ impl Wire {
         w.finish_rest()?;
         w.flush_out()
     }
-    /// [`Wire::flush`] without waiting; false when something is left for a
-    /// writer that may wait.
-    pub fn flush_now(&self) -> io::Result<bool> {
-        let mut w = self.w.lock();
-        Ok(w.finish_rest_now()? && w.flush_out_now()?)
-    }
+
     /// Flushes (for at most `SHUTDOWN_WAIT` (2 s)) and closes both directions. When a
     /// writer holds the lock past `SHUTDOWN_WAIT` (2 s) (its peer stopped reading), the
     /// socket is closed under it, which fails its write instead of leaving it and
@@ -414,6 +402,29 @@ impl Wire {
                 w.stream.shutdown();
             }
         }
+    }
+}
+
+/// The wire held by a writer that never waits on the socket ([`Wire::try_now`]).
+#[derive(Debug)]
+pub struct WireNow<'a>(MutexGuard<'a, WireState>);
+
+impl WireNow<'_> {
+    /// Writes a request frame without waiting. The frame is always taken; false
+    /// when part of it (or of what was staged before) is left in the staging
+    /// buffer for a writer that may wait: the caller then writes nothing more and
+    /// hands over to such a writer, which sends what is left first.
+    pub fn write_wired(&mut self, f: Wired<'_>) -> io::Result<bool> {
+        match f {
+            Wired::Bytes(b) => self.0.write_now(b),
+            Wired::Gathered(g) => self.0.write_gathered_now(g),
+        }
+    }
+
+    /// [`Wire::flush`] without waiting; false when something is left for a
+    /// writer that may wait.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        Ok(self.0.finish_rest_now()? && self.0.flush_out_now()?)
     }
 }
 
@@ -637,11 +648,12 @@ mod tests {
         {
             let (wire, big, small) = (Arc::clone(&wire), big.clone(), small.clone());
             std::thread::spawn(move || {
+                let mut w = wire.try_now().expect("no other writer");
                 let r = (
-                    wire.write_wired_now(Wired::Bytes(&big)).unwrap(),
-                    wire.write_wired_now(Wired::Gathered(&gathered)).unwrap(),
-                    wire.write_wired_now(Wired::Bytes(&small)).unwrap(),
-                    wire.flush_now().unwrap(),
+                    w.write_wired(Wired::Bytes(&big)).unwrap(),
+                    w.write_wired(Wired::Gathered(&gathered)).unwrap(),
+                    w.write_wired(Wired::Bytes(&small)).unwrap(),
+                    w.flush().unwrap(),
                 );
                 let _ = done_tx.send(r);
             });
@@ -673,8 +685,15 @@ mod tests {
         wire.flush().unwrap();
         let _peer = reader.join().unwrap();
         // Nothing is left: a write now is staged, a flush now sends it.
-        assert!(wire.write_wired_now(Wired::Bytes(&small)).unwrap());
-        assert!(wire.flush_now().unwrap());
+        let mut w = wire.try_now().expect("no other writer");
+        assert!(w.write_wired(Wired::Bytes(&small)).unwrap());
+        assert!(w.flush().unwrap());
+        drop(w);
+        // A writer waiting on the socket holds the wire: a poster does not wait
+        // for it.
+        let held = wire.w.lock();
+        assert!(wire.try_now().is_none());
+        drop(held);
     }
 
     /// A writer blocked on a peer that stopped reading holds the wire lock; closing
