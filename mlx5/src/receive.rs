@@ -20,7 +20,7 @@
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use verbs::cm::DisconnectReason;
@@ -382,11 +382,6 @@ impl RxPort {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `at` (ns since `epoch`) is [`TAKE_BACK`] ago or longer.
-    fn long_ago(&self, at: &AtomicU64) -> bool {
-        self.older_than(at, TAKE_BACK)
-    }
-
     /// Whether `at` (ns since `epoch`) is `d` ago or longer.
     fn older_than(&self, at: &AtomicU64, d: Duration) -> bool {
         self.since_epoch()
@@ -402,18 +397,27 @@ impl RxPort {
 
     /// Whether no consumer has waited on the socket for [`TAKE_BACK`].
     fn unattended(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) == 0 && self.long_ago(&self.last_left)
+        self.waiting.load(Ordering::Acquire) == 0 && self.older_than(&self.last_left, TAKE_BACK)
     }
 
     /// Whether input waits and the receive path has not run for [`TAKE_BACK`]
     /// although a consumer waits for it.
     fn neglected(&self) -> bool {
-        self.long_ago(&self.last_read) && readable_now(&self.probe)
+        self.older_than(&self.last_read, TAKE_BACK) && readable_now(&self.probe)
     }
 
     /// Notes that the receive path runs now.
     fn reading(&self) {
         self.last_read.store(self.since_epoch(), Ordering::Relaxed);
+    }
+
+    /// Lets go of the engine; a consumer that found it taken (and waits for the
+    /// CQ's event) looks again.
+    fn let_go(&self, e: MutexGuard<'_, RxEngine>) {
+        drop(e);
+        if self.contended.swap(false, Ordering::SeqCst) {
+            self.recv_cq.wake();
+        }
     }
 
     /// Takes the engine and handles what has arrived, until the socket has
@@ -439,10 +443,7 @@ impl RxPort {
                 Err(Ended) => break Err(Ended),
             }
         };
-        drop(e);
-        if self.contended.swap(false, Ordering::SeqCst) {
-            self.recv_cq.wake();
-        }
+        self.let_go(e);
         r
     }
 
@@ -567,10 +568,7 @@ impl PollSource for RxPort {
                 }
             }
         }
-        drop(e);
-        if self.contended.swap(false, Ordering::SeqCst) {
-            self.recv_cq.wake();
-        }
+        self.let_go(e);
         done
     }
 
